@@ -1,0 +1,53 @@
+"""The context a notebook runs in: its params, its output directory, and where figures and results go.
+
+Every notebook starts with
+
+    run = helpers.run.start("01_weight_linearity", params_file, profile, run_dir, overrides)
+
+and ends with `run.save_results({...})`. The run directory defaults to `outputs/<params name>[-<profile>]/`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from . import config as config_mod
+from . import plots, results
+from .paths import outputs_root
+
+
+@dataclass
+class Run:
+    notebook: str
+    cfg: config_mod.Config
+    dir: Path
+    started: float = field(default_factory=time.time)
+
+    def savefig(self, fig, name: str) -> Path:
+        return plots.save(fig, self.dir, self.notebook, name)
+
+    def save_results(self, measured: Mapping[str, Any]) -> Path:
+        meta = {"notebook": self.notebook, "params": self.cfg.source, "profile": self.cfg.profile,
+                "params_hash": self.cfg.hash(), "seconds": round(time.time() - self.started, 1)}
+        return results.save(self.dir, self.notebook, measured, meta)
+
+    def results_of(self, notebook: str) -> dict:
+        """What another notebook of this run measured (its results file must exist)."""
+        return results.load(self.dir, notebook)
+
+    @staticmethod
+    def compare(rows: Iterable[tuple[str, Any, Any]]):
+        return results.comparison(rows)
+
+
+def start(notebook: str, params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "auto",
+          run_dir: str | None = None, overrides: Mapping[str, Any] | None = None) -> Run:
+    """Load the params, pick the run directory, set the plot style."""
+    cfg = config_mod.load(params_file, profile=profile, overrides=overrides)
+    out = Path(run_dir) if run_dir else outputs_root() / cfg.run_name
+    out.mkdir(parents=True, exist_ok=True)
+    plots.style()
+    print(f"{notebook}: params {cfg.source} (profile {cfg.profile}, hash {cfg.hash()}) -> {out}")
+    return Run(notebook, cfg, out)
