@@ -1,0 +1,458 @@
+"""A training run as an ordered series of checkpoints, read lazily one tensor at a time.
+
+    traj = Trajectory("outputs/run/")                 # TRL / verl / OpenRLHF / step_N layout, base = step 0
+    traj.steps                                        # [0, 100, 200, ...]
+    traj.series("model.layers.0.mlp.up_proj.weight", index)   # (T, k) float64, one checkpoint's tensor at a time
+
+Checkpoints are found by a small registry of directory-name patterns (`LAYOUTS`). Only safetensors headers are read
+at construction (cheap); tensor data is read on demand with `safetensors.safe_open`, or, for a sample of flat
+indices, straight from a memory map of the file, so a read touches only the bytes it needs.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+
+class TrajectoryError(ValueError):
+    """A checkpoint directory or file that cannot be used; the message names it and says what is wrong."""
+
+
+class TrajectoryWarning(UserWarning):
+    """Something usable but suspicious about a trajectory (e.g. uneven step spacing)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layouts: how each trainer names its checkpoint directories and where the HF weights live inside them.
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    pattern: str  # full match on a directory name; group 1 is the step
+    weights: str  # path from that directory to the HF model directory
+
+
+LAYOUTS = (
+    Layout("trl", r"checkpoint-(\d+)", "."),                       # output_dir/checkpoint-N/
+    Layout("verl", r"global_step_(\d+)", "actor/huggingface"),     # .../global_step_N/actor/huggingface/
+    Layout("openrlhf", r"global_step(\d+)_hf", "."),               # ckpt_path/global_stepN_hf/
+    Layout("plain", r"step_(\d+)", "."),                           # step_N/ (e.g. one Hub revision per step)
+)
+
+VERL_MERGE = "python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir {actor}/huggingface"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def match_layout(name: str) -> tuple[Layout, int] | None:
+    for layout in LAYOUTS:
+        m = re.fullmatch(layout.pattern, name)
+        if m:
+            return layout, int(m.group(1))
+    return None
+
+
+def locate(path: Path) -> tuple[int, Path, Layout] | None:
+    """(step, HF model dir, layout) of a checkpoint given as its named directory or as the HF dir inside it."""
+    hit = match_layout(path.name)
+    if hit:
+        layout, step = hit
+        return step, (path / layout.weights).resolve(), layout
+    for layout in LAYOUTS:
+        depth = len(Path(layout.weights).parts) if layout.weights != "." else 0
+        if depth and tuple(path.parts[-depth:]) == Path(layout.weights).parts:
+            hit = match_layout(path.parents[depth - 1].name)
+            if hit and hit[0] is layout:
+                return hit[1], path.resolve(), layout
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading safetensors headers (8-byte little-endian length, JSON header, raw little-endian data).
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+# numpy stand-ins with the same byte width (bf16 / fp8 are reinterpreted by torch after the read)
+NP_STANDIN = {
+    torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16,
+    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8,
+    torch.bool: np.bool_, torch.float8_e4m3fn: np.uint8, torch.float8_e5m2: np.uint8,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    shape: tuple
+    dtype: torch.dtype
+    offset: int  # absolute byte offset of the data in `file` (safetensors only)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def read_header(file: Path) -> dict[str, TensorInfo]:
+    """Tensor infos of one safetensors file, checked against the file size (catches truncated/corrupt files)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError("shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8 or n > 1 << 30:
+                raise ValueError(f"header length {n} does not fit in a {size}-byte file")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise TrajectoryError(f"{file}: cannot read ({e})") from e
+    except ValueError as e:  # includes json.JSONDecodeError, UnicodeDecodeError
+        raise TrajectoryError(f"{file}: corrupt safetensors file ({e})") from e
+    header.pop("__metadata__", None)
+    infos, end = {}, 0
+    for name, h in header.items():
+        try:
+            dtype, shape, (start, stop) = DTYPES[h["dtype"]], tuple(int(d) for d in h["shape"]), h["data_offsets"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise TrajectoryError(f"{file}: corrupt safetensors header entry for {name!r} ({h})") from e
+        info = TensorInfo(file, shape, dtype, 8 + n + start)
+        if stop - start != info.numel * dtype.itemsize:
+            raise TrajectoryError(f"{file}: corrupt safetensors file ({name!r}: {stop - start} bytes for shape {shape})")
+        infos[name], end = info, max(end, stop)
+    if 8 + n + end > size:
+        raise TrajectoryError(f"{file}: corrupt safetensors file (truncated: {size} bytes, header promises {8 + n + end})")
+    return infos
+
+
+def read_pickle_infos(file: Path) -> dict[str, TensorInfo]:
+    state = load_pickle(file)
+    return {k: TensorInfo(file, tuple(v.shape), v.dtype, -1) for k, v in state.items()}
+
+
+def load_pickle(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for bad pickles
+        raise TrajectoryError(f"{file}: cannot load with torch.load(weights_only=True) ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One checkpoint: its HF dir and where each tensor lives.
+
+def weight_files(hf_dir: Path, allow_pickle: bool) -> tuple[str, dict[str, Path]]:
+    """("safetensors" | "pickle", {tensor name: file}) for the HF model dir; the index's map when sharded."""
+    for fmt, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
+                               ("pickle", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (hf_dir / index).exists():
+            try:
+                weight_map = json.loads((hf_dir / index).read_text())["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise TrajectoryError(f"{hf_dir / index}: not a valid shard index ({e})") from e
+            files = {name: hf_dir / f for name, f in weight_map.items()}
+        elif (hf_dir / single).exists():
+            files = {None: hf_dir / single}  # names filled in from the header
+        else:
+            continue
+        if fmt == "pickle" and not allow_pickle:
+            raise TrajectoryError(f"{hf_dir}: only pickle weights (.bin) found; these can run code when loaded. "
+                                  "Convert to safetensors, or pass allow_pickle=True (loaded with weights_only=True)")
+        for f in set(files.values()):
+            if not f.exists():
+                raise TrajectoryError(f"{f}: listed in the shard index but missing")
+        return fmt, files
+    actor = hf_dir.parent
+    if hf_dir.name == "huggingface" and any(actor.glob("model_world_size_*_rank_*.pt")):
+        raise TrajectoryError(f"{actor}: verl checkpoint with only FSDP shards, no HF weights. Merge them first: "
+                              + VERL_MERGE.format(actor=actor))
+    raise TrajectoryError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    dir: Path  # HF model dir
+    layout: str
+    fmt: str
+    tensors: dict[str, TensorInfo]
+
+    @classmethod
+    def open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
+        if not hf_dir.is_dir():
+            raise TrajectoryError(f"{hf_dir}: checkpoint directory does not exist")
+        check_trainer_state(hf_dir, step)
+        fmt, files = weight_files(hf_dir, allow_pickle)
+        reader = read_header if fmt == "safetensors" else read_pickle_infos
+        tensors = {}
+        for file in sorted(set(files.values())):
+            infos = reader(file)
+            for name, info in infos.items():
+                if None not in files and files.get(name) != file:
+                    continue  # the index wins over stray entries
+                tensors[name] = info
+        missing = [n for n, f in files.items() if n is not None and n not in tensors]
+        if missing:
+            raise TrajectoryError(f"{files[missing[0]]}: shard index lists {missing[:3]} but the file lacks them")
+        return cls(step, hf_dir, layout, fmt, tensors)
+
+
+def check_trainer_state(hf_dir: Path, step: int) -> None:
+    """A TRL checkpoint's trainer_state.json must agree with the step in the directory name."""
+    state = hf_dir / "trainer_state.json"
+    if not state.exists():
+        return
+    try:
+        global_step = json.loads(state.read_text()).get("global_step")
+    except ValueError as e:
+        raise TrajectoryError(f"{state}: not valid JSON ({e})") from e
+    if global_step is not None and int(global_step) != step:
+        raise TrajectoryError(f"{state}: global_step {global_step} disagrees with the directory name (step {step})")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Discovery
+
+def discover(source, base) -> list[tuple[int, Path, str]]:
+    """(step, HF dir, layout name) of every checkpoint in `source` (a run dir or a list) plus `base` as step 0."""
+    found = []
+    if isinstance(source, (str, Path)):
+        root = Path(source)
+        if not root.is_dir():
+            raise TrajectoryError(f"{root}: not a directory")
+        for child in sorted(root.iterdir()):
+            hit = match_layout(child.name) if child.is_dir() else None
+            if hit:
+                found.append((hit[1], (child / hit[0].weights).resolve(), hit[0].name))
+        if not found:
+            patterns = ", ".join(f"{l.pattern} ({l.name})" for l in LAYOUTS)
+            raise TrajectoryError(f"{root}: no checkpoints found; expected sub-directories named like {patterns}")
+    else:
+        for item in source:
+            if isinstance(item, tuple):
+                step, p = item
+                found.append((int(step), Path(p).resolve(), "given"))
+                continue
+            hit = locate(Path(item))
+            if hit is None:
+                raise TrajectoryError(f"{item}: cannot tell the step from the name; name it checkpoint-N / step_N / "
+                                      "global_step_N / global_stepN_hf, or pass (step, path)")
+            found.append((hit[0], hit[1], hit[2].name))
+        if not found:
+            raise TrajectoryError("empty list of checkpoints")
+    if base is not None:
+        base = Path(base).resolve()
+        found = [f for f in found if f[1] != base]  # the base may also be listed as step 0
+        found.append((0, base, "base"))
+    by_step: dict[int, Path] = {}
+    for step, path, _ in found:
+        if step in by_step:
+            raise TrajectoryError(f"duplicate step {step}: {by_step[step]} and {path}")
+        by_step[step] = path
+    if 0 not in by_step:
+        raise TrajectoryError(f"{source}: no base checkpoint (step 0); pass base=<dir of the initial model> or add "
+                              "checkpoint-0 / step_0")
+    return sorted(found)
+
+
+def natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+class Trajectory:
+    """Checkpoints θ_0 (base, step 0), θ_s1, ... of one run, with lazy per-tensor access.
+
+    source: a run directory (TRL `checkpoint-N/`, verl `global_step_N/actor/huggingface/`, OpenRLHF
+    `global_stepN_hf/`, or `step_N/` sub-directories) or a list of checkpoint dirs / (step, dir) pairs.
+    base: the initial model's dir (step 0), unless the run contains a step-0 checkpoint.
+    allow_pickle: accept `.bin` weights (loaded with torch.load(weights_only=True)); refused by default.
+    """
+
+    open_files = 32  # safetensors handles kept open (least recently used are closed)
+
+    def __init__(self, source, base=None, allow_pickle: bool = False):
+        self.allow_pickle = allow_pickle
+        self.checkpoints = [Checkpoint.open(step, path, layout, allow_pickle)
+                            for step, path, layout in discover(source, base)]
+        self.steps = [c.step for c in self.checkpoints]
+        self._by_step = {c.step: c for c in self.checkpoints}
+        base_ckpt = self.checkpoints[0]
+        config = base_ckpt.dir / "config.json"
+        self.config = json.loads(config.read_text()) if config.exists() else {}
+        self.tied_embeddings = bool(self.config.get("tie_word_embeddings", "lm_head.weight" not in base_ckpt.tensors))
+        names = set(base_ckpt.tensors)
+        if self.tied_embeddings:
+            names.discard("lm_head.weight")  # some writers store the tied head anyway; it is the embedding
+        self.names = sorted(names, key=natural_key)
+        self._alias = {}
+        if self.tied_embeddings:
+            embed = [n for n in self.names if n.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))]
+            if embed:
+                self._alias["lm_head.weight"] = embed[0]
+        self._check_consistent()
+        self._handles: OrderedDict[Path, object] = OrderedDict()
+        gaps = np.diff(self.steps)
+        if len(set(gaps.tolist())) > 1:
+            warnings.warn(f"uneven step spacing in {source}: steps {self.steps}", TrajectoryWarning, stacklevel=2)
+
+    def _check_consistent(self) -> None:
+        """Every checkpoint has every tensor, with the base's shape (headers only)."""
+        base = self.checkpoints[0]
+        for c in self.checkpoints[1:]:
+            missing = [n for n in self.names if n not in c.tensors]
+            if missing:
+                raise TrajectoryError(f"{c.dir} (step {c.step}): missing tensor(s) {missing[:5]} present in the base")
+            extra = [n for n in c.tensors if n not in base.tensors and n not in self._alias]
+            if extra:
+                raise TrajectoryError(f"{c.dir} (step {c.step}): tensor(s) {extra[:5]} not in the base {base.dir}")
+            for n in self.names:
+                if c.tensors[n].shape != base.tensors[n].shape:
+                    raise TrajectoryError(f"{c.tensors[n].file} (step {c.step}): tensor {n!r} has shape "
+                                          f"{c.tensors[n].shape}, the base has {base.tensors[n].shape}")
+
+    def __repr__(self) -> str:
+        layouts = sorted({c.layout for c in self.checkpoints})
+        return (f"Trajectory({len(self.steps)} checkpoints, steps {self.steps[0]}..{self.steps[-1]}, "
+                f"{len(self.names)} tensors, layouts {layouts}, tied_embeddings={self.tied_embeddings})")
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    # --- metadata -------------------------------------------------------------------------------------------------
+
+    def checkpoint(self, step: int) -> Checkpoint:
+        try:
+            return self._by_step[int(step)]
+        except KeyError:
+            raise TrajectoryError(f"no checkpoint at step {step}; steps are {self.steps}") from None
+
+    def path(self, step: int) -> Path:
+        """HF model dir of the checkpoint at `step`."""
+        return self.checkpoint(step).dir
+
+    def _info(self, name: str, step: int | None = None) -> TensorInfo:
+        name = self._alias.get(name, name)
+        c = self.checkpoints[0] if step is None else self.checkpoint(step)
+        if name not in self.names:
+            raise TrajectoryError(f"{c.dir}: no tensor named {name!r}")
+        return c.tensors[name]
+
+    def shape(self, name: str) -> tuple:
+        return self._info(name).shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        """dtype in the base checkpoint (other checkpoints may differ; reads convert)."""
+        return self._info(name).dtype
+
+    def numel(self, name: str) -> int:
+        return self._info(name).numel
+
+    # --- reading --------------------------------------------------------------------------------------------------
+
+    def _handle(self, file: Path):
+        if file in self._handles:
+            self._handles.move_to_end(file)
+            return self._handles[file]
+        try:
+            h = safe_open(str(file), framework="pt") if file.suffix == ".safetensors" else load_pickle(file)
+        except TrajectoryError:
+            raise
+        except Exception as e:
+            raise TrajectoryError(f"{file}: cannot open ({e})") from e
+        self._handles[file] = h
+        if len(self._handles) > self.open_files:
+            self._handles.popitem(last=False)
+        return h
+
+    def tensor(self, name: str, step: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor of one checkpoint, checked finite, converted to `dtype` if given."""
+        info = self._info(name, step)
+        name = self._alias.get(name, name)
+        try:
+            h = self._handle(info.file)
+            t = h.get_tensor(name) if hasattr(h, "get_tensor") else h[name].clone()
+        except TrajectoryError:
+            raise
+        except Exception as e:
+            raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
+        check_finite(t, info, name, step)
+        return t if dtype is None else t.to(dtype)
+
+    def _gather(self, name: str, step: int, index: torch.Tensor) -> torch.Tensor:
+        """Entries `index` (flat) of one tensor of one checkpoint, reading only the pages that hold them."""
+        info = self._info(name, step)
+        name = self._alias.get(name, name)
+        if info.offset < 0:  # pickle: memory-mapped by torch.load
+            t = self._handle(info.file)[name].reshape(-1)[index].clone()
+        else:
+            try:
+                data = np.memmap(info.file, dtype=NP_STANDIN[info.dtype], mode="r", offset=info.offset,
+                                 shape=(info.numel,))
+                t = torch.from_numpy(np.ascontiguousarray(data[index.numpy()])).view(info.dtype)
+                del data
+            except (OSError, ValueError) as e:
+                raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
+        check_finite(t, info, name, step)
+        return t
+
+    def series(self, name: str, index: torch.Tensor | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """(T, k) values of tensor `name` at every step: the flat entries `index` (1-D LongTensor), or all of them
+        (index=None -> (T, numel)). Streams one checkpoint's tensor (or sample) at a time."""
+        if index is not None:
+            index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+            n = self.numel(name)
+            if len(index) and (index.min() < 0 or index.max() >= n):
+                raise TrajectoryError(f"{name}: index out of range for {n} entries")
+        k = self.numel(name) if index is None else len(index)
+        out = torch.empty(len(self.steps), k, dtype=dtype)
+        for row, step in enumerate(self.steps):
+            t = self.tensor(name, step).reshape(-1) if index is None else self._gather(name, step, index)
+            out[row] = t.to(dtype)
+            del t
+        return out
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    # --- whole models ---------------------------------------------------------------------------------------------
+
+    def load_model(self, step: int, dtype: torch.dtype = torch.float32, device=None):
+        """The full HF model at `step` (AutoModelForCausalLM, eval mode); config falls back to the base's."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        c = self.checkpoint(step)
+        config_dir = c.dir if (c.dir / "config.json").exists() else self.path(0)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                c.dir, config=AutoConfig.from_pretrained(config_dir), dtype=dtype,
+                use_safetensors=c.fmt == "safetensors")
+        except Exception as e:
+            raise TrajectoryError(f"{c.dir}: cannot load the model ({e})") from e
+        return model.to(device or "cpu").eval()
+
+    def load_tokenizer(self, step: int | None = None):
+        """Tokenizer from the checkpoint dir at `step` (default: the base), else the first dir that has one."""
+        from transformers import AutoTokenizer
+
+        dirs = ([self.path(step)] if step is not None else []) + [c.dir for c in self.checkpoints]
+        for d in dirs:
+            if any((d / f).exists() for f in TOKENIZER_FILES):
+                return AutoTokenizer.from_pretrained(d)
+        raise TrajectoryError(f"{self.path(0)}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in any checkpoint")
+
+
+def check_finite(t: torch.Tensor, info: TensorInfo, name: str, step: int) -> None:
+    if t.is_floating_point() and t.dtype.itemsize > 1 and not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise TrajectoryError(f"{info.file} (step {step}): tensor {name!r} has {bad} non-finite value(s) (NaN/inf)")
