@@ -399,12 +399,17 @@ class Trajectory:
             try:
                 data = np.memmap(info.file, dtype=NP_STANDIN[info.dtype], mode="r", offset=info.offset,
                                  shape=(info.numel,))
-                t = torch.from_numpy(np.ascontiguousarray(data[index.numpy()])).view(info.dtype)
+                sel = np.array(data[index]) if isinstance(index, slice) else np.ascontiguousarray(data[index.numpy()])
+                t = torch.from_numpy(sel).view(info.dtype)
                 del data
             except (OSError, ValueError) as e:
                 raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
         check_finite(t, info, name, step)
         return t
+
+    def flat(self, name: str, step: int, start: int, stop: int) -> torch.Tensor:
+        """Flat entries [start, stop) of one tensor of one checkpoint: a contiguous read of only those bytes."""
+        return self._gather(name, step, slice(start, stop))
 
     def series(self, name: str, index: torch.Tensor | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """(T, k) values of tensor `name` at every step: the flat entries `index` (1-D LongTensor), or all of them
