@@ -17,6 +17,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -190,7 +191,8 @@ class Checkpoint:
     def open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
         if not hf_dir.is_dir():
             raise TrajectoryError(f"{hf_dir}: checkpoint directory does not exist")
-        check_trainer_state(hf_dir, step)
+        if layout in {l.name for l in LAYOUTS}:  # the step came from the directory name
+            check_trainer_state(hf_dir, step)
         fmt, files = weight_files(hf_dir, allow_pickle)
         reader = read_header if fmt == "safetensors" else read_pickle_infos
         tensors = {}
@@ -223,7 +225,9 @@ def check_trainer_state(hf_dir: Path, step: int) -> None:
 # Discovery
 
 def discover(source, base) -> list[tuple[int, Path, str]]:
-    """(step, HF dir, layout name) of every checkpoint in `source` (a run dir or a list) plus `base` as step 0."""
+    """(step, HF dir, layout name) of every checkpoint in `source` plus `base` as step 0, sorted by step.
+
+    The layout name is "given" / "base" when the step did not come from the directory name."""
     found = []
     if isinstance(source, (str, Path)):
         root = Path(source)
@@ -237,15 +241,17 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
             patterns = ", ".join(f"{l.pattern} ({l.name})" for l in LAYOUTS)
             raise TrajectoryError(f"{root}: no checkpoints found; expected sub-directories named like {patterns}")
     else:
-        for item in source:
-            if isinstance(item, tuple):
-                step, p = item
-                found.append((int(step), Path(p).resolve(), "given"))
+        items = source.items() if isinstance(source, Mapping) else source
+        for item in items:
+            if isinstance(item, tuple):  # (step, dir): the step as given
+                step, p = int(item[0]), Path(item[1])
+                hit = locate(p)
+                found.append((step, hit[1] if hit else p.resolve(), "given"))
                 continue
             hit = locate(Path(item))
             if hit is None:
                 raise TrajectoryError(f"{item}: cannot tell the step from the name; name it checkpoint-N / step_N / "
-                                      "global_step_N / global_stepN_hf, or pass (step, path)")
+                                      "global_step_N / global_stepN_hf, or pass (step, dir) / {step: dir}")
             found.append((hit[0], hit[1], hit[2].name))
         if not found:
             raise TrajectoryError("empty list of checkpoints")
@@ -258,10 +264,24 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
         if step in by_step:
             raise TrajectoryError(f"duplicate step {step}: {by_step[step]} and {path}")
         by_step[step] = path
-    if 0 not in by_step:
-        raise TrajectoryError(f"{source}: no base checkpoint (step 0); pass base=<dir of the initial model> or add "
-                              "checkpoint-0 / step_0")
     return sorted(found)
+
+
+def step_of(path) -> int:
+    """The step of one checkpoint dir: trainer_state.json's global_step, else the directory name."""
+    path = Path(path)
+    hit = locate(path)
+    hf_dir = hit[1] if hit else path
+    state = hf_dir / "trainer_state.json"
+    if state.exists():
+        try:
+            return int(json.loads(state.read_text())["global_step"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise TrajectoryError(f"{state}: no readable global_step ({e})") from e
+    if hit is None:
+        raise TrajectoryError(f"{path}: cannot tell the step (no trainer_state.json, name not like checkpoint-N / "
+                              "step_N / global_step_N / global_stepN_hf)")
+    return hit[0]
 
 
 def natural_key(name: str):
@@ -274,8 +294,10 @@ class Trajectory:
     """Checkpoints θ_0 (base, step 0), θ_s1, ... of one run, with lazy per-tensor access.
 
     source: a run directory (TRL `checkpoint-N/`, verl `global_step_N/actor/huggingface/`, OpenRLHF
-    `global_stepN_hf/`, or `step_N/` sub-directories) or a list of checkpoint dirs / (step, dir) pairs.
-    base: the initial model's dir (step 0), unless the run contains a step-0 checkpoint.
+    `global_stepN_hf/`, or `step_N/` sub-directories), a list of checkpoint dirs / (step, dir) pairs, or a
+    {step: dir} mapping.
+    base: the initial model's dir (step 0), unless the run contains a step-0 checkpoint. A run directory without
+    one gives a warning (steps then start at the first checkpoint).
     allow_pickle: accept `.bin` weights (loaded with torch.load(weights_only=True)); refused by default.
     """
 
@@ -302,8 +324,10 @@ class Trajectory:
                 self._alias["lm_head.weight"] = embed[0]
         self._check_consistent()
         self._handles: OrderedDict[Path, object] = OrderedDict()
-        gaps = np.diff(self.steps)
-        if len(set(gaps.tolist())) > 1:
+        if self.steps[0] != 0 and isinstance(source, (str, Path)):
+            warnings.warn(f"{source}: no base checkpoint (step 0); pass base=<initial model dir> or add checkpoint-0",
+                          TrajectoryWarning, stacklevel=2)
+        if len(set(np.diff(self.steps).tolist())) > 1:
             warnings.warn(f"uneven step spacing in {source}: steps {self.steps}", TrajectoryWarning, stacklevel=2)
 
     def _check_consistent(self) -> None:
@@ -389,8 +413,8 @@ class Trajectory:
         check_finite(t, info, name, step)
         return t if dtype is None else t.to(dtype)
 
-    def _gather(self, name: str, step: int, index: torch.Tensor) -> torch.Tensor:
-        """Entries `index` (flat) of one tensor of one checkpoint, reading only the pages that hold them."""
+    def _gather(self, name: str, step: int, index: torch.Tensor | slice) -> torch.Tensor:
+        """Flat entries `index` (index tensor or slice) of one tensor of one checkpoint, reading only their pages."""
         info = self._info(name, step)
         name = self._alias.get(name, name)
         if info.offset < 0:  # pickle: memory-mapped by torch.load
@@ -399,17 +423,30 @@ class Trajectory:
             try:
                 data = np.memmap(info.file, dtype=NP_STANDIN[info.dtype], mode="r", offset=info.offset,
                                  shape=(info.numel,))
-                sel = np.array(data[index]) if isinstance(index, slice) else np.ascontiguousarray(data[index.numpy()])
-                t = torch.from_numpy(sel).view(info.dtype)
+                t = torch.from_numpy(np.array(data[index if isinstance(index, slice) else index.numpy()]))
                 del data
             except (OSError, ValueError) as e:
                 raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
+            t = t.view(info.dtype)
         check_finite(t, info, name, step)
         return t
 
     def flat(self, name: str, step: int, start: int, stop: int) -> torch.Tensor:
         """Flat entries [start, stop) of one tensor of one checkpoint: a contiguous read of only those bytes."""
+        n = self.numel(name)
+        if not 0 <= start <= stop <= n:
+            raise TrajectoryError(f"{self._info(name, step).file}: flat range [{start}, {stop}) out of range for "
+                                  f"{name!r} with {n} entries")
         return self._gather(name, step, slice(start, stop))
+
+    def rows(self, name: str, step: int, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) along dim 0 of one tensor of one checkpoint, read alone (a 0-d tensor has one row)."""
+        shape = self.shape(name)
+        rows, per_row = (shape[0], self.numel(name) // max(shape[0], 1)) if shape else (1, 1)
+        if not 0 <= start <= stop <= rows:
+            raise TrajectoryError(f"{self._info(name, step).file}: rows [{start}, {stop}) out of range for {name!r} "
+                                  f"of shape {shape}")
+        return self._gather(name, step, slice(start * per_row, stop * per_row)).reshape(stop - start, *shape[1:])
 
     def series(self, name: str, index: torch.Tensor | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """(T, k) values of tensor `name` at every step: the flat entries `index` (1-D LongTensor), or all of them
