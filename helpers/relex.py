@@ -1,0 +1,352 @@
+"""RELEX (arXiv 2605.21468): rank-r SVD of each tensor's delta trajectory, fits of its coefficients, extrapolation.
+
+For one tensor, the observed deltas δ_t = θ_t − θ_0 (t = the prefix's real step numbers, base excluded) form the rows
+of M ∈ R^{T×d}. Its truncated SVD comes from the Gram matrix G = M Mᵀ (T×T, float64), accumulated over column chunks
+of M so that memory is bounded by `chunk_bytes` whatever the tensor size; a second chunked pass gives the right
+singular vectors v_r = Mᵀ u_r / s_r. The coefficients c_t = ⟨δ_t, v_r⟩ = s_r u_r[t] are then fitted against the step
+(linear by default) and the checkpoint at any step t* is θ_0 + Σ_r ĉ_r(t*) v_r. Directions with s ≤ 1e-6·s_0 are
+dropped, so a tensor that never moved stays at θ_0 exactly.
+
+A decomposition lives in a cache directory (one per trajectory + prefix + rank): `factors.json` (per tensor: singular
+values, left vectors, explained variance) and `v/<i>.safetensors` (the right vectors, one tensor-sized file each).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .paths import atomic_dir, atomic_write_json, cache_dir, stable_hash
+
+DEFAULT_CHUNK_BYTES = 64 << 20
+REL_CUTOFF = 1e-6  # directions with s <= REL_CUTOFF * s_0 are dropped (the paper's threshold)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading column chunks of one tensor across the checkpoints
+
+def _row_chunks(shape: Sequence[int], n_rows_read: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Ranges of dim-0 indices such that `n_rows_read` float64 copies of one range fit in `chunk_bytes`.
+
+    A 2-D weight is chunked by rows, a 1-D tensor by flat ranges; at least one row per chunk.
+    """
+    if len(shape) == 0:
+        return [(0, 1)]
+    per_row = math.prod(shape[1:]) * 8 * n_rows_read
+    rows = max(1, chunk_bytes // max(per_row, 1))
+    return [(a, min(a + rows, shape[0])) for a in range(0, shape[0], rows)]
+
+
+def _delta_chunk(traj, name: str, steps: Sequence[int], start: int, stop: int) -> torch.Tensor:
+    """M_c: the (T, cols) float64 block of deltas θ_t − θ_0 for rows [start, stop) of `name` (slice reads only)."""
+    row = math.prod(traj.shape(name)[1:])
+    a, b = start * row, stop * row
+    base = traj.flat(name, 0, a, b).to(torch.float64)
+    m = torch.empty((len(steps), b - a), dtype=torch.float64)
+    for i, s in enumerate(steps):
+        m[i] = traj.flat(name, s, a, b).to(torch.float64) - base
+    return m
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Truncated SVD through the Gram matrix
+
+@dataclass
+class Factors:
+    """The truncated SVD of one tensor's delta matrix M (T observed steps × numel)."""
+
+    name: str
+    shape: tuple[int, ...]
+    s: np.ndarray            # (r,) kept singular values, descending (r = 0: the tensor never moved)
+    u: np.ndarray            # (T, r) left singular vectors
+    eigenvalues: np.ndarray  # (T,) all eigenvalues of G = M Mᵀ (= s² of the full SVD), descending, clamped ≥ 0
+
+    @property
+    def rank(self) -> int:
+        return len(self.s)
+
+    @property
+    def coefficients(self) -> np.ndarray:
+        """(T, r): c_t = ⟨δ_t, v_r⟩ = s_r u_r[t]."""
+        return self.u * self.s
+
+    @property
+    def explained_variance(self) -> float:
+        """λ_1 / Σλ — the share of the trajectory's squared norm on the top direction (NaN when it never moved)."""
+        total = float(self.eigenvalues.sum())
+        return float(self.eigenvalues[0] / total) if total > 0 else float("nan")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "s": self.s.tolist(), "u": self.u.tolist(),
+                "eigenvalues": self.eigenvalues.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Factors":
+        s = np.asarray(d["s"], dtype=np.float64)
+        u = np.asarray(d["u"], dtype=np.float64).reshape(len(d["eigenvalues"]), len(s))
+        return cls(d["name"], tuple(d["shape"]), s, u, np.asarray(d["eigenvalues"], dtype=np.float64))
+
+
+def top_eigen(gram: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(s, u, eigenvalues) of a Gram matrix: the top `rank` singular values above REL_CUTOFF·s_0 and their vectors.
+
+    Signs are fixed so that the coefficient at the last observed step is ≥ 0 (deterministic, and plots read upwards).
+    """
+    lam, vec = np.linalg.eigh(gram)
+    lam, vec = np.clip(lam[::-1], 0.0, None), vec[:, ::-1]
+    s = np.sqrt(lam)
+    keep = 0 if s[0] <= 0 else int(min(rank, np.sum(s > REL_CUTOFF * s[0])))
+    u = vec[:, :keep].copy()
+    u *= np.where(u[-1] < 0, -1.0, 1.0)
+    return s[:keep].copy(), u, lam
+
+
+def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[Factors, torch.Tensor]:
+    """Rank-`rank` SVD of `name`'s deltas at `steps`, streaming column chunks; returns (factors, v (r, *shape) fp32).
+
+    Peak memory: one chunk of M (≤ chunk_bytes, float64) plus v (rank × the tensor size, float32).
+    """
+    shape = tuple(traj.shape(name))
+    chunks = _row_chunks(shape, len(steps) + 1, chunk_bytes)
+    gram = np.zeros((len(steps), len(steps)))
+    kept = None
+    for a, b in chunks:
+        m = _delta_chunk(traj, name, steps, a, b)
+        gram += (m @ m.T).numpy()
+        kept = m if len(chunks) == 1 else None  # a one-chunk tensor needs no second read
+    s, u, lam = top_eigen(gram, rank)
+    factors = Factors(name, shape, s, u, lam)
+    v = torch.zeros((len(s), math.prod(shape)), dtype=torch.float32)
+    if len(s):
+        proj = torch.from_numpy(u / s)  # (T, r): v_r = Mᵀ u_r / s_r
+        row = math.prod(shape[1:])
+        for a, b in chunks:
+            m = kept if kept is not None else _delta_chunk(traj, name, steps, a, b)
+            v[:, a * row:b * row] = (proj.T @ m).to(torch.float32)
+    return factors, v.reshape((len(s), *shape))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A decomposition of a whole trajectory prefix, cached on disk
+
+def observed_steps(traj, t_cut: int | None = None) -> list[int]:
+    """The checkpoint steps in (0, t_cut] (all non-base steps when `t_cut` is None) — the rows of M."""
+    steps = [s for s in traj.steps if s > 0 and (t_cut is None or s <= t_cut)]
+    if not steps:
+        raise ValueError(f"{traj.path(0)}: no checkpoint after the base at or before step {t_cut}")
+    return steps
+
+
+def prefix_step(traj, fraction: float, min_points: int = 2) -> int:
+    """T_cut for a prefix `fraction` of the trajectory: the last checkpoint at or before fraction × the final step,
+    but no earlier than the `min_points`-th checkpoint after the base (a fit needs that many points)."""
+    steps = observed_steps(traj)
+    if len(steps) < min_points:
+        raise ValueError(f"{traj.path(0)}: {len(steps)} checkpoints after the base, need at least {min_points}")
+    within = [s for s in steps if s <= fraction * steps[-1]]
+    return max(within[-1] if within else steps[0], steps[min_points - 1])
+
+
+def _fingerprint(traj, steps: Sequence[int]) -> list:
+    """What identifies the checkpoints a decomposition was made from: their paths and weight files' sizes and mtimes."""
+    out = []
+    for s in steps:
+        d = Path(traj.path(s)).resolve()
+        files = sorted(p for p in d.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
+        out.append([s, str(d), [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]])
+    return out
+
+
+@dataclass
+class Decomposition:
+    """Per-tensor rank-r SVD of a trajectory prefix; v lives on disk under `dir`, one file per moving tensor."""
+
+    traj: object
+    dir: Path
+    steps: list[int]            # observed steps (the rows of M), base excluded
+    rank: int                   # the rank asked for (a tensor may keep fewer directions)
+    factors: dict[str, Factors]
+
+    @property
+    def t_cut(self) -> int:
+        return self.steps[-1]
+
+    def v(self, name: str, rank: int | None = None) -> torch.Tensor:
+        """Right singular vectors of `name`, (r, *shape) float32 (r = 0 rows when the tensor never moved)."""
+        f = self.factors[name]
+        r = f.rank if rank is None else min(rank, f.rank)
+        if r == 0:
+            return torch.zeros((0, *f.shape))
+        with safe_open(self.dir / "v" / f"{self.traj.names.index(name):05d}.safetensors", "pt") as fh:
+            return fh.get_slice("v")[:r]
+
+    def explained_variance(self) -> dict[str, float]:
+        """λ_1 / Σλ per tensor (tensors that never moved are left out)."""
+        return {n: f.explained_variance for n, f in self.factors.items() if f.rank}
+
+
+def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+              progress: Callable[[str], None] | None = None) -> Decomposition:
+    """Rank-`rank` SVD of every tensor's deltas over the prefix (0, t_cut]; cached per trajectory + prefix + rank."""
+    steps = observed_steps(traj, t_cut)
+    key = {"trajectory": _fingerprint(traj, [0, *steps]), "steps": steps, "rank": rank, "format": 1}
+    final = cache_dir("relex-svd", key)
+    if not (final / "factors.json").is_file():
+        with atomic_dir(final) as tmp:
+            (tmp / "v").mkdir()
+            table = []
+            for i, name in enumerate(traj.names):
+                if progress:
+                    progress(name)
+                f, v = tensor_svd(traj, name, steps, rank, chunk_bytes)
+                if f.rank:
+                    save_file({"v": v.contiguous()}, str(tmp / "v" / f"{i:05d}.safetensors"))
+                table.append(f.to_json())
+                del v
+            atomic_write_json(tmp / "factors.json", {"steps": steps, "rank": rank, "tensors": table})
+    data = json.loads((final / "factors.json").read_text())
+    factors = {d["name"]: Factors.from_json(d) for d in data["tensors"]}
+    return Decomposition(traj, final, data["steps"], data["rank"], factors)
+
+
+def project(dec: Decomposition, name: str, steps: Sequence[int], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(c, norm): c[t, r] = ⟨δ_t, v_r⟩ and ‖δ_t‖ at any `steps` (e.g. beyond the prefix), in column chunks."""
+    f = dec.factors[name]
+    v = dec.v(name).reshape(f.rank, -1).to(torch.float64)
+    row = math.prod(f.shape[1:])
+    c, sq = np.zeros((len(steps), f.rank)), np.zeros(len(steps))
+    for a, b in _row_chunks(f.shape, len(steps) + 1, chunk_bytes):
+        m = _delta_chunk(dec.traj, name, steps, a, b)
+        c += (m @ v[:, a * row:b * row].T).numpy()
+        sq += (m * m).sum(1).numpy()
+    return c, np.sqrt(sq)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fits of the coefficients against the real step numbers
+
+def _polynomial(degree: int) -> Callable:
+    def fit(t: np.ndarray, c: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        return np.polynomial.Polynomial.fit(t, c, degree)  # fits on a scaled domain: well conditioned
+    return fit
+
+
+def _sinusoid(t: np.ndarray, c: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """c ≈ a·sin(ω x + φ) + b·x + e with x = (t − t_0)/span: a drifting oscillation (5 parameters, ≥ 5 points).
+
+    Initialisation: for a grid of periods (2 sampling intervals … 4 spans) the model is linear in (A, B, b, e) with
+    A·sin ωx + B·cos ωx = a·sin(ωx + φ); the best grid point seeds `scipy.optimize.curve_fit`, whose result is kept
+    only if it lowers the squared error.
+    """
+    from scipy.optimize import curve_fit
+
+    t0, span = t[0], max(float(t[-1] - t[0]), 1.0)
+    x = (t - t0) / span
+
+    def model(x, a, w, phi, b, e):
+        return a * np.sin(w * x + phi) + b * x + e
+
+    best = None
+    for period in np.geomspace(2 * float(np.median(np.diff(x))), 4.0, 64):
+        w = 2 * np.pi / period
+        design = np.stack([np.sin(w * x), np.cos(w * x), x, np.ones_like(x)], 1)
+        coef, *_ = np.linalg.lstsq(design, c, rcond=None)
+        rss = float(np.sum((design @ coef - c) ** 2))
+        if best is None or rss < best[0]:
+            best = (rss, [math.hypot(coef[0], coef[1]), w, math.atan2(coef[1], coef[0]), coef[2], coef[3]])
+    rss, p = best
+    try:
+        q, _ = curve_fit(model, x, c, p0=p, maxfev=5000)
+        if np.all(np.isfinite(q)) and np.sum((model(x, *q) - c) ** 2) < rss:
+            p = q
+    except RuntimeError:  # no convergence: keep the grid solution
+        pass
+    return lambda t_new: model((np.asarray(t_new, dtype=np.float64) - t0) / span, *p)
+
+
+FITS: dict[str, tuple[int, Callable]] = {  # name -> (minimum number of points, fit(t, c, degree) -> predictor)
+    "linear": (2, lambda t, c, degree: _polynomial(1)(t, c)),
+    "polynomial": (None, lambda t, c, degree: _polynomial(degree)(t, c)),
+    "sinusoid": (5, lambda t, c, degree: _sinusoid(t, c)),
+}
+
+
+def fit(steps: Sequence[int], c: np.ndarray, kind: str = "linear", degree: int = 2, window: int | None = None
+        ) -> Callable[[np.ndarray], np.ndarray]:
+    """Fit c (T,) against the real `steps` (T,); returns step(s) -> predicted c. `window` = use only the last w points.
+
+    Kinds: linear (least squares with intercept), polynomial(`degree`), sinusoid (see `_sinusoid`).
+    """
+    if kind not in FITS:
+        raise ValueError(f"unknown fit {kind!r} (have: {', '.join(FITS)})")
+    t, c = np.asarray(steps, dtype=np.float64), np.asarray(c, dtype=np.float64)
+    if window:
+        t, c = t[-window:], c[-window:]
+    need = FITS[kind][0] or degree + 1
+    if len(t) < need:
+        raise ValueError(f"a {kind} fit needs at least {need} points, the prefix has {len(t)} (steps {t.tolist()})")
+    return FITS[kind][1](t, c, degree)
+
+
+def predicted_coefficients(dec: Decomposition, name: str, step: float, rank: int | None = None, kind: str = "linear",
+                           degree: int = 2, window: int | None = None) -> np.ndarray:
+    """ĉ_r(step) for the first `rank` directions of `name`, each fitted separately on the observed prefix."""
+    f = dec.factors[name]
+    r = f.rank if rank is None else min(rank, f.rank)
+    return np.array([float(fit(dec.steps, f.coefficients[:, i], kind, degree, window)(step)) for i in range(r)])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing checkpoints
+
+def _tensors(dec: Decomposition, coefficients: Callable[[str], np.ndarray]) -> Iterator[tuple[str, torch.Tensor]]:
+    """θ_0 + Σ_r c_r v_r per tensor (fp32 arithmetic, saved in θ_0's dtype); a tensor with no direction is θ_0 as is."""
+    for name in dec.traj.names:
+        base = dec.traj.tensor(name, 0)
+        c = coefficients(name)
+        if len(c) == 0:
+            yield name, base
+            continue
+        v = dec.v(name, len(c))
+        delta = torch.einsum("r,r...->...", torch.as_tensor(c, dtype=torch.float32), v)
+        yield name, (base.to(torch.float32) + delta).to(base.dtype)
+        del v, delta
+
+
+def _write(dec: Decomposition, out_dir, coefficients: Callable[[str], np.ndarray], record: dict) -> Path:
+    from .checkpoint_io import write_checkpoint
+
+    record = {"method": "relex", "svd_cache": str(dec.dir), "observed_steps": dec.steps, **record}
+    out = Path(out_dir) if out_dir else cache_dir("relex-ckpt", {"svd": dec.dir.name, **record})
+    if (out / "extrapolation.json").is_file() and out_dir is None:
+        return out
+    return write_checkpoint(out, _tensors(dec, coefficients), like=Path(dec.traj.path(0)), record=record)
+
+
+def extrapolate(dec: Decomposition, step: int, out_dir=None, rank: int | None = None, kind: str = "linear",
+                degree: int = 2, window: int | None = None) -> Path:
+    """Write the RELEX checkpoint θ_0 + Σ_r ĉ_r(step) v_r (a loadable HF model dir); `out_dir` None = cached."""
+    rank = dec.rank if rank is None else rank
+    record = {"mode": "extrapolate", "target_step": step, "rank": rank, "fit": kind, "window": window}
+    if kind == "polynomial":
+        record["degree"] = degree
+    return _write(dec, out_dir, lambda n: predicted_coefficients(dec, n, step, rank, kind, degree, window), record)
+
+
+def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = None) -> Path:
+    """Write the rank-r projection θ_0 + Σ_r c_r(step) v_r of an observed checkpoint (the denoising experiment)."""
+    if step not in dec.steps:
+        raise ValueError(f"step {step} is not one of the decomposition's observed steps {dec.steps}")
+    rank = dec.rank if rank is None else rank
+    i = dec.steps.index(step)
+    return _write(dec, out_dir, lambda n: dec.factors[n].coefficients[i, :rank],
+                  {"mode": "reconstruct", "target_step": step, "rank": rank})

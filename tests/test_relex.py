@@ -1,0 +1,144 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers import relex, tiny
+from helpers.trajectory import Trajectory
+
+MODEL = {"arch": "llama", "hidden_size": 64, "heads": 2, "kv_heads": 1, "layers": 1, "intermediate_size": 96,
+         "max_positions": 64, "tie_embeddings": True}
+FROZEN = "model.norm.weight"
+
+
+@pytest.fixture(autouse=True)
+def _outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "outputs"))
+
+
+def make_trajectory(root, steps, tied=True, noise=1e-4, scale=1e-3, seed=0):
+    """Checkpoints θ_s = θ_0 + s·d + noise per tensor (d fixed per tensor), FROZEN never moves. Returns (traj, d)."""
+    base = tiny.init_model({**MODEL, "tie_embeddings": tied}, seed, root / "checkpoint-0")
+    theta0 = load_file(base / "model.safetensors")
+    gen = torch.Generator().manual_seed(seed + 1)
+    d = {n: scale * torch.randn(t.shape, generator=gen) for n, t in theta0.items() if n != FROZEN}
+    for s in steps[1:]:
+        out = root / f"checkpoint-{s}"
+        out.mkdir()
+        state = {n: t if n == FROZEN else t + s * d[n] + noise * torch.randn(t.shape, generator=gen)
+                 for n, t in theta0.items()}
+        save_file(state, out / "model.safetensors")
+        shutil.copy(base / "config.json", out / "config.json")
+    return Trajectory(root), d
+
+
+def cos(a, b):
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_recovers_direction_and_predicts_future(tmp_path):
+    traj, d = make_trajectory(tmp_path / "run", list(range(0, 17)))
+    dec = relex.decompose(traj, t_cut=8, rank=1)
+    assert dec.steps == list(range(1, 9))
+    for name, direction in d.items():
+        assert abs(cos(dec.v(name)[0], direction)) > 0.99, name
+        assert dec.factors[name].explained_variance > 0.99
+    out = relex.extrapolate(dec, 16, tmp_path / "at16")
+    pred = load_file(out / "model.safetensors")
+    for name in d:
+        true_delta = traj.tensor(name, 16) - traj.tensor(name, 0)
+        err = (pred[name] - traj.tensor(name, 16)).norm() / true_delta.norm()
+        assert err < 0.05, (name, float(err))
+
+
+def test_chunked_gram_matches_in_memory_svd(tmp_path):
+    traj, _ = make_trajectory(tmp_path / "run", list(range(0, 7)), noise=1e-3)
+    name = "model.layers.0.mlp.up_proj.weight"
+    steps = relex.observed_steps(traj)
+    assert len(relex._row_chunks(traj.shape(name), len(steps) + 1, 1)) == traj.shape(name)[0]  # one row per chunk
+    f, v = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=1)
+    m = np.stack([(traj.tensor(name, s) - traj.tensor(name, 0)).double().reshape(-1).numpy() for s in steps])
+    _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
+    np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
+    np.testing.assert_allclose(f.eigenvalues, s_ref ** 2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
+    for r in range(3):
+        assert abs(cos(v[r], torch.from_numpy(vt_ref[r]))) > 1 - 1e-6
+    np.testing.assert_allclose(f.coefficients, m @ v.reshape(3, -1).double().numpy().T, rtol=1e-5, atol=1e-9)
+    whole, v_whole = relex.tensor_svd(traj, name, steps, rank=3)  # one chunk: the same numbers
+    np.testing.assert_allclose(whole.s, f.s, rtol=1e-12)
+    torch.testing.assert_close(v_whole, v)
+
+
+def test_frozen_tensor_stays_at_base(tmp_path):
+    traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2, 3, 4])
+    dec = relex.decompose(traj, rank=2)
+    assert dec.factors[FROZEN].rank == 0 and FROZEN not in dec.explained_variance()
+    out = relex.extrapolate(dec, 40, tmp_path / "x")
+    assert torch.equal(load_file(out / "model.safetensors")[FROZEN], traj.tensor(FROZEN, 0))
+
+
+def test_step_axis_uses_real_steps(tmp_path):
+    traj, d = make_trajectory(tmp_path / "run", [0, 2, 4, 6, 8, 10, 12], noise=0.0)
+    dec = relex.decompose(traj, t_cut=8)
+    assert dec.steps == [2, 4, 6, 8] and relex.prefix_step(traj, 0.5) == 6
+    pred = load_file(relex.extrapolate(dec, 12, tmp_path / "x") / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(pred[name], traj.tensor(name, 12), rtol=0, atol=1e-6)
+    rec = load_file(relex.reconstruct(dec, 4, tmp_path / "r") / "model.safetensors")
+    torch.testing.assert_close(rec[name], traj.tensor(name, 4), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="step 5 is not one of"):
+        relex.reconstruct(dec, 5, tmp_path / "r5")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_written_checkpoint_loads(tmp_path, tied):
+    from transformers import AutoModelForCausalLM
+
+    traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2, 3], tied=tied)
+    assert ("lm_head.weight" in traj.names) == (not tied)
+    out = relex.extrapolate(relex.decompose(traj), 10)  # cached location
+    assert relex.extrapolate(relex.decompose(traj), 10) == out
+    model = AutoModelForCausalLM.from_pretrained(out)
+    written = load_file(out / "model.safetensors")
+    assert ("lm_head.weight" in written) == (not tied)
+    head, embed = model.lm_head.weight, model.model.embed_tokens.weight
+    assert torch.equal(head, embed) == tied
+    torch.testing.assert_close(embed, written["model.embed_tokens.weight"])
+    assert model(torch.tensor([[3, 4, 5]])).logits.isfinite().all()
+
+
+def test_decomposition_is_cached(tmp_path, monkeypatch):
+    traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2, 3])
+    first = relex.decompose(traj, t_cut=2)
+    monkeypatch.setattr(relex, "tensor_svd", lambda *a, **k: pytest.fail("recomputed"))
+    again = relex.decompose(traj, t_cut=2)
+    assert again.dir == first.dir and again.steps == [1, 2]
+    assert again.explained_variance() == first.explained_variance()
+
+
+def test_project_beyond_prefix(tmp_path):
+    traj, d = make_trajectory(tmp_path / "run", list(range(0, 9)), noise=0.0)
+    dec = relex.decompose(traj, t_cut=4)
+    name = "model.layers.0.mlp.down_proj.weight"
+    c, norm = relex.project(dec, name, [6, 8], chunk_bytes=1)
+    np.testing.assert_allclose(np.abs(c[:, 0]), norm, rtol=1e-5)  # pure drift: δ_t lies on v
+    np.testing.assert_allclose(norm, [6 * d[name].double().norm(), 8 * d[name].double().norm()], rtol=1e-5)
+
+
+def test_fits():
+    t = np.arange(10, 110, 10, dtype=float)
+    np.testing.assert_allclose(relex.fit(t, 3 * t + 1)(500), 1501)
+    np.testing.assert_allclose(relex.fit(t, 0.01 * t ** 2 - t, "polynomial", degree=2)(200), 200.0)
+    y = 0.5 * np.sin(0.08 * t + 0.3) + 0.02 * t + 1
+    future = np.array([130.0, 160.0])
+    np.testing.assert_allclose(relex.fit(t, y, "sinusoid")(future), 0.5 * np.sin(0.08 * future + 0.3)
+                               + 0.02 * future + 1, atol=1e-3)
+    kink = np.where(t <= 50, t, 50 + 3 * (t - 50))  # slope 1 then 3: a window of the last 4 points sees only slope 3
+    np.testing.assert_allclose(relex.fit(t, kink, window=4)(200), 50 + 3 * 150)
+    with pytest.raises(ValueError, match="sinusoid fit needs at least 5 points"):
+        relex.fit(t[:4], y[:4], "sinusoid")
+    with pytest.raises(ValueError, match="unknown fit"):
+        relex.fit(t, y, "spline")
