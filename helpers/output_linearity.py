@@ -1,0 +1,284 @@
+"""Output linearity (LIN §3.2, Fig. 1b/1d, Fig. 7, Fig. 9): R² against step of token log-probs, logits, activations.
+
+Input: the teacher-forced outputs of every checkpoint on the base model's own responses (`helpers.probes`). Per
+response token: the change of its log-prob between the first and last checkpoint, and the R² of its log-prob (and of its
+raw logit) against step (`helpers.linearity.r2`). Tokens whose |change| ≤ `min_change` (0.2 in the reference) are
+"stable" and left out of the headline R² distribution; the moved ones are "behaviour" tokens when their R² ≥
+`r2_threshold` and "erratic" otherwise (`categorize`). Per layer, the R² of hidden states at a fixed sample of
+positions × dimensions (Fig. 7). The magnitude-of-change vs R² relation is measured by Spearman's rank correlation over
+the kept tokens (ranks, because neither quantity is near-normal).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .linearity import R2_THRESHOLD, fit_line, r2
+
+MIN_CHANGE = 0.2          # LIN's |Δ log-prob| filter
+CATEGORIES = ("behaviour", "erratic", "stable")
+
+
+def categorize(change, r2_values, min_change: float = MIN_CHANGE, r2_threshold: float = R2_THRESHOLD) -> np.ndarray:
+    """Category of each token from its log-prob change and R² alone.
+
+    |change| > min_change and R² ≥ r2_threshold -> "behaviour"; |change| > min_change otherwise (including an
+    undefined R²) -> "erratic"; |change| ≤ min_change -> "stable".
+    """
+    change, r2_values = np.asarray(change, dtype=np.float64), np.asarray(r2_values, dtype=np.float64)
+    if change.shape != r2_values.shape:
+        raise ValueError(f"change {change.shape} and R² {r2_values.shape} must have the same shape")
+    moved = np.abs(change) > min_change
+    linear = np.nan_to_num(r2_values, nan=-1.0) >= r2_threshold
+    return np.where(moved, np.where(linear, "behaviour", "erratic"), "stable").astype(object)
+
+
+def token_label(tokenizer, token_id: int) -> str:
+    """A token as readable text: its decoded string, quoted, so whitespace and special tokens show."""
+    if tokenizer is None:
+        return f"#{token_id}"
+    return repr(tokenizer.decode([int(token_id)], skip_special_tokens=False))
+
+
+@dataclass
+class OutputLinearity:
+    """Token- and activation-level R² of one trajectory on one probe set.
+
+    tokens: one row per response token (flat layout of `helpers.probes`) — probe, position, token, label, lp_first,
+            lp_last, change, abs_change, r2, logit_r2, kept, category.
+    activation_r2: (L+1, P·D) R² of hidden states per layer (row 0 = embeddings, row i = output of block i).
+    logprobs: (T, N) the teacher-forced log-probs (for example curves).
+    """
+    steps: np.ndarray
+    tokens: pd.DataFrame
+    activation_r2: np.ndarray | None
+    logprobs: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def kept(self) -> pd.DataFrame:
+        return self.tokens[self.tokens["kept"]]
+
+    def summary(self) -> dict:
+        """Distribution of token R² over the kept tokens, and of logit R²."""
+        v = self.kept["r2"].to_numpy()
+        q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
+        lg = self.kept["logit_r2"].dropna().to_numpy()
+        return {"median": float(med), "q1": float(q1), "q3": float(q3),
+                "mean": float(v.mean()) if v.size else np.nan,
+                "frac_above": float((v > self.settings["r2_threshold"]).mean()) if v.size else np.nan,
+                "kept": int(v.size), "total": len(self.tokens),
+                "logit_median": float(np.median(lg)) if lg.size else np.nan}
+
+    def correlation(self) -> dict:
+        """Spearman rank correlation of |Δ log-prob| with R² over the kept tokens (and over all tokens with an R²)."""
+        from scipy.stats import spearmanr
+
+        out = {"method": "spearman"}
+        for key, df in (("kept", self.kept), ("all", self.tokens.dropna(subset=["r2"]))):
+            rho, p = spearmanr(df["abs_change"], df["r2"]) if len(df) > 2 else (np.nan, np.nan)
+            out[key], out[f"{key}_p"] = float(rho), float(p)
+        return out
+
+    def by_change(self, bins: int = 4) -> pd.DataFrame:
+        """Kept tokens in `bins` quantile groups of |Δ log-prob|: size, |Δ| range, median R² (LIN's grouping)."""
+        k = self.kept
+        if len(k) < bins:
+            return pd.DataFrame(columns=["tokens", "abs_change_from", "abs_change_to", "r2_median"])
+        group = pd.qcut(k["abs_change"], bins, duplicates="drop")
+        g = k.groupby(group, observed=True)
+        return pd.DataFrame({"tokens": g.size(), "abs_change_from": g["abs_change"].min(),
+                             "abs_change_to": g["abs_change"].max(), "r2_median": g["r2"].median()}
+                            ).reset_index(drop=True)
+
+    def categories(self, top: int = 8) -> pd.DataFrame:
+        """Per category: token count, share, median |Δ| and R², and the `top` tokens that dominate it (share of the
+        category's occurrences)."""
+        rows = []
+        for cat in CATEGORIES:
+            c = self.tokens[self.tokens["category"] == cat]
+            counts = c["label"].value_counts()
+            dominant = ", ".join(f"{lab} {n / len(c):.0%}" for lab, n in counts.head(top).items())
+            rows.append({"category": cat, "tokens": len(c), "share": len(c) / max(len(self.tokens), 1),
+                         "abs_change_median": c["abs_change"].median(), "r2_median": c["r2"].median(),
+                         "dominant tokens": dominant})
+        return pd.DataFrame(rows).set_index("category")
+
+    def layers(self) -> pd.DataFrame:
+        """Per layer (embeddings, block 1 … L): median, IQR, share above the threshold of activation R²."""
+        a = self.activation_r2
+        if a is None:
+            return pd.DataFrame(columns=["layer", "median", "q1", "q3", "frac_above"])
+        names = ["embeddings"] + [f"block {i}" for i in range(1, len(a))]
+        q = np.nanquantile(a, [0.25, 0.5, 0.75], axis=1)
+        with np.errstate(invalid="ignore"):
+            frac = np.nanmean(np.where(np.isnan(a), np.nan, a > self.settings["r2_threshold"]), axis=1)
+        return pd.DataFrame({"layer": names, "median": q[1], "q1": q[0], "q3": q[2], "frac_above": frac})
+
+    def movers(self, n: int = 6) -> pd.DataFrame:
+        """The `n` kept tokens with the largest |Δ log-prob|."""
+        return self.kept.nlargest(n, "abs_change")
+
+    def results(self) -> dict:
+        """The numbers notebook 02 saves, measured."""
+        s, c, lay = self.summary(), self.correlation(), self.layers()
+        cats = self.categories(top=5)
+        return {"token_r2_median": s["median"], "token_r2_q1": s["q1"], "token_r2_q3": s["q3"],
+                "token_r2_frac_above_0_7": s["frac_above"], "token_r2_mean": s["mean"],
+                "tokens_kept": s["kept"], "tokens_total": s["total"], "logit_r2_median": s["logit_median"],
+                "change_r2_correlation": c["kept"], "change_r2_correlation_method": c["method"],
+                "change_r2_correlation_p": c["kept_p"], "change_r2_correlation_all_tokens": c["all"],
+                "r2_median_by_change_quartile": self.by_change()["r2_median"].tolist(),
+                "category_counts": cats["tokens"].to_dict(),
+                "category_dominant_tokens": cats["dominant tokens"].to_dict(),
+                "activation_r2_median_by_layer": lay["median"].tolist(),
+                "activation_layers": lay["layer"].tolist(),
+                "n_checkpoints": len(self.steps), "steps": [int(x) for x in self.steps], "settings": self.settings}
+
+    def paper_rows(self) -> list[tuple[str, str, str]]:
+        """(claim, paper, measured) rows for `run.compare` (SPEC §2)."""
+        s, c, lay = self.summary(), self.correlation(), self.layers()
+        cats = self.categories(top=3)
+        rows = [
+            ("where the token log-prob R² distribution sits", "centred ≈ 0.9 (Fig. 1b)",
+             f"median {s['median']:.2f} (IQR {s['q1']:.2f} – {s['q3']:.2f})"),
+            ("token-level R² across settings", "> 0.7 in every setting (Fig. 2)",
+             f"median {s['median']:.2f}; {s['frac_above']:.0%} of kept tokens > 0.7"),
+            ("tokens analysed", "|Δ log-prob| > 0.2 between first and last checkpoint",
+             f"{s['kept']:,} of {s['total']:,} response tokens"),
+            ("magnitude of change vs R²", "positive: bigger movers are more linear",
+             f"Spearman ρ = {c['kept']:+.2f} over kept tokens (p = {c['kept_p']:.1g})"),
+            ("high-change tokens", "mostly high R² ('behaviour'); erratic ones a small minority",
+             f"behaviour {cats.loc['behaviour', 'tokens']:,}, erratic {cats.loc['erratic', 'tokens']:,}"),
+            ("behaviour tokens", "reasoning connectors: 'wait', 'but', 'therefore'",
+             cats.loc["behaviour", "dominant tokens"] or "none"),
+            ("stable tokens", "mostly arithmetic", cats.loc["stable", "dominant tokens"] or "none"),
+            ("raw chosen-token logit R²", "not reported", f"median {s['logit_median']:.2f} over kept tokens"),
+        ]
+        if len(lay):
+            blocks = lay.iloc[1:]
+            rows.append(("activation R² by layer", "all layers but the first strongly linear (Fig. 7)",
+                         f"embeddings {lay['median'].iloc[0]:.2f}; block 1 {blocks['median'].iloc[0]:.2f}; "
+                         f"blocks 2+ min {blocks['median'].iloc[1:].min():.2f}" if len(blocks) > 1 else
+                         f"embeddings {lay['median'].iloc[0]:.2f}; block 1 {blocks['median'].iloc[0]:.2f}"))
+        return rows
+
+    def verdict(self) -> str:
+        """A few sentences, computed from the measured numbers."""
+        s, c, lay = self.summary(), self.correlation(), self.layers()
+        thr = self.settings["r2_threshold"]
+        if s["kept"] == 0:
+            return (f"No response token changed its log-prob by more than {self.settings['min_change']} between the "
+                    f"first and last checkpoint, so output linearity cannot be assessed on this run.")
+        holds = s["median"] > thr
+        text = (f"Token log-probs {'do' if holds else 'do not'} evolve linearly on this run: median R² "
+                f"{s['median']:.2f} over {s['kept']:,} moved tokens (paper: ≈ 0.9, > {thr} everywhere), "
+                f"{s['frac_above']:.0%} above {thr}. ")
+        text += (f"Magnitude of change and R² are {'positively' if c['kept'] > 0 else 'not positively'} related "
+                 f"(Spearman ρ = {c['kept']:+.2f}), {'as' if c['kept'] > 0 else 'unlike'} in the paper.")
+        if len(lay) > 2:
+            later = lay["median"].iloc[2:]
+            text += (f" Hidden states after block 1 have per-layer median R² {later.min():.2f} – {later.max():.2f} "
+                     f"({'strongly linear' if later.min() > thr else 'not all above ' + str(thr)}); block 1: "
+                     f"{lay['median'].iloc[1]:.2f}, embeddings: {lay['median'].iloc[0]:.2f}.")
+        return text
+
+
+def analyse(forced, probes, tokenizer=None, min_change: float = MIN_CHANGE,
+            r2_threshold: float = R2_THRESHOLD) -> OutputLinearity:
+    """Token and activation R² against step from `helpers.probes.over_trajectory` outputs on `probes`."""
+    steps = np.asarray(forced.steps, dtype=np.float64)
+    if len(steps) < 3:
+        raise ValueError(f"need at least 3 checkpoints for an R², got steps {steps.astype(int).tolist()}")
+    lp = forced.logprobs.astype(np.float64)
+    tok = probes.tokens()
+    labels = {t: token_label(tokenizer, t) for t in np.unique(tok["token"])}
+    change = lp[-1] - lp[0]
+    token_r2 = r2(lp, steps)
+    tok = tok.assign(label=tok["token"].map(labels), lp_first=lp[0], lp_last=lp[-1], change=change,
+                     abs_change=np.abs(change), r2=token_r2, logit_r2=r2(forced.logits, steps),
+                     kept=np.abs(change) > min_change,
+                     category=categorize(change, token_r2, min_change, r2_threshold))
+    act = None
+    if forced.hidden is not None:
+        h = forced.hidden
+        act = r2(h.reshape(h.shape[0], h.shape[1], -1), steps)
+    settings = {"min_change": min_change, "r2_threshold": r2_threshold, "probes": len(probes),
+                "activation_positions": 0 if forced.hidden_index is None else len(forced.hidden_index[0]),
+                "activation_dims": 0 if forced.hidden_index is None else len(forced.hidden_index[1])}
+    return OutputLinearity(steps, tok, act, forced.logprobs, settings)
+
+
+# ----------------------------------------------------------------------------------------------------------- figures
+
+def plot_r2_histogram(result: OutputLinearity):
+    import matplotlib.pyplot as plt
+
+    s = result.summary()
+    fig, ax = plt.subplots()
+    ax.hist(result.kept["r2"], bins=np.linspace(0, 1, 41), color="C0")
+    ax.axvline(result.settings["r2_threshold"], color="0.3", ls="--", label=f"R² = {result.settings['r2_threshold']}")
+    ax.axvline(s["median"], color="C3", label=f"median {s['median']:.2f}")
+    ax.set(xlabel="R² of token log-prob vs step", ylabel="tokens",
+           title=f"Token log-prob linearity ({s['kept']:,} tokens with |Δ| > {result.settings['min_change']})")
+    ax.legend()
+    return fig
+
+
+def plot_token_curves(result: OutputLinearity, n: int = 6):
+    """Log-prob vs step of the `n` biggest movers, with their least-squares lines."""
+    import matplotlib.pyplot as plt
+
+    movers = result.movers(n)
+    cols = min(3, max(len(movers), 1))
+    rows = max(1, -(-len(movers) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    steps = result.steps
+    for ax, (i, row) in zip(axes.flat, movers.iterrows()):
+        y = result.logprobs[:, i].astype(np.float64)
+        slope, intercept = fit_line(y, steps)
+        ax.plot(steps, y, "o", ms=4)
+        ax.plot(steps, slope * steps + intercept, "-", color="C3", lw=1)
+        ax.set(title=f"{row['label']} (probe {row['probe']}, pos {row['position']}): R² {row['r2']:.2f}",
+               xlabel="step", ylabel="log-prob")
+        ax.title.set_fontsize(9)
+    for ax in list(axes.flat)[len(movers):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_change_vs_r2(result: OutputLinearity):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    t = result.tokens.dropna(subset=["r2"])
+    c = result.correlation()
+    fig, ax = plt.subplots()
+    sns.scatterplot(data=t, x="abs_change", y="r2", hue="category", hue_order=list(CATEGORIES), s=10, alpha=0.5,
+                    linewidth=0, ax=ax)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.axvline(result.settings["min_change"], color="0.3", ls="--")
+    ax.axhline(result.settings["r2_threshold"], color="0.3", ls=":")
+    ax.set(xlabel="|Δ log-prob| (first → last checkpoint)", ylabel="R² vs step",
+           title=f"Change vs linearity: Spearman ρ = {c['kept']:+.2f} (kept tokens)")
+    return fig
+
+
+def plot_activation_r2(result: OutputLinearity):
+    """Distribution of hidden-state R² per layer (LIN Fig. 7)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    lay = result.layers()
+    a = result.activation_r2
+    df = pd.DataFrame({"layer": np.repeat(lay["layer"].to_numpy(), a.shape[1]), "R²": a.reshape(-1)}).dropna()
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.7 * len(lay)), 4.0))
+    sns.boxplot(data=df, x="layer", y="R²", color="C0", fliersize=1, ax=ax)
+    ax.axhline(result.settings["r2_threshold"], color="0.3", ls="--")
+    ax.set(ylim=(0, 1.02), xlabel="", title="Hidden-state R² vs step per layer")
+    ax.tick_params(axis="x", rotation=45)
+    return fig
