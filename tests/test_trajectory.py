@@ -1,0 +1,281 @@
+import copy
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from helpers.trajectory import Trajectory, TrajectoryError, TrajectoryWarning, step_of
+
+TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
+            vocab_size=32)
+UP = "model.layers.0.mlp.up_proj.weight"
+LAYOUTS = {"trl": "checkpoint-{}", "verl": "global_step_{}/actor/huggingface", "openrlhf": "global_step{}_hf",
+           "plain": "step_{}"}
+
+
+def tiny_model(tied=False):
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=tied, **TINY))
+
+
+def at_step(model, step, dtype=torch.float32):
+    """A copy of `model` moved along a fixed random direction by 1e-3 per step (a linear trajectory)."""
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1e-3 * step * torch.randn(p.shape, generator=g))
+    return m.to(dtype)
+
+
+def save(model, path, step, dtype=torch.float32, **kw):
+    at_step(model, step, dtype).save_pretrained(path, **kw)
+    return path
+
+
+def make_run(root, model, steps, layout="trl", **kw):
+    for s in steps:
+        save(model, root / LAYOUTS[layout].format(s), s, **kw)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, model):
+    return make_run(tmp_path_factory.mktemp("run"), model, [0, 10, 20, 30])
+
+
+def expected_series(model, name, steps):
+    return torch.stack([at_step(model, s).state_dict()[name].reshape(-1).double() for s in steps])
+
+
+# --- layouts -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layouts(tmp_path, model, layout):
+    make_run(tmp_path, model, [0, 5, 10], layout)
+    if layout == "verl":  # verl also keeps FSDP shards and a marker file beside the HF dir
+        (tmp_path / "global_step_5" / "actor" / "model_world_size_1_rank_0.pt").write_bytes(b"x")
+        (tmp_path / "latest_checkpointed_iteration.txt").write_text("10")
+    traj = Trajectory(tmp_path)
+    assert traj.steps == [0, 5, 10]
+    assert traj.path(5) == (tmp_path / LAYOUTS[layout].format(5)).resolve()
+    assert torch.allclose(traj.series(UP), expected_series(model, UP, [0, 5, 10]), atol=0, rtol=0)
+
+
+def test_list_dict_and_separate_base(tmp_path, model):
+    run = make_run(tmp_path / "run", model, [4, 8])
+    base = save(model, tmp_path / "sft", 0)
+    verl = save(model, tmp_path / "v" / "global_step_12" / "actor" / "huggingface", 12)
+    traj = Trajectory([run / "checkpoint-8", run / "checkpoint-4", verl, (16, save(model, tmp_path / "x", 16))],
+                      base=base)
+    assert traj.steps == [0, 4, 8, 12, 16] and traj.path(0) == base.resolve()
+    assert torch.equal(traj.series(UP), expected_series(model, UP, traj.steps))
+    by_dir = Trajectory(run, base=base)
+    assert by_dir.steps == [0, 4, 8]
+    pair = Trajectory({4: run / "checkpoint-4", 12: tmp_path / "v" / "global_step_12"})
+    assert pair.steps == [4, 12] and pair.path(12) == verl.resolve()
+    assert step_of(run / "checkpoint-8") == 8 and step_of(verl) == 12
+    with pytest.warns(TrajectoryWarning, match="no base"):
+        Trajectory(run)
+
+
+def test_sharded_index(tmp_path, model):
+    make_run(tmp_path, model, [0, 1, 2], max_shard_size="40KB")
+    shards = list((tmp_path / "checkpoint-1").glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "checkpoint-1" / "model.safetensors.index.json").exists()
+    traj = Trajectory(tmp_path)
+    assert len({traj.checkpoint(1).tensors[n].file for n in traj.names}) == len(shards)
+    for name in (UP, "lm_head.weight", "model.norm.weight"):
+        assert torch.equal(traj.series(name), expected_series(model, name, [0, 1, 2]))
+
+
+def test_tied_and_untied(tmp_path, model):
+    untied = Trajectory(make_run(tmp_path / "u", model, [0, 1]))
+    assert not untied.tied_embeddings and "lm_head.weight" in untied.names
+    tied_model = tiny_model(tied=True)
+    tied = Trajectory(make_run(tmp_path / "t", tied_model, [0, 1]))
+    assert tied.tied_embeddings and "lm_head.weight" not in tied.names
+    assert len(tied.names) == len(untied.names) - 1
+    assert torch.equal(tied.tensor("lm_head.weight", 1), tied.tensor("model.embed_tokens.weight", 1))
+    assert tied.shape("lm_head.weight") == (32, 64)
+
+
+def test_mixed_dtypes(tmp_path, model):
+    save(model, tmp_path / "checkpoint-0", 0)
+    save(model, tmp_path / "checkpoint-1", 1, dtype=torch.bfloat16)
+    save(model, tmp_path / "checkpoint-2", 2)
+    traj = Trajectory(tmp_path)
+    assert traj.dtype(UP) == torch.float32 and traj.checkpoint(1).tensors[UP].dtype == torch.bfloat16
+    assert traj.tensor(UP, 1).dtype == torch.bfloat16 and traj.tensor(UP, 1, torch.float32).dtype == torch.float32
+    y = traj.series(UP, dtype=torch.float32)
+    assert y.dtype == torch.float32
+    assert torch.equal(y[1], at_step(model, 1).state_dict()[UP].bfloat16().float().reshape(-1))
+    idx = torch.tensor([3, 0, 4095, 77, 77])
+    assert torch.equal(traj.series(UP, idx, dtype=torch.float32), y[:, idx])
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
+def test_series_sample_matches_full_and_reads_no_whole_tensor(run, model, monkeypatch):
+    traj = Trajectory(run)
+    g = torch.Generator().manual_seed(0)
+    for name in (UP, "model.norm.weight", "model.embed_tokens.weight"):
+        idx = torch.randint(traj.numel(name), (50,), generator=g)
+        full = traj.series(name)
+        assert full.shape == (4, traj.numel(name)) and full.dtype == torch.float64
+        assert torch.equal(full, expected_series(model, name, traj.steps))
+        monkeypatch.setattr(Trajectory, "tensor", lambda *a, **k: pytest.fail("sampled read loaded a whole tensor"))
+        assert torch.equal(traj.series(name, idx), full[:, idx])
+        monkeypatch.undo()
+    with pytest.raises(TrajectoryError, match="out of range"):
+        traj.series(UP, torch.tensor([traj.numel(UP)]))
+
+
+def test_rows_and_flat(run):
+    traj = Trajectory(run)
+    w = traj.tensor(UP, 20)
+    assert torch.equal(traj.rows(UP, 20, 3, 7), w[3:7])
+    assert torch.equal(traj.flat(UP, 20, 100, 300), w.reshape(-1)[100:300])
+    with pytest.raises(TrajectoryError, match="out of range"):
+        traj.rows(UP, 20, 0, 10_000)
+
+
+def test_load_model_and_tokenizer(run, tmp_path):
+    from tokenizers import Tokenizer, models
+
+    traj = Trajectory(run)
+    m = traj.load_model(20)
+    assert not m.training
+    sd = m.state_dict()
+    for name in traj.names:
+        assert torch.equal(sd[name], traj.tensor(name, 20)), name
+    with pytest.raises(TrajectoryError, match="no tokenizer"):
+        traj.load_tokenizer()
+    from transformers import PreTrainedTokenizerFast
+    vocab = {f"t{i}": i for i in range(32)}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                            unk_token="t0").save_pretrained(traj.path(0))
+    try:
+        assert traj.load_tokenizer(step=30).convert_tokens_to_ids("t7") == 7  # falls back to the base
+    finally:
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            (traj.path(0) / f).unlink()
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+def test_empty_and_missing(tmp_path):
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(TrajectoryError, match=f"{tmp_path}: no checkpoints found"):
+        Trajectory(tmp_path)
+    with pytest.raises(TrajectoryError, match="not a directory"):
+        Trajectory(tmp_path / "nope")
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(TrajectoryError, match="checkpoint-3: no model.safetensors"):
+        Trajectory(tmp_path)
+    with pytest.raises(TrajectoryError, match="cannot tell the step"):
+        Trajectory([tmp_path / "logs"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_file(tmp_path, model, damage):
+    make_run(tmp_path, model, [0, 1])
+    f = tmp_path / "checkpoint-1" / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes({"truncate": data[:-100], "garbage": b"\xff" * 64, "empty": b""}[damage])
+    with pytest.raises(TrajectoryError, match=f"{f}: corrupt safetensors"):
+        Trajectory(tmp_path)
+
+
+def rewrite(path, edit):
+    """Re-save a checkpoint's model.safetensors after `edit(state_dict)`."""
+    from safetensors.torch import load_file, save_file
+
+    f = path / "model.safetensors"
+    sd = load_file(f)
+    edit(sd)
+    save_file(sd, f, metadata={"format": "pt"})
+    return f
+
+
+def test_missing_and_reshaped_tensor(tmp_path, model):
+    make_run(tmp_path, model, [0, 1, 2])
+    rewrite(tmp_path / "checkpoint-2", lambda sd: sd.pop(UP))
+    with pytest.raises(TrajectoryError, match=rf"checkpoint-2 \(step 2\): missing tensor.*{UP}"):
+        Trajectory(tmp_path)
+    rewrite(tmp_path / "checkpoint-2", lambda sd: sd.update({UP: torch.zeros(128, 32)}))
+    with pytest.raises(TrajectoryError, match=rf"checkpoint-2/model.safetensors \(step 2\).*{UP}.*\(128, 32\)"):
+        Trajectory(tmp_path)
+
+
+def test_duplicate_steps(tmp_path, model):
+    make_run(tmp_path, model, [0, 1])
+    save(model, tmp_path / "step_1", 1)
+    with pytest.raises(TrajectoryError, match="duplicate step 1: .*checkpoint-1 and .*step_1"):
+        Trajectory(tmp_path)
+
+
+def test_non_finite(tmp_path, model):
+    make_run(tmp_path, model, [0, 1, 2])
+    f = rewrite(tmp_path / "checkpoint-1", lambda sd: sd[UP].view(-1).__setitem__(5, float("nan")))
+    traj = Trajectory(tmp_path)  # headers are fine; the values are checked when read
+    with pytest.raises(TrajectoryError, match=rf"{f} \(step 1\).*{UP}.*1 non-finite"):
+        traj.series(UP)
+    with pytest.raises(TrajectoryError, match="non-finite"):
+        traj.series(UP, torch.tensor([5]))
+    assert traj.series(UP, torch.tensor([4, 6])).isfinite().all()  # samples that miss it are fine
+    rewrite(tmp_path / "checkpoint-2", lambda sd: sd["model.norm.weight"].__setitem__(0, float("inf")))
+    with pytest.raises(TrajectoryError, match="checkpoint-2.*non-finite"):
+        traj.tensor("model.norm.weight", 2)
+
+
+def test_pickle_refused_unless_allowed(tmp_path, model):
+    make_run(tmp_path, model, [0, 1])
+    d = tmp_path / "checkpoint-1"
+    sd = {k: v.contiguous() for k, v in at_step(model, 1).state_dict().items()}
+    torch.save(sd, d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(TrajectoryError, match="checkpoint-1: only pickle weights"):
+        Trajectory(tmp_path)
+    traj = Trajectory(tmp_path, allow_pickle=True)
+    assert torch.equal(traj.series(UP), expected_series(model, UP, [0, 1]))
+    assert torch.equal(traj.series(UP, torch.tensor([9, 2])), traj.series(UP)[:, [9, 2]])
+
+
+def test_trainer_state_must_agree(tmp_path, model):
+    make_run(tmp_path, model, [0, 1])
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    Trajectory(tmp_path)
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
+    with pytest.raises(TrajectoryError, match="checkpoint-1/trainer_state.json: global_step 7 disagrees"):
+        Trajectory(tmp_path)
+    assert Trajectory({0: tmp_path / "checkpoint-0", 1: tmp_path / "checkpoint-1"}).steps == [0, 1]  # steps given
+
+
+def test_verl_without_hf_weights(tmp_path, model):
+    make_run(tmp_path, model, [0], "verl")
+    actor = tmp_path / "global_step_5" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    shutil.copy(tmp_path / "global_step_0/actor/huggingface/config.json", actor / "huggingface")
+    (actor / "model_world_size_2_rank_0.pt").write_bytes(b"x")
+    with pytest.raises(TrajectoryError, match=f"{actor}: verl .*python -m verl.model_merger merge --backend fsdp "
+                                              f"--local_dir {actor} --target_dir"):
+        Trajectory(tmp_path)
+
+
+def test_uneven_spacing_warns(tmp_path, model):
+    make_run(tmp_path, model, [0, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trajectory(tmp_path)
+    save(model, tmp_path / "checkpoint-5", 5)
+    with pytest.warns(TrajectoryWarning, match=r"uneven step spacing.*\[0, 1, 2, 5\]"):
+        Trajectory(tmp_path)
