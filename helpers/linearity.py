@@ -1,0 +1,307 @@
+"""Linearity of a training trajectory: the one R² implementation, and weight-space statistics (LIN §3.1).
+
+`r2(y, t)` is the R² of every column of `y` against steps `t` (squared Pearson correlation = OLS R² with an intercept,
+in float64). Every notebook that reports an R² calls it.
+
+`weight_r2(traj, ...)` samples entries of every `.weight` tensor of a `helpers.trajectory.Trajectory`, keeps the ones
+that really moved, and returns their R² against the training step as a `WeightLinearity` (global distribution, per
+layer × module type, what was dropped and why). It streams one tensor at a time, so memory is bounded by one tensor
+read plus its samples × checkpoints, whatever the model size.
+
+Which entries count as "moved" (LIN samples 0.1 % per tensor, then drops entries with range ≤ 1e-4 or < 4 distinct
+values — 1e-4 is tuned to bf16). Here the range threshold is a parameter; `min_range="auto"` means the entry must move
+by at least `AUTO_RANGE_ULPS` = 2 representable steps of its storage dtype at its own magnitude (the largest |value|
+it takes), i.e. 2 × eps(dtype) × 2^⌊log2|θ|⌋. For bf16 weights of magnitude 0.01–0.03 that is 1.2e-4–2.4e-4, the
+scale of the reference's 1e-4; for fp32 it only rejects movement at the rounding level. A number is an absolute
+threshold (keep range > it, the reference's rule). Entries are dropped by the first filter they fail, range then
+distinct values, and both counts are reported.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .paths import stable_hash
+
+R2_THRESHOLD = 0.7      # the papers' line for "linear"
+AUTO_RANGE_ULPS = 2     # min_range="auto": an entry must move by at least this many steps of its dtype's resolution
+
+# Module types in display order; `parse_name` maps tensor names onto them.
+MODULES = ("embed", "q", "k", "v", "o", "q_norm", "k_norm", "input_norm", "gate", "up", "down", "post_attn_norm",
+           "final_norm", "head")
+_LEAF = {"embed_tokens": "embed", "wte": "embed", "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
+         "q_norm": "q_norm", "k_norm": "k_norm", "input_layernorm": "input_norm", "gate_proj": "gate",
+         "up_proj": "up", "down_proj": "down", "post_attention_layernorm": "post_attn_norm", "norm": "final_norm",
+         "lm_head": "head"}
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+# ---------------------------------------------------------------------------------------------------------- R² core
+def _as_f64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _steps(t, n: int) -> np.ndarray:
+    t = _as_f64(t)
+    if t.shape != (n,):
+        raise ValueError(f"steps must have shape ({n},) to match y, got {t.shape}")
+    if not np.all(np.isfinite(t)) or np.ptp(t) == 0:
+        raise ValueError(f"steps must be finite and not all equal, got {t.tolist()}")
+    return t
+
+
+def r2(y, t) -> np.ndarray:
+    """R² of each column of `y` (shape (T, ...)) against steps `t` (shape (T,)), float64, shape y.shape[1:].
+
+    Squared Pearson correlation = R² of an OLS line with intercept. A column whose values are all equal has no
+    defined R² and gives NaN: filter such columns first (`weight_r2` does).
+    """
+    y = _as_f64(y)
+    t = _steps(t, y.shape[0])
+    tc = t - t.mean()
+    yc = y - y.mean(axis=0)
+    sxy = np.tensordot(tc, yc, axes=1)
+    syy = np.einsum("i...,i...->...", yc, yc)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.clip(sxy * sxy / ((tc @ tc) * syy), 0.0, 1.0)
+    return np.where(np.ptp(y, axis=0) == 0, np.nan, out)
+
+
+def fit_line(y, t) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares line y ≈ slope·t + intercept for each column of `y` (T, ...), float64: (slope, intercept)."""
+    y = _as_f64(y)
+    t = _steps(t, y.shape[0])
+    tc = t - t.mean()
+    slope = np.tensordot(tc, y - y.mean(axis=0), axes=1) / (tc @ tc)
+    return slope, y.mean(axis=0) - slope * t.mean()
+
+
+# --------------------------------------------------------------------------------------------- per-entry statistics
+def parse_name(name: str) -> tuple[int | None, str]:
+    """(layer index or None, module type) of a Qwen2/Llama-style tensor name.
+
+    `model.layers.3.self_attn.q_proj.weight` -> (3, "q"); `model.norm.weight` -> (None, "final_norm");
+    `lm_head.weight` -> (None, "head"). A leaf not in `MODULES` keeps its own name (e.g. "rotary_emb").
+    """
+    m = _LAYER.search(name)
+    layer = int(m.group(1)) if m else None
+    parts = name.split(".")
+    leaf = parts[-2] if len(parts) >= 2 and parts[-1] in ("weight", "bias") else parts[-1]
+    module = _LEAF.get(leaf, leaf)
+    if module == "final_norm" and layer is not None:  # a bare `norm` inside a layer is not the final norm
+        module = "norm"
+    return layer, module
+
+
+def is_norm(module: str) -> bool:
+    return module.endswith("norm")
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A seed for one tensor, from the global seed and the tensor name; stable across runs and machines."""
+    return int(stable_hash([int(seed), name], length=15), 16)
+
+
+def sample_index(name: str, numel: int, fraction: float = 0.001, min_samples: int = 50, seed: int = 0) -> torch.Tensor:
+    """Sorted flat indices of k = min(numel, max(min_samples, ⌈fraction·numel⌉)) distinct entries of tensor `name`.
+
+    Memory O(k) for large tensors (numpy's Floyd sampler), so a 10⁹-entry embedding costs nothing extra.
+    """
+    k = min(numel, max(int(min_samples), math.ceil(fraction * numel)))
+    idx = np.random.default_rng(tensor_seed(seed, name)).choice(numel, size=k, replace=False)
+    return torch.from_numpy(np.sort(idx).astype(np.int64))
+
+
+def resolution(values, dtype: torch.dtype) -> np.ndarray:
+    """Spacing of representable numbers of `dtype` at |values| (one ulp), float64, elementwise."""
+    info = torch.finfo(dtype)
+    mag = np.maximum(np.abs(_as_f64(values)), info.tiny)
+    return info.eps * np.exp2(np.floor(np.log2(mag)))
+
+
+def n_distinct(y) -> np.ndarray:
+    """Number of distinct values in each column of `y` (T, k)."""
+    s = np.sort(_as_f64(y), axis=0)
+    return 1 + np.count_nonzero(np.diff(s, axis=0), axis=0)
+
+
+def entry_filters(y, dtype: torch.dtype, min_range: float | str = "auto", min_distinct: int = 4
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(moved, varied) boolean masks over the columns of `y` (T, k): the two tests an entry must pass to be kept.
+
+    moved: with `min_range="auto"`, range ≥ AUTO_RANGE_ULPS × resolution(dtype, max |value|); with a number,
+    range > min_range. varied: at least `min_distinct` distinct values.
+    """
+    y = _as_f64(y)
+    span = np.ptp(y, axis=0)
+    if min_range == "auto":
+        moved = span >= AUTO_RANGE_ULPS * resolution(np.abs(y).max(axis=0), dtype)
+    elif isinstance(min_range, (int, float)) and not isinstance(min_range, bool):
+        moved = span > float(min_range)
+    else:
+        raise ValueError(f"min_range must be 'auto' or a number, got {min_range!r}")
+    return moved, n_distinct(y) >= min_distinct
+
+
+# --------------------------------------------------------------------------------------------- trajectory statistics
+@dataclass
+class WeightLinearity:
+    """R² against step of sampled, moved entries of every `.weight` tensor of a trajectory.
+
+    entries: one row per kept entry — tensor, layer, module, index (flat), r2, slope (per step).
+    tensors: one row per tensor — tensor, layer, module, dtype, numel, sampled, dropped_range, dropped_distinct,
+             kept, r2_median, r2_mean.
+    """
+    steps: list[int]
+    entries: pd.DataFrame
+    tensors: pd.DataFrame
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.entries["r2"].to_numpy()
+
+    def summary(self, threshold: float = R2_THRESHOLD) -> dict:
+        """Global distribution of R² and the filter counts."""
+        v = self.values
+        q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
+        sampled = int(self.tensors["sampled"].sum())
+        return {"median": float(med), "q1": float(q1), "q3": float(q3),
+                "mean": float(v.mean()) if v.size else np.nan,
+                "frac_above": float((v > threshold).mean()) if v.size else np.nan, "threshold": threshold,
+                "kept": int(v.size), "sampled": sampled, "dropped": sampled - int(v.size),
+                "dropped_range": int(self.tensors["dropped_range"].sum()),
+                "dropped_distinct": int(self.tensors["dropped_distinct"].sum())}
+
+    def by_module(self, threshold: float = R2_THRESHOLD) -> pd.DataFrame:
+        """Per module type: kept entries, median / mean R², share above `threshold` (module types in `MODULES` order)."""
+        g = self.entries.groupby("module", observed=True)["r2"]
+        out = pd.DataFrame({"kept": g.size(), "median": g.median(), "mean": g.mean(),
+                            "frac_above": g.apply(lambda s: float((s > threshold).mean()))})
+        order = [m for m in MODULES if m in out.index] + sorted(set(out.index) - set(MODULES))
+        return out.loc[order]
+
+    def by_layer(self) -> pd.DataFrame:
+        """Per transformer layer: kept entries, median / mean R² (tensors outside the layers left out)."""
+        e = self.entries.dropna(subset=["layer"])
+        g = e.groupby(e["layer"].astype(int))["r2"]
+        return pd.DataFrame({"kept": g.size(), "median": g.median(), "mean": g.mean()})
+
+    def grid(self, stat: str = "mean") -> pd.DataFrame:
+        """Layer × module type table of `stat` ("mean" as in LIN Fig. 8, or "median") of R²; row "—" holds tensors
+        outside the layers (embedding, final norm, head)."""
+        e = self.entries.assign(row=self.entries["layer"].map(lambda x: "—" if pd.isna(x) else str(int(x))))
+        table = e.pivot_table(index="row", columns="module", values="r2", aggfunc=stat, observed=True)
+        rows = sorted((r for r in table.index if r != "—"), key=int) + (["—"] if "—" in table.index else [])
+        cols = [m for m in MODULES if m in table.columns] + sorted(set(table.columns) - set(MODULES))
+        return table.loc[rows, cols]
+
+    def least_linear_module(self) -> str:
+        return str(self.by_module()["median"].idxmin())
+
+    def results(self) -> dict:
+        """The numbers notebook 01 saves (`weight_r2_*`, `entries_*`), measured."""
+        s = self.summary()
+        mods = self.by_module()
+        layers = self.by_layer()["median"]
+        return {"weight_r2_median": s["median"], "weight_r2_q1": s["q1"], "weight_r2_q3": s["q3"],
+                "weight_r2_frac_above_0_7": s["frac_above"], "weight_r2_mean": s["mean"],
+                "entries_kept": s["kept"], "entries_dropped": s["dropped"], "entries_sampled": s["sampled"],
+                "entries_dropped_range": s["dropped_range"], "entries_dropped_distinct": s["dropped_distinct"],
+                "weight_r2_median_by_module": mods["median"].to_dict(),
+                "weight_r2_median_by_layer": {str(k): v for k, v in layers.items()},
+                "least_linear_module": self.least_linear_module(),
+                "n_checkpoints": len(self.steps), "steps": list(self.steps), "settings": self.settings}
+
+    def paper_rows(self) -> list[tuple[str, str, str]]:
+        """(claim, paper, measured) rows for `run.compare` (SPEC §1)."""
+        s = self.summary()
+        layers = self.by_layer()["median"]
+        least = self.least_linear_module()
+        layer_span = f"{layers.min():.2f} – {layers.max():.2f}" if len(layers) else "no layers"
+        return [
+            ("share of moved weights with R² > 0.7", "v1: > 80 %; v3 (DeepScaleR): > 70 %", f"{s['frac_above']:.1%}"),
+            ("where the R² distribution sits", "concentrated around 0.9",
+             f"median {s['median']:.2f} (IQR {s['q1']:.2f} – {s['q3']:.2f})"),
+            ("least linear module type", "LayerNorm weights (Fig. 8)",
+             f"{least} (median {self.by_module().loc[least, 'median']:.2f})"),
+            ("linearity across depth", "consistent across layers (Fig. 8)", f"per-layer medians {layer_span}"),
+            ("entries analysed", "0.1 % per tensor, moved ones only",
+             f"{s['kept']:,} kept of {s['sampled']:,} sampled ({s['dropped_range']:,} did not move, "
+             f"{s['dropped_distinct']:,} too few distinct values)"),
+        ]
+
+    def verdict(self) -> str:
+        """One sentence, computed from the measured numbers."""
+        s = self.summary()
+        least = self.least_linear_module()
+        holds = s["frac_above"] > 0.7
+        return (f"{s['frac_above']:.0%} of the {s['kept']:,} moved weight entries have R² > {s['threshold']} "
+                f"(median {s['median']:.2f}), so weight linearity {'holds' if holds else 'does not hold'} on this run "
+                f"by the paper's > 70 % bar; the least linear module type is {least}, "
+                f"{'a norm, as in the paper' if is_norm(least) else 'not a norm, unlike the paper'}.")
+
+
+def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range: float | str = "auto",
+              min_distinct: int = 4, seed: int = 0, names: Iterable[str] | None = None,
+              progress: bool = True) -> WeightLinearity:
+    """R² against step of sampled, moved entries of every `.weight` tensor of `traj` (LIN §3.1).
+
+    Per tensor: `sample_index` entries (seeded by `seed` and the tensor name), read at every checkpoint with
+    `traj.series`, filtered by `entry_filters`, R² in float64. One tensor at a time; a tqdm bar counts tensors.
+    """
+    from tqdm.auto import tqdm
+
+    steps = np.asarray(traj.steps, dtype=np.float64)
+    if len(steps) < 3:
+        raise ValueError(f"{traj.path(traj.steps[0]).parent}: need at least 3 checkpoints for an R², "
+                         f"found steps {list(traj.steps)}")
+    names = [n for n in (traj.names if names is None else names) if n.endswith(".weight")]
+    rows, parts = [], []
+    for name in tqdm(names, desc="weight R²", unit="tensor", disable=not progress):
+        layer, module = parse_name(name)
+        idx = sample_index(name, traj.numel(name), fraction, min_samples, seed)
+        y = traj.series(name, idx, dtype=torch.float64).numpy()
+        moved, varied = entry_filters(y, traj.dtype(name), min_range, min_distinct)
+        keep = moved & varied
+        r = r2(y[:, keep], steps)
+        rows.append({"tensor": name, "layer": layer, "module": module, "dtype": str(traj.dtype(name)).split(".")[-1],
+                     "numel": traj.numel(name), "sampled": idx.numel(), "dropped_range": int((~moved).sum()),
+                     "dropped_distinct": int((moved & ~varied).sum()), "kept": int(keep.sum()),
+                     "r2_median": float(np.median(r)) if r.size else np.nan,
+                     "r2_mean": float(r.mean()) if r.size else np.nan})
+        parts.append(pd.DataFrame({"tensor": name, "layer": np.nan if layer is None else layer, "module": module,
+                                   "index": idx.numpy()[keep], "r2": r, "slope": fit_line(y[:, keep], steps)[0]}))
+    columns = ["tensor", "layer", "module", "index", "r2", "slope"]
+    entries = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    entries = entries.astype({"tensor": pd.CategoricalDtype(names), "layer": float, "module": object,
+                              "index": np.int64, "r2": float, "slope": float})
+    settings = {"fraction": fraction, "min_samples": min_samples, "min_range": min_range,
+                "min_distinct": min_distinct, "seed": seed, "auto_range_ulps": AUTO_RANGE_ULPS}
+    return WeightLinearity(list(traj.steps), entries, pd.DataFrame(rows), settings)
+
+
+def examples(traj, result: WeightLinearity, n: int = 6, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` randomly chosen kept entries with their series and fitted line: dicts with tensor, index, module, steps,
+    values, r2, slope, intercept (for `helpers.plots.series_fits`)."""
+    e = result.entries
+    if e.empty:
+        return []
+    pick = e.sample(n=min(n, len(e)), random_state=np.random.RandomState(seed % 2**32)).sort_values("r2")
+    steps = np.asarray(traj.steps, dtype=np.float64)
+    out = []
+    for _, row in pick.iterrows():
+        y = traj.series(str(row["tensor"]), torch.tensor([row["index"]]), dtype=torch.float64).numpy()[:, 0]
+        slope, intercept = fit_line(y, steps)
+        out.append({"tensor": str(row["tensor"]), "index": int(row["index"]), "module": row["module"],
+                    "steps": steps, "values": y, "r2": float(r2(y[:, None], steps)[0]),
+                    "slope": float(slope), "intercept": float(intercept)})
+    return out
