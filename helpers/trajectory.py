@@ -495,6 +495,8 @@ class Trajectory:
 
 
 def check_finite(t: torch.Tensor, info: TensorInfo, name: str, step: int) -> None:
-    if t.is_floating_point() and t.dtype.itemsize > 1 and not torch.isfinite(t).all():
+    # fast path: a NaN/inf makes the sum non-finite (isfinite over bf16 is ~20x slower than a sum); an overflowing
+    # sum of finite values falls through to the exact check
+    if t.is_floating_point() and t.dtype.itemsize > 1 and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise TrajectoryError(f"{info.file} (step {step}): tensor {name!r} has {bad} non-finite value(s) (NaN/inf)")
