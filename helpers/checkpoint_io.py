@@ -51,16 +51,16 @@ def write_checkpoint(out_dir, tensors: Iterable[tuple[str, torch.Tensor]], like,
                     continue
                 t = t.detach().to("cpu", (cast(name) if cast else None) or t.dtype).contiguous()
                 if t.dtype not in DTYPE_NAMES:
-                    raise TypeError(f"{name}: dtype {t.dtype} cannot be stored in safetensors")
+                    raise TypeError(f"{out_dir}: tensor {name!r}: dtype {t.dtype} cannot be stored in safetensors")
                 if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise ValueError(f"{name}: non-finite values (NaN/inf); refusing to write {out_dir}")
+                    raise ValueError(f"{out_dir}: tensor {name!r} has non-finite values (NaN/inf); not written")
                 start = data.tell()
                 data.write(t.reshape(-1).view(torch.uint8).numpy().data)
                 entries.append((name, t.dtype, tuple(t.shape), start, data.tell()))
                 del t
         names = [e[0] for e in entries]
         if len(set(names)) != len(names):
-            raise ValueError(f"duplicate tensor names in the stream for {out_dir}")
+            raise ValueError(f"{out_dir}: duplicate tensor names in the stream")
         entries.sort(key=lambda e: (-e[1].itemsize, e[0]))
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name, dtype, shape, start, stop in entries:
