@@ -116,6 +116,8 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
             if n > size - 8 or n > 1 << 30:
                 raise ValueError(f"header length {n} does not fit in a {size}-byte file")
             header = json.loads(f.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
     except OSError as e:
         raise TrajectoryError(f"{file}: cannot read ({e})") from e
     except ValueError as e:  # includes json.JSONDecodeError, UnicodeDecodeError
@@ -239,7 +241,9 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
                 found.append((hit[1], (child / hit[0].weights).resolve(), hit[0].name))
         if not found:
             patterns = ", ".join(f"{l.pattern} ({l.name})" for l in LAYOUTS)
-            raise TrajectoryError(f"{root}: no checkpoints found; expected sub-directories named like {patterns}")
+            hint = (" (this looks like a single model; pass {step: dir} pairs instead)"
+                    if (root / "config.json").exists() else "")
+            raise TrajectoryError(f"{root}: no checkpoints found; expected sub-directories named like {patterns}{hint}")
     else:
         items = source.items() if isinstance(source, Mapping) else source
         for item in items:
@@ -328,7 +332,8 @@ class Trajectory:
             warnings.warn(f"{source}: no base checkpoint (step 0); pass base=<initial model dir> or add checkpoint-0",
                           TrajectoryWarning, stacklevel=2)
         if len(set(np.diff(self.steps).tolist())) > 1:
-            warnings.warn(f"uneven step spacing in {source}: steps {self.steps}", TrajectoryWarning, stacklevel=2)
+            where = source if isinstance(source, (str, Path)) else self.path(self.steps[-1])
+            warnings.warn(f"{where}: uneven step spacing, steps {self.steps}", TrajectoryWarning, stacklevel=2)
 
     def _check_consistent(self) -> None:
         """Every checkpoint has every tensor, with the base's shape (headers only)."""
@@ -500,3 +505,16 @@ def check_finite(t: torch.Tensor, info: TensorInfo, name: str, step: int) -> Non
     if t.is_floating_point() and t.dtype.itemsize > 1 and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise TrajectoryError(f"{info.file} (step {step}): tensor {name!r} has {bad} non-finite value(s) (NaN/inf)")
+
+
+def from_config(cfg) -> Trajectory:
+    """The trajectory a config names: `trajectory.dir` (+ `base`, `allow_pickle`), or the embedded default run."""
+    from .paths import resolve
+
+    t = cfg.trajectory
+    if t.dir:
+        source = resolve(t.dir)
+    else:
+        from .training import embedded_trajectory
+        source = embedded_trajectory(cfg)
+    return Trajectory(source, base=resolve(t.base) if t.base else None, allow_pickle=bool(t.allow_pickle))

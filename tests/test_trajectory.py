@@ -1,13 +1,15 @@
 import copy
 import json
 import shutil
+import struct
 import warnings
 
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from helpers.trajectory import Trajectory, TrajectoryError, TrajectoryWarning, step_of
+from helpers import config
+from helpers.trajectory import Trajectory, TrajectoryError, TrajectoryWarning, from_config, step_of
 
 TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
             vocab_size=32)
@@ -185,12 +187,13 @@ def test_empty_and_missing(tmp_path):
         Trajectory([tmp_path / "logs"])
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not-a-dict"])
 def test_corrupt_file(tmp_path, model, damage):
     make_run(tmp_path, model, [0, 1])
     f = tmp_path / "checkpoint-1" / "model.safetensors"
     data = f.read_bytes()
-    f.write_bytes({"truncate": data[:-100], "garbage": b"\xff" * 64, "empty": b""}[damage])
+    f.write_bytes({"truncate": data[:-100], "garbage": b"\xff" * 64, "empty": b"",
+                  "not-a-dict": struct.pack("<Q", 2) + b"[]"}[damage])
     with pytest.raises(TrajectoryError, match=f"{f}: corrupt safetensors"):
         Trajectory(tmp_path)
 
@@ -277,5 +280,21 @@ def test_uneven_spacing_warns(tmp_path, model):
         warnings.simplefilter("error")
         Trajectory(tmp_path)
     save(model, tmp_path / "checkpoint-5", 5)
-    with pytest.warns(TrajectoryWarning, match=r"uneven step spacing.*\[0, 1, 2, 5\]"):
+    with pytest.warns(TrajectoryWarning, match=r"uneven step spacing, steps \[0, 1, 2, 5\]"):
         Trajectory(tmp_path)
+
+
+def test_from_config(run, tmp_path, model):
+    cfg = config.load(profile="default", overrides={"trajectory.dir": str(run)})
+    assert from_config(cfg).steps == [0, 10, 20, 30]
+    partial = make_run(tmp_path / "r", model, [10, 20])
+    cfg = config.load(profile="default", overrides={"trajectory.dir": str(partial),
+                                                      "trajectory.base": str(run / "checkpoint-0")})
+    assert from_config(cfg).path(0) == (run / "checkpoint-0").resolve()
+
+
+def test_weights_only_checkpoint_uses_base_config(tmp_path, model):
+    make_run(tmp_path, model, [0, 3])
+    (tmp_path / "checkpoint-3" / "config.json").unlink()
+    traj = Trajectory(tmp_path)
+    assert torch.equal(traj.load_model(3).state_dict()[UP], traj.tensor(UP, 3))
