@@ -144,11 +144,19 @@ def entry_filters(y, dtype: torch.dtype, min_range: float | str = "auto", min_di
     span = np.ptp(y, axis=0)
     if min_range == "auto":
         moved = span >= AUTO_RANGE_ULPS * resolution(np.abs(y).max(axis=0), dtype)
-    elif isinstance(min_range, (int, float)) and not isinstance(min_range, bool):
-        moved = span > float(min_range)
     else:
-        raise ValueError(f"min_range must be 'auto' or a number, got {min_range!r}")
+        moved = span > _threshold(min_range)
     return moved, n_distinct(y) >= min_distinct
+
+
+def _threshold(min_range) -> float:
+    """A number, or a string YAML left unparsed (`1e-4`)."""
+    try:
+        if isinstance(min_range, bool):
+            raise TypeError
+        return float(min_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_range must be 'auto' or a number, got {min_range!r}") from None
 
 
 # --------------------------------------------------------------------------------------------- trajectory statistics
@@ -182,10 +190,12 @@ class WeightLinearity:
                 "dropped_distinct": int(self.tensors["dropped_distinct"].sum())}
 
     def by_module(self, threshold: float = R2_THRESHOLD) -> pd.DataFrame:
-        """Per module type: kept entries, median / mean R², share above `threshold` (module types in `MODULES` order)."""
+        """Per module type: entries sampled / dropped (by reason) / kept, median and mean R², share above
+        `threshold` (module types in `MODULES` order)."""
+        counts = self.tensors.groupby("module")[["sampled", "dropped_range", "dropped_distinct", "kept"]].sum()
         g = self.entries.groupby("module", observed=True)["r2"]
-        out = pd.DataFrame({"kept": g.size(), "median": g.median(), "mean": g.mean(),
-                            "frac_above": g.apply(lambda s: float((s > threshold).mean()))})
+        out = counts.join(pd.DataFrame({"median": g.median(), "mean": g.mean(),
+                                        "frac_above": g.apply(lambda s: float((s > threshold).mean()))}))
         order = [m for m in MODULES if m in out.index] + sorted(set(out.index) - set(MODULES))
         return out.loc[order]
 
@@ -202,10 +212,12 @@ class WeightLinearity:
         table = e.pivot_table(index="row", columns="module", values="r2", aggfunc=stat, observed=True)
         rows = sorted((r for r in table.index if r != "—"), key=int) + (["—"] if "—" in table.index else [])
         cols = [m for m in MODULES if m in table.columns] + sorted(set(table.columns) - set(MODULES))
-        return table.loc[rows, cols]
+        return table.loc[rows, cols].rename_axis(index="layer", columns="module type")
 
     def least_linear_module(self) -> str:
-        return str(self.by_module()["median"].idxmin())
+        """The module type with the lowest median R² ("none" when nothing was kept)."""
+        medians = self.by_module()["median"].dropna()
+        return str(medians.idxmin()) if len(medians) else "none"
 
     def results(self) -> dict:
         """The numbers notebook 01 saves (`weight_r2_*`, `entries_*`), measured."""
@@ -217,37 +229,53 @@ class WeightLinearity:
                 "entries_kept": s["kept"], "entries_dropped": s["dropped"], "entries_sampled": s["sampled"],
                 "entries_dropped_range": s["dropped_range"], "entries_dropped_distinct": s["dropped_distinct"],
                 "weight_r2_median_by_module": mods["median"].to_dict(),
+                "entries_by_module": mods[["sampled", "dropped_range", "dropped_distinct", "kept"]].to_dict("index"),
                 "weight_r2_median_by_layer": {str(k): v for k, v in layers.items()},
                 "least_linear_module": self.least_linear_module(),
                 "n_checkpoints": len(self.steps), "steps": list(self.steps), "settings": self.settings}
+
+    def norm_summary(self) -> dict:
+        """Kept entries and median R² of all norm weights together (LIN Fig. 8: the least linear)."""
+        v = self.entries.loc[self.entries["module"].map(is_norm), "r2"]
+        return {"kept": int(len(v)), "median": float(v.median()) if len(v) else np.nan}
+
+    def _least_linear_text(self) -> str:
+        least, norms = self.least_linear_module(), self.norm_summary()
+        if least == "none":
+            return "nothing kept"
+        text = f"{least} (median {self.by_module().loc[least, 'median']:.2f})"
+        if is_norm(least):
+            return text + ", a norm as in the paper"
+        if not norms["kept"]:
+            return text + "; no norm entry moved enough to be kept"
+        return text + f", not a norm (norms: median {norms['median']:.2f}), unlike the paper"
 
     def paper_rows(self) -> list[tuple[str, str, str]]:
         """(claim, paper, measured) rows for `run.compare` (SPEC §1)."""
         s = self.summary()
         layers = self.by_layer()["median"]
-        least = self.least_linear_module()
         layer_span = f"{layers.min():.2f} – {layers.max():.2f}" if len(layers) else "no layers"
         return [
             ("share of moved weights with R² > 0.7", "v1: > 80 %; v3 (DeepScaleR): > 70 %", f"{s['frac_above']:.1%}"),
             ("where the R² distribution sits", "concentrated around 0.9",
              f"median {s['median']:.2f} (IQR {s['q1']:.2f} – {s['q3']:.2f})"),
-            ("least linear module type", "LayerNorm weights (Fig. 8)",
-             f"{least} (median {self.by_module().loc[least, 'median']:.2f})"),
+            ("least linear module type", "LayerNorm weights (Fig. 8)", self._least_linear_text()),
             ("linearity across depth", "consistent across layers (Fig. 8)", f"per-layer medians {layer_span}"),
-            ("entries analysed", "0.1 % per tensor, moved ones only",
-             f"{s['kept']:,} kept of {s['sampled']:,} sampled ({s['dropped_range']:,} did not move, "
+            ("entries analysed", "0.1 % per tensor (≥ 50), moved ones only",
+             f"{self.settings.get('fraction', float('nan')):.2%} per tensor (≥ {self.settings.get('min_samples')}): "
+             f"{s['kept']:,} kept of {s['sampled']:,} ({s['dropped_range']:,} moved too little, "
              f"{s['dropped_distinct']:,} too few distinct values)"),
         ]
 
     def verdict(self) -> str:
         """One sentence, computed from the measured numbers."""
         s = self.summary()
-        least = self.least_linear_module()
+        if not s["kept"]:
+            return "No sampled weight entry moved enough to be analysed, so weight linearity cannot be assessed here."
         holds = s["frac_above"] > 0.7
         return (f"{s['frac_above']:.0%} of the {s['kept']:,} moved weight entries have R² > {s['threshold']} "
                 f"(median {s['median']:.2f}), so weight linearity {'holds' if holds else 'does not hold'} on this run "
-                f"by the paper's > 70 % bar; the least linear module type is {least}, "
-                f"{'a norm, as in the paper' if is_norm(least) else 'not a norm, unlike the paper'}.")
+                f"by the paper's > 70 % bar; least linear module type: {self._least_linear_text()}.")
 
 
 def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range: float | str = "auto",

@@ -133,7 +133,8 @@ def test_entry_filters_drop_exactly_frozen_and_three_valued_entries():
     # absolute thresholds (range > min_range); ranges are 0, 1, 10, 15 and 6 ulps (ulp = 2^-13 ≈ 1.2e-4)
     assert L.entry_filters(y, torch.bfloat16, min_range=1e-3)[0].tolist() == [False, False, True, True, False]
     assert L.entry_filters(y, torch.bfloat16, min_range=1e-4)[0].tolist() == [False, True, True, True, True]
-    with pytest.raises(ValueError, match="min_range"):
+    assert L.entry_filters(y, torch.bfloat16, min_range="1e-3")[0].tolist() == [False, False, True, True, False]
+    with pytest.raises(ValueError, match="min_range"):  # YAML leaves `1e-3` a string; other strings are errors
         L.entry_filters(y, torch.bfloat16, min_range="big")
 
 
@@ -201,7 +202,11 @@ def test_bf16_norms_that_barely_move_are_dropped(tmp_path):
     wl = L.weight_r2(traj, fraction=0.05, progress=False)
     norms = wl.tensors[wl.tensors["module"].str.endswith("norm")]
     assert len(norms) == 5 and (norms["kept"] == 0).all() and (norms["dropped_range"] == norms["sampled"]).all()
-    assert wl.summary()["kept"] > 0
+    assert wl.summary()["kept"] > 0 and wl.norm_summary()["kept"] == 0
+    mods = wl.by_module()
+    assert mods.loc["final_norm", "dropped_range"] == mods.loc["final_norm", "sampled"] == 32
+    assert np.isnan(mods.loc["final_norm", "median"]) and wl.least_linear_module() != "final_norm"
+    assert "no norm entry moved enough" in wl.verdict()
 
 
 def test_result_tables_and_saved_keys(linear):
@@ -212,7 +217,7 @@ def test_result_tables_and_saved_keys(linear):
         assert key in res
     assert res["weight_r2_frac_above_0_7"] == 1.0 and res["entries_kept"] == len(wl.entries)
     grid = wl.grid()
-    assert list(grid.index) == ["0", "1", "—"]
+    assert list(grid.index) == ["0", "1", "—"] and grid.index.name == "layer"
     assert list(grid.columns) == ["embed", "q", "k", "v", "o", "input_norm", "gate", "up", "down", "post_attn_norm",
                                   "final_norm", "head"]
     assert np.isnan(grid.loc["0", "embed"]) and grid.loc["—", "head"] == pytest.approx(1.0)
@@ -220,6 +225,13 @@ def test_result_tables_and_saved_keys(linear):
     assert len(wl.paper_rows()) == 5 and "100%" in wl.verdict() and "holds" in wl.verdict()
     ex = L.examples(linear, wl, n=4, seed=1)
     assert len(ex) == 4 and all(e["r2"] > 1 - 1e-9 and len(e["values"]) == len(STEPS) for e in ex)
+
+
+def test_nothing_moved(tmp_path):
+    wl = L.weight_r2(tiny_run(tmp_path / "run", drift=0.0), progress=False)
+    assert wl.summary()["kept"] == 0 and wl.summary()["dropped_range"] == wl.summary()["sampled"] > 0
+    assert "cannot be assessed" in wl.verdict() and wl.least_linear_module() == "none"
+    assert wl.results()["entries_kept"] == 0
 
 
 def test_too_few_checkpoints_is_an_error(tmp_path):
