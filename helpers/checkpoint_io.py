@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from .paths import atomic_dir, atomic_write_json
+from .trajectory import all_finite
 
 DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -27,7 +28,7 @@ COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "toke
                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
                 "chat_template.jinja", "chat_template.json")
 RECORD_NAME = "extrapolation.json"
-CHUNK = 64 << 20  # bytes copied at a time when assembling the final file
+CHUNK = 16 << 20  # bytes copied at a time when assembling the final file
 
 
 def write_checkpoint(out_dir, tensors: Iterable[tuple[str, torch.Tensor]], like, record: dict | None = None,
@@ -52,7 +53,7 @@ def write_checkpoint(out_dir, tensors: Iterable[tuple[str, torch.Tensor]], like,
                 t = t.detach().to("cpu", (cast(name) if cast else None) or t.dtype).contiguous()
                 if t.dtype not in DTYPE_NAMES:
                     raise TypeError(f"{out_dir}: tensor {name!r}: dtype {t.dtype} cannot be stored in safetensors")
-                if t.is_floating_point() and not torch.isfinite(t).all():
+                if not all_finite(t):
                     raise ValueError(f"{out_dir}: tensor {name!r} has non-finite values (NaN/inf); not written")
                 start = data.tell()
                 data.write(t.reshape(-1).view(torch.uint8).numpy().data)
