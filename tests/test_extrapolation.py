@@ -14,6 +14,15 @@ BIAS = "model.layers.1.self_attn.q_proj.bias"
 EMBED = "model.embed_tokens.weight"
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not spin-wait on a shared, busy CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def checkpoint(path, step, tied=False, dtype=torch.float32, trainer_state=True):
     """A tiny Qwen2 moved by `step` × a fixed random direction (norms included), saved in `dtype`."""
     torch.manual_seed(0)
