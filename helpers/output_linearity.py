@@ -11,7 +11,7 @@ the kept tokens (ranks, because neither quantity is near-normal).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -94,17 +94,21 @@ class OutputLinearity:
                              "abs_change_to": g["abs_change"].max(), "r2_median": g["r2"].median()}
                             ).reset_index(drop=True)
 
-    def categories(self, top: int = 8) -> pd.DataFrame:
-        """Per category: token count, share, median |Δ| and R², and the `top` tokens that dominate it (share of the
-        category's occurrences)."""
+    def categories(self, top: int = 8, min_count: int = 3) -> pd.DataFrame:
+        """Per category: token count, share, median |Δ| and R², the `top` most frequent tokens (share of the category's
+        occurrences) and the `top` most over-represented ones (share in the category ÷ share among all response
+        tokens, among tokens seen ≥ `min_count` times in the category)."""
+        overall = self.tokens["label"].value_counts(normalize=True)
         rows = []
         for cat in CATEGORIES:
             c = self.tokens[self.tokens["category"] == cat]
             counts = c["label"].value_counts()
-            dominant = ", ".join(f"{lab} {n / len(c):.0%}" for lab, n in counts.head(top).items())
+            lift = (counts / max(len(c), 1) / overall[counts.index])[counts >= min_count]
+            lift = lift.sort_values(ascending=False, kind="stable").head(top)
             rows.append({"category": cat, "tokens": len(c), "share": len(c) / max(len(self.tokens), 1),
                          "abs_change_median": c["abs_change"].median(), "r2_median": c["r2"].median(),
-                         "dominant tokens": dominant})
+                         "most frequent": ", ".join(f"{lab} {n / len(c):.0%}" for lab, n in counts.head(top).items()),
+                         "over-represented": ", ".join(f"{lab} ×{x:.1f} (n={counts[lab]})" for lab, x in lift.items())})
         return pd.DataFrame(rows).set_index("category")
 
     def layers(self) -> pd.DataFrame:
@@ -122,6 +126,17 @@ class OutputLinearity:
         """The `n` kept tokens with the largest |Δ log-prob|."""
         return self.kept.nlargest(n, "abs_change")
 
+    def examples(self, n: int = 6) -> list[dict[str, Any]]:
+        """The `n` biggest movers as dicts for `helpers.plots.series_fits`: label, steps, values, slope, intercept, r2."""
+        out = []
+        for i, row in self.movers(n).iterrows():
+            y = self.logprobs[:, i].astype(np.float64)
+            slope, intercept = fit_line(y, self.steps)
+            out.append({"label": f"{row['label']} (probe {row['probe']}, position {row['position']})",
+                        "steps": self.steps, "values": y, "slope": float(slope), "intercept": float(intercept),
+                        "r2": float(row["r2"])})
+        return out
+
     def results(self) -> dict:
         """The numbers notebook 02 saves, measured."""
         s, c, lay = self.summary(), self.correlation(), self.layers()
@@ -133,7 +148,8 @@ class OutputLinearity:
                 "change_r2_correlation_p": c["kept_p"], "change_r2_correlation_all_tokens": c["all"],
                 "r2_median_by_change_quartile": self.by_change()["r2_median"].tolist(),
                 "category_counts": cats["tokens"].to_dict(),
-                "category_dominant_tokens": cats["dominant tokens"].to_dict(),
+                "category_frequent_tokens": cats["most frequent"].to_dict(),
+                "category_over_represented_tokens": cats["over-represented"].to_dict(),
                 "activation_r2_median_by_layer": lay["median"].tolist(),
                 "activation_layers": lay["layer"].tolist(),
                 "n_checkpoints": len(self.steps), "steps": [int(x) for x in self.steps], "settings": self.settings}
@@ -154,8 +170,9 @@ class OutputLinearity:
             ("high-change tokens", "mostly high R² ('behaviour'); erratic ones a small minority",
              f"behaviour {cats.loc['behaviour', 'tokens']:,}, erratic {cats.loc['erratic', 'tokens']:,}"),
             ("behaviour tokens", "reasoning connectors: 'wait', 'but', 'therefore'",
-             cats.loc["behaviour", "dominant tokens"] or "none"),
-            ("stable tokens", "mostly arithmetic", cats.loc["stable", "dominant tokens"] or "none"),
+             "over-represented: " + (cats.loc["behaviour", "over-represented"] or "none")),
+            ("stable tokens", "mostly arithmetic",
+             "over-represented: " + (cats.loc["stable", "over-represented"] or "none")),
             ("raw chosen-token logit R²", "not reported", f"median {s['logit_median']:.2f} over kept tokens"),
         ]
         if len(lay):
@@ -214,43 +231,6 @@ def analyse(forced, probes, tokenizer=None, min_change: float = MIN_CHANGE,
 
 # ----------------------------------------------------------------------------------------------------------- figures
 
-def plot_r2_histogram(result: OutputLinearity):
-    import matplotlib.pyplot as plt
-
-    s = result.summary()
-    fig, ax = plt.subplots()
-    ax.hist(result.kept["r2"], bins=np.linspace(0, 1, 41), color="C0")
-    ax.axvline(result.settings["r2_threshold"], color="0.3", ls="--", label=f"R² = {result.settings['r2_threshold']}")
-    ax.axvline(s["median"], color="C3", label=f"median {s['median']:.2f}")
-    ax.set(xlabel="R² of token log-prob vs step", ylabel="tokens",
-           title=f"Token log-prob linearity ({s['kept']:,} tokens with |Δ| > {result.settings['min_change']})")
-    ax.legend()
-    return fig
-
-
-def plot_token_curves(result: OutputLinearity, n: int = 6):
-    """Log-prob vs step of the `n` biggest movers, with their least-squares lines."""
-    import matplotlib.pyplot as plt
-
-    movers = result.movers(n)
-    cols = min(3, max(len(movers), 1))
-    rows = max(1, -(-len(movers) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
-    steps = result.steps
-    for ax, (i, row) in zip(axes.flat, movers.iterrows()):
-        y = result.logprobs[:, i].astype(np.float64)
-        slope, intercept = fit_line(y, steps)
-        ax.plot(steps, y, "o", ms=4)
-        ax.plot(steps, slope * steps + intercept, "-", color="C3", lw=1)
-        ax.set(title=f"{row['label']} (probe {row['probe']}, pos {row['position']}): R² {row['r2']:.2f}",
-               xlabel="step", ylabel="log-prob")
-        ax.title.set_fontsize(9)
-    for ax in list(axes.flat)[len(movers):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
 def plot_change_vs_r2(result: OutputLinearity):
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -261,6 +241,7 @@ def plot_change_vs_r2(result: OutputLinearity):
     sns.scatterplot(data=t, x="abs_change", y="r2", hue="category", hue_order=list(CATEGORIES), s=10, alpha=0.5,
                     linewidth=0, ax=ax)
     ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(0, max(float(t["abs_change"].max()), result.settings["min_change"]) * 1.2)
     ax.axvline(result.settings["min_change"], color="0.3", ls="--")
     ax.axhline(result.settings["r2_threshold"], color="0.3", ls=":")
     ax.set(xlabel="|Δ log-prob| (first → last checkpoint)", ylabel="R² vs step",
@@ -275,10 +256,11 @@ def plot_activation_r2(result: OutputLinearity):
 
     lay = result.layers()
     a = result.activation_r2
-    df = pd.DataFrame({"layer": np.repeat(lay["layer"].to_numpy(), a.shape[1]), "R²": a.reshape(-1)}).dropna()
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.7 * len(lay)), 4.0))
-    sns.boxplot(data=df, x="layer", y="R²", color="C0", fliersize=1, ax=ax)
+    short = ["emb"] + [str(i) for i in range(1, len(lay))]
+    df = pd.DataFrame({"layer": np.repeat(short, a.shape[1]), "R²": a.reshape(-1)}).dropna()
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(lay)), 4.0))
+    sns.boxplot(data=df, x="layer", y="R²", order=short, color="C0", fliersize=1, ax=ax)
     ax.axhline(result.settings["r2_threshold"], color="0.3", ls="--")
-    ax.set(ylim=(0, 1.02), xlabel="", title="Hidden-state R² vs step per layer")
-    ax.tick_params(axis="x", rotation=45)
+    ax.set(ylim=(0, 1.02), xlabel="embeddings, then output of block i",
+           title="Hidden-state R² vs step per layer")
     return fig
