@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import yaml
 
 from . import config as config_mod
 from . import report
@@ -31,7 +30,6 @@ from .results import results_path
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class NotebookFailed(RuntimeError):
@@ -71,11 +69,8 @@ def select(notebooks: Sequence[Path], only: str) -> Path:
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML (`3` -> 3, `true` -> True, `grpo` -> "grpo"), with `1e-5` read as a float too."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and _NUMBER.fullmatch(text.strip()):
-        return float(text)
-    return value
+    """A command-line value as YAML (`3` -> 3, `true` -> True, `grpo` -> "grpo", `1e-5` -> 1e-05)."""
+    return config_mod.parse_yaml(text)
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list]:

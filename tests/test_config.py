@@ -72,3 +72,7 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with paths.atomic_dir(final) as tmp:
         (tmp / "whole.txt").write_text("x")
     assert (final / "whole.txt").exists()
+
+
+def test_yaml_reads_exponent_floats():
+    assert config.parse_yaml("lr: 1e-6\nn: 3\nx: 1.5e-5") == {"lr": 1e-6, "n": 3, "x": 1.5e-5}
