@@ -14,7 +14,6 @@ import json
 import re
 import struct
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -305,8 +304,6 @@ class Trajectory:
     allow_pickle: accept `.bin` weights (loaded with torch.load(weights_only=True)); refused by default.
     """
 
-    open_files = 32  # safetensors handles kept open (least recently used are closed)
-
     def __init__(self, source, base=None, allow_pickle: bool = False):
         self.allow_pickle = allow_pickle
         self.checkpoints = [Checkpoint.open(step, path, layout, allow_pickle)
@@ -327,7 +324,6 @@ class Trajectory:
             if embed:
                 self._alias["lm_head.weight"] = embed[0]
         self._check_consistent()
-        self._handles: OrderedDict[Path, object] = OrderedDict()
         if self.steps[0] != 0 and isinstance(source, (str, Path)):
             warnings.warn(f"{source}: no base checkpoint (step 0); pass base=<initial model dir> or add checkpoint-0",
                           TrajectoryWarning, stacklevel=2)
@@ -389,50 +385,33 @@ class Trajectory:
 
     # --- reading --------------------------------------------------------------------------------------------------
 
-    def _handle(self, file: Path):
-        if file in self._handles:
-            self._handles.move_to_end(file)
-            return self._handles[file]
+    def _read(self, info: TensorInfo, name: str, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Tensor `name` from `info.file`: whole (safe_open), or its flat entries `index` (index tensor or slice)
+        through a memory map, so only their pages are read. Nothing stays open or mapped after the read."""
         try:
-            h = safe_open(str(file), framework="pt") if file.suffix == ".safetensors" else load_pickle(file)
+            if info.offset < 0:  # pickle, memory-mapped by torch.load
+                t = load_pickle(info.file)[name]
+                return (t if index is None else t.reshape(-1)[index]).clone()
+            if index is None:
+                with safe_open(str(info.file), framework="pt") as f:
+                    return f.get_tensor(name)
+            data = np.memmap(info.file, dtype=NP_STANDIN[info.dtype], mode="r", offset=info.offset, shape=(info.numel,))
+            return torch.from_numpy(np.array(data[index if isinstance(index, slice) else index.numpy()])).view(info.dtype)
         except TrajectoryError:
             raise
-        except Exception as e:
-            raise TrajectoryError(f"{file}: cannot open ({e})") from e
-        self._handles[file] = h
-        if len(self._handles) > self.open_files:
-            self._handles.popitem(last=False)
-        return h
+        except Exception as e:  # safetensors / numpy / torch raise many types for unreadable data
+            raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
 
     def tensor(self, name: str, step: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor of one checkpoint, checked finite, converted to `dtype` if given."""
-        info = self._info(name, step)
-        name = self._alias.get(name, name)
-        try:
-            h = self._handle(info.file)
-            t = h.get_tensor(name) if hasattr(h, "get_tensor") else h[name].clone()
-        except TrajectoryError:
-            raise
-        except Exception as e:
-            raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
-        check_finite(t, info, name, step)
+        t = self._get(name, step)
         return t if dtype is None else t.to(dtype)
 
-    def _gather(self, name: str, step: int, index: torch.Tensor | slice) -> torch.Tensor:
-        """Flat entries `index` (index tensor or slice) of one tensor of one checkpoint, reading only their pages."""
+    def _get(self, name: str, step: int, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Tensor `name` (or its flat entries `index`) at `step`, checked finite."""
         info = self._info(name, step)
         name = self._alias.get(name, name)
-        if info.offset < 0:  # pickle: memory-mapped by torch.load
-            t = self._handle(info.file)[name].reshape(-1)[index].clone()
-        else:
-            try:
-                data = np.memmap(info.file, dtype=NP_STANDIN[info.dtype], mode="r", offset=info.offset,
-                                 shape=(info.numel,))
-                t = torch.from_numpy(np.array(data[index if isinstance(index, slice) else index.numpy()]))
-                del data
-            except (OSError, ValueError) as e:
-                raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
-            t = t.view(info.dtype)
+        t = self._read(info, name, index)
         check_finite(t, info, name, step)
         return t
 
@@ -442,7 +421,7 @@ class Trajectory:
         if not 0 <= start <= stop <= n:
             raise TrajectoryError(f"{self._info(name, step).file}: flat range [{start}, {stop}) out of range for "
                                   f"{name!r} with {n} entries")
-        return self._gather(name, step, slice(start, stop))
+        return self._get(name, step, slice(start, stop))
 
     def rows(self, name: str, step: int, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) along dim 0 of one tensor of one checkpoint, read alone (a 0-d tensor has one row)."""
@@ -451,7 +430,7 @@ class Trajectory:
         if not 0 <= start <= stop <= rows:
             raise TrajectoryError(f"{self._info(name, step).file}: rows [{start}, {stop}) out of range for {name!r} "
                                   f"of shape {shape}")
-        return self._gather(name, step, slice(start * per_row, stop * per_row)).reshape(stop - start, *shape[1:])
+        return self._get(name, step, slice(start * per_row, stop * per_row)).reshape(stop - start, *shape[1:])
 
     def series(self, name: str, index: torch.Tensor | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """(T, k) values of tensor `name` at every step: the flat entries `index` (1-D LongTensor), or all of them
@@ -464,13 +443,10 @@ class Trajectory:
         k = self.numel(name) if index is None else len(index)
         out = torch.empty(len(self.steps), k, dtype=dtype)
         for row, step in enumerate(self.steps):
-            t = self.tensor(name, step).reshape(-1) if index is None else self._gather(name, step, index)
+            t = self._get(name, step, index).reshape(-1)
             out[row] = t.to(dtype)
             del t
         return out
-
-    def close(self) -> None:
-        self._handles.clear()
 
     # --- whole models ---------------------------------------------------------------------------------------------
 
