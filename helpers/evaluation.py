@@ -1,0 +1,222 @@
+"""Sampling and scoring shared by every notebook: one `Sampler` interface, several backends, avg@k / pass@k.
+
+    sampler = make_sampler("hf", model_dir)               # or an already loaded model + tokenizer
+    scores = evaluate(sampler, heldout_items, k=8, temperature=0.6, top_p=0.95, max_new_tokens=16, seed=0)
+
+Backends live in `BACKENDS` (name -> factory). `hf` is a batched step-by-step decoding loop (`decode`) with left
+padding, parameterised by where the next-token logits come from (`ModelLogits`: one model and its KV cache), so a
+logit-extrapolated pair of models (`logit-extrapolation`, helpers.logit_extrapolation) samples through the very same
+loop; another backend (vLLM) registers itself with `register_backend` and implements `Sampler`.
+A backend may also set `last_entropy` (mean token entropy of the distributions it sampled from in its last call).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from . import tasks
+from .device import pick
+
+
+class Sampler(Protocol):
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int) -> list[list[str]]:
+        """n completions per prompt (temperature 0 = greedy)."""
+        ...
+
+
+def load_model(path: str | Path, device: str | torch.device = "auto", dtype=torch.float32):
+    """(model in eval mode, tokenizer) of an HF model directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(pick(device) if isinstance(device, str) else device)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+class ModelLogits:
+    """Next-token logits (fp32) of one causal LM decoding step by step with its own KV cache."""
+
+    def __init__(self, model):
+        self.model, self.cache = model, None
+
+    def _forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        return out.logits[:, -1].float()
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Prefill the (left-padded) prompts; logits of the first new token."""
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        return self._forward(input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0))
+
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (`attention_mask` already includes it); logits of the next."""
+        return self._forward(tokens, attention_mask, attention_mask.sum(-1, keepdim=True) - 1)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every row of the KV cache but `rows`."""
+        self.cache.batch_select_indices(rows)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next tokens, entropy of softmax(logits / temperature)); temperature then top-p, temperature 0 = greedy."""
+    logp = torch.log_softmax(logits / (temperature or 1.0), -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    if temperature == 0:
+        return logits.argmax(-1), entropy
+    if top_p < 1.0:
+        sorted_logp, order = logp.sort(-1, descending=True)
+        probs = sorted_logp.exp()
+        drop = probs.cumsum(-1) - probs >= top_p  # the mass of more probable tokens already reaches top_p
+        logp = logp.scatter(-1, order, sorted_logp.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1), entropy
+
+
+@torch.no_grad()
+def decode(source, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float, top_p: float,
+           max_new_tokens: int, eos_ids: torch.Tensor, generator) -> tuple[list[list[int]], float, int]:
+    """Sample up to `max_new_tokens` per row from the next-token logits of `source` (`ModelLogits` or any object with
+    start / step / keep); rows that emitted EOS are dropped from the batch and from `source`'s caches.
+
+    Returns (new token ids per row, EOS included; sum of token entropies; number of tokens)."""
+    active = torch.arange(len(input_ids), device=input_ids.device)
+    out: list[list[int]] = [[] for _ in range(len(input_ids))]
+    ent_sum, count = 0.0, 0
+    logits = source.start(input_ids, attention_mask)
+    for i in range(max_new_tokens):
+        tokens, entropy = sample_next(logits, temperature, top_p, generator)
+        ent_sum, count = ent_sum + float(entropy.sum()), count + len(tokens)
+        for row, t in zip(active.tolist(), tokens.tolist()):
+            out[row].append(t)
+        if i == max_new_tokens - 1:
+            break
+        done = torch.isin(tokens, eos_ids)
+        if done.any():
+            keep = (~done).nonzero().squeeze(-1)
+            if len(keep) == 0:
+                break
+            active, tokens, attention_mask = active[keep], tokens[keep], attention_mask[keep]
+            source.keep(keep)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], -1)
+        logits = source.step(tokens[:, None], attention_mask)
+    return out, ent_sum, count
+
+
+class HFSampler:
+    """Batched step-by-step sampling with left padding (`decode`); seeded, so one seed gives the same completions."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 512):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.last_entropy: float | None = None
+
+    def logits_source(self):
+        """Where the next-token logits come from (a fresh one per batch): this model."""
+        return ModelLogits(self.model)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 16, seed: int = 0) -> list[list[str]]:
+        tok = self.tokenizer
+        flat = [p for p in prompts for _ in range(n)]
+        device = next(self.model.parameters()).device
+        generator = torch.Generator(device).manual_seed(int(seed))
+        eos = torch.tensor(eos_ids(self.model, tok), device=device)
+        out, ent_sum, ent_count = [], 0.0, 0
+        for i in range(0, len(flat), self.batch_size):
+            enc = tok(flat[i:i + self.batch_size], return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False).to(device)
+            ids, ent, count = decode(self.logits_source(), enc["input_ids"], enc["attention_mask"], temperature,
+                                     top_p, max_new_tokens, eos, generator)
+            ent_sum, ent_count = ent_sum + ent, ent_count + count
+            out.extend(tok.batch_decode(ids, skip_special_tokens=True))
+        self.last_entropy = ent_sum / max(ent_count, 1)
+        return [out[j * n:(j + 1) * n] for j in range(len(prompts))]
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus any the model's generation config lists."""
+    ids = {tokenizer.eos_token_id}
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+    return sorted(i for i in ids if i is not None)
+
+
+def _hf(model_or_path, tokenizer=None, device: str = "auto", batch_size: int = 512, **_) -> HFSampler:
+    if isinstance(model_or_path, (str, Path)):
+        model, tokenizer = load_model(model_or_path, device)
+    else:
+        model = model_or_path
+        if tokenizer is None:
+            raise ValueError("hf sampler: pass `tokenizer=` along with an already loaded model")
+    return HFSampler(model, tokenizer, batch_size)
+
+
+def _vllm(*_, **__):
+    raise NotImplementedError("sampler backend 'vllm' is not available yet (and vllm is not installed here); "
+                              "use backend 'hf'")
+
+
+def _logit_extrapolation(*args, **kwargs) -> Sampler:
+    from .logit_extrapolation import make_sampler as factory
+
+    return factory(*args, **kwargs)
+
+
+BACKENDS: dict[str, Callable[..., Sampler]] = {"hf": _hf, "vllm": _vllm, "logit-extrapolation": _logit_extrapolation}
+
+
+def register_backend(name: str, factory: Callable[..., Sampler]) -> None:
+    BACKENDS[name] = factory
+
+
+def make_sampler(backend: str, model_or_path: Any, **kwargs) -> Sampler:
+    """A sampler of the named backend for a model directory (or a loaded model + `tokenizer=`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sampler backend {backend!r} (known: {', '.join(BACKENDS)})")
+    return BACKENDS[backend](model_or_path, **kwargs)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@k needs k <= n (k={k}, n={n})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def evaluate(sampler: Sampler, items: Sequence[tasks.Item], k: int = 8, temperature: float = 0.6,
+             top_p: float = 0.95, max_new_tokens: int = 16, seed: int = 0, greedy: bool = True) -> dict:
+    """avg@k, pass@j (j = 1, 2, 4, .. k), mean token entropy of the sampled distributions, mean completion length
+    (characters) and — with `greedy` — greedy accuracy, over `items`."""
+    prompts = [it.prompt for it in items]
+    res: dict[str, Any] = {"n_items": len(items), "k": k}
+    if k > 0:
+        samples = sampler.generate(prompts, n=k, temperature=temperature, top_p=top_p,
+                                   max_new_tokens=max_new_tokens, seed=seed)
+        correct = np.array([[tasks.is_correct(c, it.answer) for c in row] for row, it in zip(samples, items)])
+        res[f"avg@{k}"] = float(correct.mean())
+        for j in sorted({2 ** i for i in range(int(math.log2(k)) + 1)} | {k}):
+            res[f"pass@{j}"] = float(np.mean([pass_at_k(k, int(c), j) for c in correct.sum(1)]))
+        res["entropy"] = getattr(sampler, "last_entropy", None)
+        res["completion_length"] = float(np.mean([len(c) for row in samples for c in row]))
+    if greedy:
+        outs = sampler.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
+        res["greedy_accuracy"] = tasks.accuracy([o[0] for o in outs], [it.answer for it in items])
+    return res
+
+
+def evaluate_model(path: str | Path, items: Sequence[tasks.Item], eval_cfg, device: str = "auto",
+                   backend: str = "hf") -> dict:
+    """`evaluate` of one model directory with the knobs of the `eval` params section."""
+    sampler = make_sampler(backend, path, device=device, batch_size=int(eval_cfg["batch_size"]))
+    return evaluate(sampler, items, k=int(eval_cfg["k"]), temperature=float(eval_cfg["temperature"]),
+                    top_p=float(eval_cfg["top_p"]), max_new_tokens=int(eval_cfg["max_new_tokens"]),
+                    seed=int(eval_cfg["seed"]))

@@ -1,0 +1,85 @@
+"""The embedded task: multi-operand integer arithmetic with an exact, programmatic verifier.
+
+A problem is a prompt such as ``"12+7-30="``; the completion is the integer answer (``"-11"``), optionally preceded by a
+short worked chain of partial results (``"19-30=-11"``, with ``chain=True``). The verifier reads the integer after the
+last ``=`` of the completion (the whole completion when it has none) and compares it exactly with the gold answer.
+
+Train and held-out problems come from one seed; the held-out set is fixed and no held-out prompt appears in training.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+ALPHABET = "0123456789+-="          # every character a prompt or completion can contain
+_INT = re.compile(r"-?\d+")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One problem: the prompt the model sees, the gold integer, and the reference completion (for SFT)."""
+    prompt: str
+    answer: int
+    solution: str
+
+
+def _solution(operands: list[int], ops: list[str], chain: bool) -> tuple[int, str]:
+    total, steps = operands[0], []
+    for op, x in zip(ops, operands[1:]):
+        total = total + x if op == "+" else total - x
+        steps.append(total)
+    if not chain or len(steps) == 1:
+        return total, str(total)
+    # worked chain: replace the first two operands by their partial result, repeatedly
+    parts = []
+    for i in range(len(steps) - 1):
+        rest = "".join(f"{o}{x}" for o, x in zip(ops[i + 1:], operands[i + 2:]))
+        parts.append(f"{steps[i]}{rest}=")
+    return total, "".join(parts) + str(total)
+
+
+def make_item(rng: random.Random, operands: int, max_value: int, ops: str, chain: bool) -> Item:
+    xs = [rng.randrange(max_value) for _ in range(operands)]
+    os_ = [rng.choice(ops) for _ in range(operands - 1)]
+    prompt = str(xs[0]) + "".join(f"{o}{x}" for o, x in zip(os_, xs[1:])) + "="
+    answer, solution = _solution(xs, os_, chain)
+    return Item(prompt, answer, solution)
+
+
+def split(task: Mapping[str, Any]) -> tuple[list[Item], list[Item]]:
+    """(train, held-out) items of the task section `task` (operands, max_value, ops, chain, train_size, heldout_size,
+    seed). Deterministic; held-out prompts are unique and never in train."""
+    rng = random.Random(int(task["seed"]))
+    spec = (int(task["operands"]), int(task["max_value"]), str(task["ops"]), bool(task["chain"]))
+    heldout: dict[str, Item] = {}
+    while len(heldout) < task["heldout_size"]:
+        it = make_item(rng, *spec)
+        heldout.setdefault(it.prompt, it)
+    train = []
+    while len(train) < task["train_size"]:
+        it = make_item(rng, *spec)
+        if it.prompt not in heldout:
+            train.append(it)
+    return train, list(heldout.values())
+
+
+def parse_answer(completion: str) -> int | None:
+    """The integer the completion ends with (after its last '='); None when malformed."""
+    tail = completion.strip().rsplit("=", 1)[-1].strip()
+    return int(tail) if _INT.fullmatch(tail) else None
+
+
+def is_correct(completion: str, answer: int) -> bool:
+    return parse_answer(completion) == int(answer)
+
+
+def reward(prompts: list, completions: list, answer: list, **kwargs) -> list[float]:
+    """TRL reward function: 1.0 for an exactly correct final integer, else 0.0 (the `answer` column is passed by TRL)."""
+    return [float(is_correct(c, a)) for c, a in zip(completions, answer)]
+
+
+def accuracy(completions: Iterable[str], answers: Iterable[int]) -> float:
+    flags = [is_correct(c, a) for c, a in zip(completions, answers)]
+    return sum(flags) / max(len(flags), 1)

@@ -1,0 +1,273 @@
+"""Training of the embedded default: the SFT base model and the RLVR trajectory (TRL `GRPOTrainer`), on CPU in minutes.
+
+    base = base_model(cfg)              # tiny model trained from scratch by SFT (cached)
+    run = embedded_trajectory(cfg)      # RL run on it (cached): run/checkpoint-0 (= base), checkpoint-N, ..., log.csv
+
+A run directory is a TRL layout: `checkpoint-<step>/` (model.safetensors, config, generation config, tokenizer,
+trainer_state.json) every `save_every` steps, plus `checkpoint-0/` = the starting model, so the directory alone is a
+complete trajectory, and `log.csv` with one row per optimizer step (columns `LOG_COLUMNS`; `heldout_accuracy` is the
+greedy held-out accuracy, filled at step 0 and at every checkpoint). SFT runs (`train_sft`) share that layout, the
+callbacks and the checkpointing; RL accepts extra `TrainerCallback`s.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+from transformers.utils import logging as hf_logging
+
+from . import evaluation, tasks, tiny
+from .device import pick
+from .paths import atomic_dir, atomic_write_json, atomic_write_text, cache_dir
+
+LOG_COLUMNS = ["step", "seconds", "loss", "grad_norm", "learning_rate", "reward", "reward_std", "entropy",
+               "completion_length", "heldout_accuracy"]
+_TRL_KEYS = {"completions/mean_length": "completion_length"}   # TRL log key -> log column
+
+# RL algorithms as GRPOConfig keyword sets (beta=0 and the clip range come from the `rl` section)
+ALGORITHMS: dict[str, dict[str, Any]] = {
+    "grpo": {"importance_sampling_level": "token", "scale_rewards": "group"},
+    "gspo": {"importance_sampling_level": "sequence", "scale_rewards": "group"},
+    "reinforce++": {"importance_sampling_level": "token", "scale_rewards": "batch"},
+}
+OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
+
+
+class TrajectoryLog(TrainerCallback):
+    """Per-step metrics to `log.csv`; greedy held-out accuracy of the model at step 0 and at every checkpoint."""
+
+    def __init__(self, path: Path, heldout: Sequence[tasks.Item], tokenizer, max_new_tokens: int,
+                 batch_size: int = 512):
+        self.path, self.heldout, self.tokenizer = Path(path), list(heldout), tokenizer
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.rows: dict[int, dict] = {}
+        self.t0 = time.time()
+
+    def _row(self, step: int) -> dict:
+        return self.rows.setdefault(step, {"step": step})
+
+    def _accuracy(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        sampler = evaluation.HFSampler(model, self.tokenizer, self.batch_size)
+        outs = sampler.generate([it.prompt for it in self.heldout], n=1, temperature=0.0,
+                                max_new_tokens=self.max_new_tokens)
+        model.train(was_training)
+        return tasks.accuracy([o[0] for o in outs], [it.answer for it in self.heldout])
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.t0 = time.time()
+        self._row(0).update(seconds=0.0, heldout_accuracy=self._accuracy(model))
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        row = self._row(state.global_step)
+        row["seconds"] = round(time.time() - self.t0, 3)
+        for key, val in (logs or {}).items():
+            col = _TRL_KEYS.get(key, key)
+            if col in LOG_COLUMNS and col != "step":
+                row[col] = val
+
+    def on_save(self, args, state, control, model=None, **kw):
+        self._row(state.global_step)["heldout_accuracy"] = self._accuracy(model)
+        self.write()
+
+    def on_train_end(self, args, state, control, **kw):
+        self.write()
+
+    def write(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, LOG_COLUMNS, restval="")
+        w.writeheader()
+        w.writerows(self.rows[s] for s in sorted(self.rows))
+        atomic_write_text(self.path, buf.getvalue())
+
+
+def read_log(run_dir: str | Path):
+    """The `log.csv` of a run directory as a pandas DataFrame."""
+    import pandas as pd
+
+    path = Path(run_dir) / "log.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log (is {run_dir} a run directory made by helpers.training?)")
+    return pd.read_csv(path)
+
+
+def _common_args(out_dir: Path, *, steps: int, save_every: int, lr: float, optimizer: str, seed: int,
+                 device: str, batch: int) -> dict:
+    """TrainingArguments shared by SFT and RL: constant lr, one log row per step, light checkpoints."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {optimizer!r} unknown (known: {', '.join(OPTIMIZERS)})")
+    return dict(output_dir=str(out_dir), max_steps=int(steps), learning_rate=float(lr), optim=OPTIMIZERS[optimizer],
+                lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=batch,
+                gradient_accumulation_steps=1, logging_steps=1, save_strategy="steps" if save_every else "no",
+                save_steps=int(save_every) if save_every else 500, save_only_model=True, seed=int(seed),
+                data_seed=int(seed), report_to=[], disable_tqdm=True, use_cpu=pick(device).type == "cpu",
+                bf16=False, fp16=False, dataloader_num_workers=0, gradient_checkpointing=False)
+
+
+def _start_dir(out_dir: Path, start: Path) -> None:
+    """`out_dir/checkpoint-0` = a copy of the starting model, so the run directory is a complete trajectory."""
+    shutil.copytree(start, out_dir / "checkpoint-0", ignore=shutil.ignore_patterns("log.csv", "build.json", "*.md", "init"))
+
+
+def _fit(trainer) -> None:
+    """Train quietly (metrics go to log.csv) with `cpu_threads`."""
+    trainer.remove_callback(PrinterCallback)
+    hf_logging.disable_progress_bar()
+    _fit(trainer)
+
+
+@contextlib.contextmanager
+def cpu_threads():
+    """Torch CPU threads for training: $OMP_NUM_THREADS, else 1 — the tiny model's matmuls gain little from a second
+    thread, and multi-threaded kernels slow down ~10x when the cores are shared with other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _load(model_dir: Path, device: str):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(pick(device))
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+class _SFTCollator:
+    """Prompt + reference completion + EOS; loss only on the completion (labels -100 on prompt and padding)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+
+    def __call__(self, batch: list[dict]) -> dict:
+        tok = self.tok
+        seqs, labels = [], []
+        for ex in batch:
+            p = tok(ex["prompt"], add_special_tokens=False)["input_ids"]
+            c = tok(ex["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            seqs.append(p + c)
+            labels.append([-100] * len(p) + c)
+        width = max(map(len, seqs))
+        pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
+        ids = torch.tensor(pad(seqs, tok.pad_token_id))
+        return {"input_ids": ids, "attention_mask": torch.tensor(pad([[1] * len(s) for s in seqs], 0)),
+                "labels": torch.tensor(pad(labels, -100))}
+
+
+def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int | None = None,
+              save_every: int | None = None, lr: float | None = None, batch: int | None = None,
+              compute_loss_func: Callable | None = None, callbacks: Iterable[TrainerCallback] = (),
+              save_final: bool = False) -> Path:
+    """Supervised fine-tuning of the model in `base_dir` on reference solutions of the train split.
+
+    Defaults: steps / save_every from the `rl` section (so an SFT run is comparable step for step with the RL run),
+    lr / batch from `sft`. `compute_loss_func(outputs, labels, num_items_in_batch)` replaces the loss (e.g. to inject
+    noise). Writes the run layout (checkpoint-0 = base, checkpoint-N, log.csv) to `out_dir`; with `save_final` the
+    final model is also saved at the top of `out_dir` as a plain model directory.
+    """
+    from datasets import Dataset
+
+    out_dir, base_dir = Path(out_dir), Path(base_dir)
+    steps = int(steps if steps is not None else cfg.rl.steps)
+    save_every = int(save_every if save_every is not None else cfg.rl.save_every)
+    train, heldout = tasks.split(cfg.task)
+    model, tok = _load(base_dir, cfg.device)
+    if save_every:
+        _start_dir(out_dir, base_dir)
+    args = TrainingArguments(**_common_args(
+        out_dir, steps=steps, save_every=save_every, lr=lr if lr is not None else cfg.sft.lr,
+        optimizer=cfg.sft.optimizer, seed=cfg.seed, device=cfg.device,
+        batch=int(batch if batch is not None else cfg.sft.batch)), remove_unused_columns=False)
+    data = Dataset.from_list([{"prompt": it.prompt, "solution": it.solution} for it in train])
+    log = TrajectoryLog(out_dir / "log.csv", heldout[:int(cfg.eval.heldout_during_training)], tok,
+                        int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=_SFTCollator(tok),
+                      processing_class=tok, compute_loss_func=compute_loss_func, callbacks=[log, *callbacks])
+    _fit(trainer)
+    if save_final:
+        trainer.save_model(str(out_dir))
+    return out_dir
+
+
+def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = (),
+             base_dir: str | Path | None = None) -> Path:
+    """RLVR with TRL's GRPOTrainer on the task's train split, starting from `base_dir` (default: `base_model(cfg)`).
+
+    The `rl` section picks the algorithm (`ALGORITHMS`), optimizer, lr, prompts per step (`batch`), `rollouts` per
+    prompt, `steps`, `save_every`, clip range, temperature and completion length; beta is 0 (no KL, no reference model).
+    """
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    rl = cfg.rl
+    if rl.algorithm not in ALGORITHMS:
+        raise ValueError(f"rl.algorithm: unknown algorithm {rl.algorithm!r} (known: {', '.join(ALGORITHMS)})")
+    out_dir = Path(out_dir)
+    base_dir = Path(base_dir) if base_dir is not None else base_model(cfg)
+    train, heldout = tasks.split(cfg.task)
+    model, tok = _load(base_dir, cfg.device)
+    _start_dir(out_dir, base_dir)
+    common = _common_args(out_dir, steps=rl.steps, save_every=rl.save_every, lr=rl.lr, optimizer=rl.optimizer,
+                          seed=rl.seed, device=cfg.device, batch=int(rl.batch) * int(rl.rollouts))
+    args = GRPOConfig(**common, **ALGORITHMS[rl.algorithm], num_generations=int(rl.rollouts),
+                      max_completion_length=int(rl.max_completion_length), temperature=float(rl.temperature),
+                      top_p=1.0, beta=0.0, epsilon=float(rl.epsilon), epsilon_high=float(rl.epsilon_high),
+                      loss_type=rl.loss_type, num_iterations=1, log_completions=False, shuffle_dataset=True)
+    data = Dataset.from_list([{"prompt": it.prompt, "answer": it.answer} for it in train])
+    log = TrajectoryLog(out_dir / "log.csv", heldout[:int(cfg.eval.heldout_during_training)], tok,
+                        int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
+    trainer = GRPOTrainer(model=model, reward_funcs=tasks.reward, args=args, train_dataset=data,
+                          processing_class=tok, callbacks=[log, *callbacks])
+    _fit(trainer)
+    return out_dir
+
+
+def _record(path: Path, seconds: float, **extra) -> None:
+    atomic_write_json(path / "build.json", {"train_seconds": round(seconds, 2), **extra})
+
+
+def base_model(cfg) -> Path:
+    """The SFT base model (cached under outputs/cache/base-<hash>/): a tiny model trained from scratch for
+    `sft.base_steps` steps on reference solutions. `build.json` records its training time."""
+    made_from = {k: cfg[k] for k in ("task", "model", "sft")} | {"seed": cfg.seed, "device": cfg.device}
+    final = cache_dir("base", made_from)
+    if (final / "build.json").is_file():
+        return final
+    t0 = time.time()
+    with atomic_dir(final) as tmp:
+        init = tiny.init_model(cfg.model, cfg.seed, tmp / "init")
+        train_sft(cfg, init, tmp, steps=cfg.sft.base_steps, save_every=0, save_final=True)
+        shutil.rmtree(init)
+        _record(tmp, time.time() - t0)
+    return final
+
+
+def embedded_trajectory(cfg) -> Path:
+    """The default RL run (cached under outputs/cache/trajectory-<hash>/), built on `base_model(cfg)`;
+    `build.json` records base and RL training seconds."""
+    base = base_model(cfg)
+    made_from = {k: cfg[k] for k in ("task", "model", "sft", "rl", "eval")} | {"seed": cfg.seed, "device": cfg.device}
+    final = cache_dir("trajectory", made_from)
+    if (final / "build.json").is_file():
+        return final
+    t0 = time.time()
+    with atomic_dir(final) as tmp:
+        train_rl(cfg, tmp, base_dir=base)
+        _record(tmp, time.time() - t0, base_seconds=_read_seconds(base))
+    return final
+
+
+def _read_seconds(path: Path) -> float:
+    import json
+
+    return float(json.loads((path / "build.json").read_text())["train_seconds"])
