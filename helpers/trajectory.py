@@ -173,11 +173,18 @@ def weight_files(hf_dir: Path, allow_pickle: bool) -> tuple[str, dict[str, Path]
             if not f.exists():
                 raise TrajectoryError(f"{f}: listed in the shard index but missing")
         return fmt, files
+    raise no_weights(hf_dir)
+
+
+def no_weights(hf_dir: Path) -> TrajectoryError:
+    """The error for a checkpoint without HF weights; for verl FSDP shards it says how to merge them."""
     actor = hf_dir.parent
     if hf_dir.name == "huggingface" and any(actor.glob("model_world_size_*_rank_*.pt")):
-        raise TrajectoryError(f"{actor}: verl checkpoint with only FSDP shards, no HF weights. Merge them first: "
-                              + VERL_MERGE.format(actor=actor))
-    raise TrajectoryError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+        return TrajectoryError(f"{actor}: verl checkpoint with only FSDP shards, no HF weights. Merge them first: "
+                               + VERL_MERGE.format(actor=actor))
+    if not hf_dir.is_dir():
+        return TrajectoryError(f"{hf_dir}: checkpoint directory does not exist")
+    return TrajectoryError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
 
 
 @dataclass
@@ -191,7 +198,7 @@ class Checkpoint:
     @classmethod
     def open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
         if not hf_dir.is_dir():
-            raise TrajectoryError(f"{hf_dir}: checkpoint directory does not exist")
+            raise no_weights(hf_dir)
         if layout in {l.name for l in LAYOUTS}:  # the step came from the directory name
             check_trainer_state(hf_dir, step)
         fmt, files = weight_files(hf_dir, allow_pickle)
@@ -260,7 +267,7 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
             raise TrajectoryError("empty list of checkpoints")
     if base is not None:
         base = Path(base).resolve()
-        found = [f for f in found if f[1] != base]  # the base may also be listed as step 0
+        found = [f for f in found if (f[0], f[1]) != (0, base)]  # the base may also be listed as step 0
         found.append((0, base, "base"))
     by_step: dict[int, Path] = {}
     for step, path, _ in found:
@@ -439,7 +446,7 @@ class Trajectory:
             index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
             n = self.numel(name)
             if len(index) and (index.min() < 0 or index.max() >= n):
-                raise TrajectoryError(f"{name}: index out of range for {n} entries")
+                raise TrajectoryError(f"{self._info(name).file}: index out of range for {name!r} with {n} entries")
         k = self.numel(name) if index is None else len(index)
         out = torch.empty(len(self.steps), k, dtype=dtype)
         for row, step in enumerate(self.steps):

@@ -272,6 +272,9 @@ def test_verl_without_hf_weights(tmp_path, model):
     with pytest.raises(TrajectoryError, match=f"{actor}: verl .*python -m verl.model_merger merge --backend fsdp "
                                               f"--local_dir {actor} --target_dir"):
         Trajectory(tmp_path)
+    shutil.rmtree(actor / "huggingface")  # older verl: no huggingface/ at all
+    with pytest.raises(TrajectoryError, match=f"{actor}: verl .*model_merger"):
+        Trajectory(tmp_path)
 
 
 def test_uneven_spacing_warns(tmp_path, model):
