@@ -85,7 +85,7 @@ class TrajectoryLog(TrainerCallback):
 
     def write(self) -> None:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, LOG_COLUMNS, restval="")
+        w = csv.DictWriter(buf, LOG_COLUMNS, restval="", lineterminator="\n")
         w.writeheader()
         w.writerows(self.rows[s] for s in sorted(self.rows))
         atomic_write_text(self.path, buf.getvalue())
@@ -123,7 +123,8 @@ def _fit(trainer) -> None:
     """Train quietly (metrics go to log.csv) with `cpu_threads`."""
     trainer.remove_callback(PrinterCallback)
     hf_logging.disable_progress_bar()
-    _fit(trainer)
+    with cpu_threads():
+        trainer.train()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,68 @@
+"""Evaluation: the pass@k estimator against brute-force enumeration, the sampler registry, avg@k on a fake sampler."""
+import itertools
+import math
+
+import pytest
+
+from helpers import evaluation, tasks, tiny
+
+
+@pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
+def test_pass_at_k_matches_enumeration(n, c, k):
+    # the probability that a uniformly drawn k-subset of n samples (c of them correct) holds at least one correct one
+    flags = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    brute = sum(any(flags[i] for i in s) for s in subsets) / len(subsets)
+    assert evaluation.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+
+
+def test_pass_at_k_rejects_k_above_n():
+    with pytest.raises(ValueError, match="k <= n"):
+        evaluation.pass_at_k(3, 1, 4)
+
+
+class Fake:
+    """Returns the right answer for the first `good` samples of every prompt, garbage otherwise."""
+
+    def __init__(self, items, good):
+        self.answers = {it.prompt: it.answer for it in items}
+        self.good, self.last_entropy = good, 0.5
+
+    def generate(self, prompts, n, temperature, top_p, max_new_tokens, seed):
+        if temperature == 0:
+            return [[str(self.answers[p])] for p in prompts]
+        return [[str(self.answers[p]) if j < self.good else "x" for j in range(n)] for p in prompts]
+
+
+def test_evaluate_metrics():
+    items = tasks.split(dict(operands=2, max_value=10, ops="+", chain=False, train_size=1, heldout_size=5, seed=0))[1]
+    res = evaluation.evaluate(Fake(items, good=2), items, k=4)
+    assert res["avg@4"] == 0.5
+    assert res["pass@1"] == pytest.approx(0.5)
+    assert res["pass@2"] == pytest.approx(1 - math.comb(2, 2) / math.comb(4, 2))
+    assert res["pass@4"] == 1.0
+    assert res["greedy_accuracy"] == 1.0 and res["entropy"] == 0.5
+
+
+def test_registry():
+    with pytest.raises(NotImplementedError, match="vllm"):
+        evaluation.make_sampler("vllm", "some/dir")
+    with pytest.raises(ValueError, match="unknown sampler backend 'nope'"):
+        evaluation.make_sampler("nope", "some/dir")
+
+
+def test_hf_sampler_is_seeded_and_left_padded(tmp_path):
+    model = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=1, intermediate_size=64,
+                 max_positions=32, tie_embeddings=True)
+    path = tiny.init_model(model, 0, tmp_path / "m")
+    sampler = evaluation.make_sampler("hf", path, device="cpu", batch_size=3)
+    prompts = ["1+2=", "10+20+3="]
+    a = sampler.generate(prompts, n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, seed=1)
+    b = sampler.generate(prompts, n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, seed=1)
+    c = sampler.generate(prompts, n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, seed=2)
+    assert a == b and a != c and len(a) == 2 and all(len(r) == 4 for r in a)
+    assert sampler.last_entropy > 0
+    # greedy on a prompt alone equals greedy on it inside a left-padded batch
+    alone = sampler.generate(["1+2="], n=1, temperature=0, top_p=1.0, max_new_tokens=5, seed=0)
+    batch = sampler.generate(["1+2=", "10+20+3="], n=1, temperature=0, top_p=1.0, max_new_tokens=5, seed=0)
+    assert alone[0] == batch[0]
