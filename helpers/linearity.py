@@ -294,7 +294,7 @@ def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range
                          f"found steps {list(traj.steps)}")
     names = [n for n in (traj.names if names is None else names) if n.endswith(".weight")]
     rows, parts = [], []
-    for name in tqdm(names, desc="weight R²", unit="tensor", disable=not progress):
+    for code, name in enumerate(tqdm(names, desc="weight R²", unit="tensor", disable=not progress)):
         layer, module = parse_name(name)
         idx = sample_index(name, traj.numel(name), fraction, min_samples, seed)
         y = traj.series(name, idx, dtype=torch.float64).numpy()
@@ -306,15 +306,17 @@ def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range
                      "dropped_distinct": int((moved & ~varied).sum()), "kept": int(keep.sum()),
                      "r2_median": float(np.median(r)) if r.size else np.nan,
                      "r2_mean": float(r.mean()) if r.size else np.nan})
-        parts.append(pd.DataFrame({"tensor": name, "layer": np.nan if layer is None else layer, "module": module,
-                                   "index": idx.numpy()[keep], "r2": r, "slope": fit_line(y[:, keep], steps)[0]}))
-    columns = ["tensor", "layer", "module", "index", "r2", "slope"]
-    entries = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    entries = entries.astype({"tensor": pd.CategoricalDtype(names), "layer": float, "module": object,
-                              "index": np.int64, "r2": float, "slope": float})
+        parts.append((np.full(r.size, code), idx.numpy()[keep], r, fit_line(y[:, keep], steps)[0]))
+    code, index, values, slope = [np.concatenate(c) for c in zip(*parts)] if parts else [np.zeros(0, int)] * 4
+    tensors = pd.DataFrame(rows, columns=["tensor", "layer", "module", "dtype", "numel", "sampled", "dropped_range",
+                                          "dropped_distinct", "kept", "r2_median", "r2_mean"])
+    entries = pd.DataFrame({"tensor": pd.Categorical.from_codes(code, categories=names),
+                            "layer": tensors["layer"].to_numpy(dtype=float, na_value=np.nan)[code],
+                            "module": tensors["module"].to_numpy(dtype=object)[code],
+                            "index": index.astype(np.int64), "r2": values.astype(float), "slope": slope.astype(float)})
     settings = {"fraction": fraction, "min_samples": min_samples, "min_range": min_range,
                 "min_distinct": min_distinct, "seed": seed, "auto_range_ulps": AUTO_RANGE_ULPS}
-    return WeightLinearity(list(traj.steps), entries, pd.DataFrame(rows), settings)
+    return WeightLinearity(list(traj.steps), entries, tensors, settings)
 
 
 def examples(traj, result: WeightLinearity, n: int = 6, seed: int = 0) -> list[dict[str, Any]]:
