@@ -30,7 +30,8 @@ def make_trajectory(root, steps, tied=True, noise=1e-4, scale=1e-3, seed=0):
         state = {n: t if n == FROZEN else t + s * d[n] + noise * torch.randn(t.shape, generator=gen)
                  for n, t in theta0.items()}
         save_file(state, out / "model.safetensors")
-        shutil.copy(base / "config.json", out / "config.json")
+        for f in base.glob("*.json"):  # config, generation config, tokenizer
+            shutil.copy(f, out / f.name)
     return Trajectory(root), d
 
 
@@ -142,3 +143,35 @@ def test_fits():
         relex.fit(t[:4], y[:4], "sinusoid")
     with pytest.raises(ValueError, match="unknown fit"):
         relex.fit(t, y, "spline")
+
+
+def test_claims_read_the_numbers():
+    import pandas as pd
+
+    class Score:  # margin() of a Scorer with 1000 samples
+        def margin(self, p):
+            return 2 * np.sqrt(p * (1 - p) / 1000)
+
+    real = pd.DataFrame({"step": [0, 10, 20, 100], "accuracy": [0.2, 0.3, 0.35, 0.6]})
+    ev = pd.DataFrame({"explained_variance": [0.9, 0.8, 0.3], "module": ["q", "k", "v"]})
+    grid = pd.DataFrame([
+        {"method": m, "fraction": 0.15, "t_cut": 20, "target_step": t, "horizon": t / 20, "accuracy": a}
+        for m, t, a in [("relex", 100, 0.62), ("two_point", 100, 0.40), ("relex", 200, 0.65), ("two_point", 200, 0.3)]])
+    ablations = pd.DataFrame([
+        {"rank": r, "fit": f, "window": None, "target_step": 100, "accuracy": a}
+        for r, f, a in [(1, "linear", 0.62), (2, "linear", 0.55), (1, "sinusoid", 0.70)]])
+    denoise = pd.DataFrame({"step": [10, 100], "rank": [1, 1], "raw_accuracy": [0.3, 0.6], "accuracy": [0.3, 0.5]})
+    rows, verdicts, s = relex.claims(ev, real, grid, ablations, denoise, Score())
+    assert s["rank1_explained_variance_median"] == 0.8 and s["full_rl_final_accuracy"] == 0.6
+    assert s["reconstruction_gain_kept"] == pytest.approx(0.75)
+    assert s["relex_paper_prefix_final_minus_full"] == pytest.approx(0.02)
+    assert s["relex_far_minus_prefix"] == pytest.approx(0.30)  # 10x: 0.65 vs 0.35 at T_cut
+    assert s["ablation_rank_best_gain"] == pytest.approx(-0.07)
+    assert s["ablation_non_linear_best_gain"] == pytest.approx(0.08)
+    assert s["relex_minus_two_point_mean"] == pytest.approx(0.285)
+    assert len(rows) == 7 and len(verdicts) == 7
+    assert "+0.080 (higher) — differs from the paper" in verdicts[5]
+    assert "+0.020 (within noise) — agrees" in verdicts[2]
+    out = relex.results(s, grid.assign(real_accuracy=np.nan), ablations.assign(t_cut=20, effective_rank=1, note=""),
+                        denoise, pd.DataFrame(), verdicts)
+    assert [r["target_step"] for r in out["relex"]] == [100, 200] and len(out["ablations"]) == 3

@@ -1,0 +1,86 @@
+"""Benchmark: RELEX rank-1 SVD of every tensor + one extrapolated checkpoint, on a synthetic ≈100 M-param × 16-checkpoint
+bf16 trajectory (helpers.synthetic). Reports wall time and peak RSS of the measured process (target: ≤ 1.5 GB).
+
+    nice -n 10 .venv/bin/python benchmarks/relex.py [--dir DIR] [--n-params 1e8] [--chunk-mb 64] [--out FILE.json]
+
+The trajectory (the weight-linearity benchmark's: 16 checkpoints every 100 steps, drift 2e-3, noise 2e-4) is written
+once — to --dir, else under outputs/cache/ — and reused; the measurement runs in a fresh child process so its peak
+RSS covers only reading the trajectory, the SVD and writing the checkpoint (imports included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS = list(range(0, 1501, 100))  # 16 checkpoints, as in the weight-linearity benchmark
+TARGET_RSS_GB = 1.5
+
+
+def trajectory(n_params: float, out: Path | None = None) -> Path:
+    """The synthetic trajectory (written on first use, then reused)."""
+    import torch
+
+    from helpers.paths import cache_dir
+    from helpers.synthetic import write_synthetic_trajectory
+
+    spec = {"n_params": n_params, "steps": STEPS, "dtype": "bf16", "drift": 2e-3, "noise": 2e-4, "seed": 0}
+    out = out or cache_dir("synthetic-trajectory", spec)
+    if not out.exists():
+        write_synthetic_trajectory(out, n_params, STEPS, torch.bfloat16, drift=2e-3, noise=2e-4, seed=0)
+    return out
+
+
+def measure(run_dir: Path, chunk_bytes: int) -> dict:
+    """Rank-1 SVD of all tensors (no cache) + one checkpoint extrapolated to 2× the last step; times and peak RSS."""
+    import os
+
+    from helpers import relex
+    from helpers.trajectory import Trajectory
+
+    with tempfile.TemporaryDirectory(dir=run_dir.parent) as tmp:
+        os.environ["RLVR_OUTPUTS"] = tmp  # a fresh SVD cache: measure the computation, not a cache hit
+        t0 = time.perf_counter()
+        traj = Trajectory(run_dir)
+        dec = relex.decompose(traj, rank=1, chunk_bytes=chunk_bytes)
+        t1 = time.perf_counter()
+        relex.extrapolate(dec, 2 * traj.steps[-1], Path(tmp) / "extrapolated")
+        t2 = time.perf_counter()
+        ev = sorted(dec.explained_variance().values())
+    n = sum(traj.numel(name) for name in traj.names)
+    return {"n_params": n, "checkpoints": len(traj.steps), "tensors": len(traj.names), "chunk_mb": chunk_bytes >> 20,
+            "svd_seconds": round(t1 - t0, 1), "write_seconds": round(t2 - t1, 1), "total_seconds": round(t2 - t0, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3),
+            "rank1_explained_variance_median": ev[len(ev) // 2]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", type=Path, help="where the trajectory is (reused if present) or goes")
+    p.add_argument("--n-params", type=float, default=100e6)
+    p.add_argument("--chunk-mb", type=int, default=64, help="column-chunk budget of the Gram pass (MB)")
+    p.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # child process: measure this trajectory
+    a = p.parse_args(argv)
+    if a.measure:
+        print(json.dumps(measure(a.measure, a.chunk_mb << 20)))
+        return {}
+    run_dir = trajectory(a.n_params, a.dir)
+    child = subprocess.run([sys.executable, __file__, "--measure", str(run_dir), "--chunk-mb", str(a.chunk_mb)],
+                           check=True, capture_output=True, text=True)
+    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    figures["target_peak_rss_gb"] = TARGET_RSS_GB
+    figures["within_target"] = figures["peak_rss_gb"] <= TARGET_RSS_GB
+    print(json.dumps(figures, indent=2))
+    if a.out:
+        a.out.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
