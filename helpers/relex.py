@@ -24,9 +24,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .paths import atomic_dir, atomic_write_json, cache_dir, stable_hash
+from .paths import atomic_dir, atomic_write_json, cache_dir
 
-DEFAULT_CHUNK_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES = 256 << 20
 REL_CUTOFF = 1e-6  # directions with s <= REL_CUTOFF * s_0 are dropped (the paper's threshold)
 
 
@@ -118,11 +118,13 @@ def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1,
     shape = tuple(traj.shape(name))
     chunks = _row_chunks(shape, len(steps) + 1, chunk_bytes)
     gram = np.zeros((len(steps), len(steps)))
-    kept = None
+    kept = None  # a one-chunk tensor needs no second read
     for a, b in chunks:
         m = _delta_chunk(traj, name, steps, a, b)
         gram += (m @ m.T).numpy()
-        kept = m if len(chunks) == 1 else None  # a one-chunk tensor needs no second read
+        if len(chunks) == 1:
+            kept = m
+        del m  # before the next chunk is read: one chunk in memory at a time
     s, u, lam = top_eigen(gram, rank)
     factors = Factors(name, shape, s, u, lam)
     v = torch.zeros((len(s), math.prod(shape)), dtype=torch.float32)
@@ -132,6 +134,7 @@ def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1,
         for a, b in chunks:
             m = kept if kept is not None else _delta_chunk(traj, name, steps, a, b)
             v[:, a * row:b * row] = (proj.T @ m).to(torch.float32)
+            del m
     return factors, v.reshape((len(s), *shape))
 
 
@@ -196,8 +199,7 @@ class Decomposition:
         return {n: f.explained_variance for n, f in self.factors.items() if f.rank}
 
 
-def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-              progress: Callable[[str], None] | None = None) -> Decomposition:
+def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Decomposition:
     """Rank-`rank` SVD of every tensor's deltas over the prefix (0, t_cut]; cached per trajectory + prefix + rank."""
     steps = observed_steps(traj, t_cut)
     key = {"trajectory": _fingerprint(traj, [0, *steps]), "steps": steps, "rank": rank, "format": 1}
@@ -207,8 +209,6 @@ def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = 
             (tmp / "v").mkdir()
             table = []
             for i, name in enumerate(traj.names):
-                if progress:
-                    progress(name)
                 f, v = tensor_svd(traj, name, steps, rank, chunk_bytes)
                 if f.rank:
                     save_file({"v": v.contiguous()}, str(tmp / "v" / f"{i:05d}.safetensors"))
@@ -231,17 +231,12 @@ def project(dec: Decomposition, name: str, steps: Sequence[int], chunk_bytes: in
         m = _delta_chunk(dec.traj, name, steps, a, b)
         c += (m @ v[:, a * row:b * row].T).numpy()
         sq += (m * m).sum(1).numpy()
+        del m
     return c, np.sqrt(sq)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Fits of the coefficients against the real step numbers
-
-def _polynomial(degree: int) -> Callable:
-    def fit(t: np.ndarray, c: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        return np.polynomial.Polynomial.fit(t, c, degree)  # fits on a scaled domain: well conditioned
-    return fit
-
 
 def _sinusoid(t: np.ndarray, c: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """c ≈ a·sin(ω x + φ) + b·x + e with x = (t − t_0)/span: a drifting oscillation (5 parameters, ≥ 5 points).
@@ -276,9 +271,11 @@ def _sinusoid(t: np.ndarray, c: np.ndarray) -> Callable[[np.ndarray], np.ndarray
     return lambda t_new: model((np.asarray(t_new, dtype=np.float64) - t0) / span, *p)
 
 
-FITS: dict[str, tuple[int, Callable]] = {  # name -> (minimum number of points, fit(t, c, degree) -> predictor)
-    "linear": (2, lambda t, c, degree: _polynomial(1)(t, c)),
-    "polynomial": (None, lambda t, c, degree: _polynomial(degree)(t, c)),
+# name -> (minimum number of points (None: degree + 1), fit(t, c, degree) -> predictor). Polynomial.fit works on a
+# scaled domain, so it stays well conditioned at large step numbers.
+FITS: dict[str, tuple[int | None, Callable]] = {
+    "linear": (2, lambda t, c, degree: np.polynomial.Polynomial.fit(t, c, 1)),
+    "polynomial": (None, lambda t, c, degree: np.polynomial.Polynomial.fit(t, c, degree)),
     "sinusoid": (5, lambda t, c, degree: _sinusoid(t, c)),
 }
 
@@ -360,13 +357,13 @@ def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = 
 
 class Scorer:
     """Held-out accuracy of model directories: avg@k (the `eval` section's k) over the first `relex.eval_items`
-    held-out problems of the task (all when null), plus greedy accuracy. Scores are cached on disk per directory
+    held-out problems (`helpers.evaluation.heldout_items`; all when null), plus greedy accuracy. Scores are cached on disk per directory
     contents + task + eval settings, so a re-run of the notebook does not evaluate again."""
 
     def __init__(self, cfg):
-        from .tasks import split
+        from .evaluation import heldout_items
 
-        _, heldout = split(cfg.task)
+        heldout = heldout_items(cfg)
         n = cfg.relex.eval_items
         self.items = heldout[:n] if n else heldout
         self.cfg, self.metric, self._memo = cfg, f"avg@{cfg.eval.k}", {}
@@ -376,8 +373,9 @@ class Scorer:
 
         key = str(Path(path).resolve())
         if key not in self._memo:
-            file = cache_dir("scores", {"model": _dir_fingerprint(path), "task": self.cfg.task, "eval": self.cfg.eval,
-                                        "items": len(self.items)}) / "scores.json"
+            made_from = {"model": _dir_fingerprint(path), "items": len(self.items),
+                         **{k: self.cfg.get(k) for k in ("task", "math", "eval", "device")}}
+            file = cache_dir("scores", made_from) / "scores.json"
             if not file.is_file():
                 atomic_write_json(file, evaluate_model(path, self.items, self.cfg.eval, device=self.cfg.device))
             self._memo[key] = json.loads(file.read_text())
@@ -567,7 +565,7 @@ def plot_explained_variance(table: pd.DataFrame):
     a.legend()
     sns.stripplot(table, x="module", y="explained_variance", ax=b, size=4)
     b.set(ylim=(0, 1.02), ylabel="λ₁/Σλ", title="By module type")
-    b.tick_params(axis="x", rotation=45)
+    plt.setp(b.get_xticklabels(), rotation=45, ha="right")
     return fig
 
 
@@ -622,7 +620,7 @@ def plot_ablations(table: pd.DataFrame, final_accuracy: float):
     sns.barplot(t, x="variant", y="accuracy", hue="target_step", ax=ax)
     ax.axhline(final_accuracy, color="k", ls="--", label="real final")
     ax.set(ylabel="held-out accuracy", title=f"Ablations (T_cut = {t.t_cut.iloc[0]})")
-    ax.tick_params(axis="x", rotation=30)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     ax.legend(fontsize=8, title="target step")
     return fig
 
