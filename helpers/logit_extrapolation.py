@@ -64,3 +64,68 @@ def make_sampler(models, alpha: float, tokenizer=None, device: str = "auto", bat
     if tokenizer is None:
         raise ValueError("logit-extrapolation sampler: pass `tokenizer=` along with already loaded models")
     return LogitExtrapolationSampler(m0, m1, tokenizer, alpha, batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notebook 04: the Table 1 analogue and entropy vs step
+
+def logit_table(traj, cfg, scorer, real):
+    """Scores of the logit-extrapolated sampler for each α of `extrapolation.logit_alphas` (t0, t1 from
+    `extrapolation.logit_pair`); t' = t0 + α (t1 − t0), and `real_*` = the real checkpoint at t' when the run has one."""
+    import pandas as pd
+
+    from .extrapolation import snap_pair
+
+    xc = cfg.extrapolation
+    t0, t1 = snap_pair(traj, xc.logit_pair)
+    real_at = real.set_index("step")
+    rows = []
+    for alpha in xc.logit_alphas:
+        target = t0 + float(alpha) * (t1 - t0)
+        target = int(target) if float(target).is_integer() else target
+        have = target in real_at.index
+        rows.append({"alpha": float(alpha), "t0": t0, "t1": t1, "target_step": target,
+                     **scorer.logit_extrapolated(traj.path(t0), traj.path(t1), alpha),
+                     "real_avg_at_k": real_at.avg_at_k.get(target, float("nan")) if have else float("nan"),
+                     "real_entropy": real_at.entropy.get(target, float("nan")) if have else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def table1(real, logit):
+    """The paper's Table 1 analogue: standard RL (last checkpoint), θ_t1, each logit-extrapolated sampler, and the
+    real checkpoint at each t' the run has."""
+    import pandas as pd
+
+    cols = ["avg_at_k", "pass_at_k", "entropy", "greedy_accuracy"]
+    last = real.iloc[-1]
+    rows = [{"model": f"standard RL (last checkpoint, step {int(last.step)})", "step": int(last.step),
+             **last[cols].to_dict()}]
+    for _, r in logit.iterrows():
+        rows.append({"model": f"logit extrapolation α = {r.alpha:g} (t0 = {r.t0:g}, t1 = {r.t1:g})",
+                     "step": r.target_step, **r[cols].to_dict()})
+        if r.real_avg_at_k == r.real_avg_at_k and r.alpha != 1:
+            rows.append({"model": f"  real checkpoint at t' = {r.target_step:g}", "step": r.target_step,
+                         **real[real.step == r.target_step].iloc[0][cols].to_dict()})
+    return pd.DataFrame(rows).set_index("model").astype({"step": "float"})
+
+
+def plot_logit(real, logit, curve):
+    """Two panels against the step: held-out avg@k and the mean token entropy of the sampled distributions, for the
+    real checkpoints, the logit-extrapolated samplers (at t') and the weight-extrapolated checkpoints."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, label in ((axes[0], "avg_at_k", "held-out avg@k"), (axes[1], "entropy", "mean token entropy (nats)")):
+        ax.plot(real.step, real[col], "o-", color="gray", ms=3, label="real RL checkpoints")
+        ax.plot(logit.target_step, logit[col], "D", color="C3", ms=7, label="logit extrapolation (at t')")
+        for _, r in logit.iterrows():
+            ax.annotate(f"α={r.alpha:g}", (r.target_step, r[col]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.plot(curve.target_step, curve[col], "s", color="C0", mfc="none", label="weight extrapolation (at t')")
+        ax.axvline(real.step.iloc[-1], color="k", ls=":", lw=1)
+        ax.set(xlabel="step (t' for extrapolations)", ylabel=label)
+    axes[0].set_title("Accuracy")
+    axes[1].set_title("Entropy of the sampled distributions")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -116,3 +116,37 @@ def test_cli_end_to_end(tmp_path):
     with pytest.raises(Exception, match="cannot tell the step"):
         ex.main(["--from", str(base), "--to", str(later), "--target-step", "50", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+class Steps:
+    steps = [0, 10, 20, 30, 40]
+
+
+def test_snapping_to_saved_steps():
+    assert ex.snap(Steps, 0.26) == 10 and ex.snap(Steps, 0.0) == 0 and ex.snap(Steps, 0.125) == 0
+    assert ex.snap_pair(Steps, [0.2, 0.6]) == (10, 20)
+    assert ex.snap_pair(Steps, [0.5, 0.5]) == (20, 30) and ex.snap_pair(Steps, [1.0, 1.0]) == (30, 40)
+    assert ex.target_steps(Steps, [0.4, 1.0, 1.5, 2.0, 0.1], after=10) == [20, 40, 60, 80]
+
+
+def test_claims_find_the_inverted_u_and_the_best_alpha():
+    import pandas as pd
+
+    real = pd.DataFrame({"step": [0, 10, 20, 30, 40], "avg_at_k": [0.1, 0.2, 0.3, 0.35, 0.36],
+                         "entropy": [1.0, 0.9, 0.7, 0.5, 0.3]})
+    curve = pd.DataFrame({"t0": [0] * 4 + [0] * 3, "t1": [10] * 4 + [20] * 3,
+                          "target_step": [20, 40, 60, 80, 40, 60, 80], "beta": [2, 4, 6, 8, 2, 3, 4],
+                          "avg_at_k": [0.3, 0.5, 0.4, 0.1, 0.3, 0.31, 0.32],  # an inverted U; a flat line
+                          "real_avg_at_k": [0.3, 0.36, None, None, 0.36, None, None]})
+    logit = pd.DataFrame({"alpha": [1.0, 1.5, 2.0], "target_step": [20, 25, 30], "avg_at_k": [0.3, 0.45, 0.4],
+                          "entropy": [0.7, 0.8, 0.9], "real_avg_at_k": [0.3, None, 0.35]})
+    scorer = ex.Scorer.__new__(ex.Scorer)
+    scorer.items, scorer.k = [None] * 100, 8  # margin ≈ 0.048 near 0.36
+    rows, verdicts, s = ex.claims(real, curve, logit, scorer)
+    assert [p["inverted_u"] for p in s["weight_extrapolation_peaks"]] == [True, False]
+    assert s["weight_extrapolation_peak_step"] == 40 and s["weight_extrapolation_peak_avg_at_k"] == 0.5
+    assert s["logit_extrapolation_best_alpha"] == 1.5 and s["logit_extrapolation_best_avg_at_k"] == 0.45
+    assert s["rl_final_avg_at_k"] == 0.36 and 0.047 < s["noise_margin"] < 0.049
+    assert "higher than the last RL checkpoint" in verdicts[0] and "agrees with the paper" in verdicts[0]
+    assert any("1 of 2 (t0, t1) pairs" in v for v in verdicts)
+    assert len(rows) == len(verdicts) and all(len(r) == 3 for r in rows)
