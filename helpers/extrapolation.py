@@ -10,7 +10,10 @@ only one tensor pair is in memory at a time. Norm policy:
 A tied lm_head follows the extrapolated embedding. Command line::
 
     python -m helpers.extrapolation --from A --to B --target-step T --out DIR [--norms extrapolate|copy-from-t1]
-                                    [--from-step t0 --to-step t1]
+                                    [--from-step t0 --to-step t1] [--overwrite]
+
+The steps of A and B come from their trainer_state.json or directory names unless given. The second half of the module
+holds notebook 04's scoring, curves and paper-vs-measured claims.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ def extrapolated_tensors(traj, t0: int, t1: int, beta: float, norms: str = "copy
         raise ValueError(f"norms: unknown policy {norms!r} (known: {', '.join(NORM_POLICIES)})")
     for name in traj.names:
         w1 = traj.tensor(name, t1)
-        if norms == "copy-from-t1" and is_norm(name):
+        if not w1.is_floating_point() or (norms == "copy-from-t1" and is_norm(name)):
             yield name, w1
             continue
         try:
@@ -84,27 +87,6 @@ def pair(src0: str | Path, src1: str | Path, t0: int | None = None, t1: int | No
     if t0 == t1:
         raise ValueError(f"{src0} and {src1} are both at step {t0}; pass --from-step / --to-step")
     return Trajectory({t0: Path(src0), t1: Path(src1)}), t0, t1
-
-
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m helpers.extrapolation", description=__doc__.split("\n")[0])
-    p.add_argument("--from", dest="src0", required=True, help="checkpoint directory at step t0")
-    p.add_argument("--to", dest="src1", required=True, help="checkpoint directory at step t1")
-    p.add_argument("--target-step", type=float, required=True, help="the step t' to extrapolate to")
-    p.add_argument("--out", required=True, help="output directory (created atomically)")
-    p.add_argument("--norms", choices=NORM_POLICIES, default="copy-from-t1", help="norm-weight policy")
-    p.add_argument("--from-step", type=int, help="step of --from (default: read from the directory)")
-    p.add_argument("--to-step", type=int, help="step of --to (default: read from the directory)")
-    a = p.parse_args(argv)
-    traj, t0, t1 = pair(a.src0, a.src1, a.from_step, a.to_step)
-    target = int(a.target_step) if float(a.target_step).is_integer() else a.target_step
-    out = extrapolate(traj, t0, t1, target, a.out, a.norms)
-    print(f"wrote {out} (t0={t0}, t1={t1}, target={target}, beta={coefficient(t0, t1, target):.4g}, norms={a.norms})")
-    return out
-
-
-if __name__ == "__main__":
-    main()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -370,3 +352,30 @@ def results(summary: dict, real, curve, logit, verdicts: list[str]) -> dict:
             "logit_extrapolation": logit.to_dict("records"),
             "real_curve": real.to_dict("records"),
             "verdicts": verdicts}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m helpers.extrapolation", description=__doc__.split("\n")[0])
+    p.add_argument("--from", dest="src0", required=True, help="checkpoint directory at step t0")
+    p.add_argument("--to", dest="src1", required=True, help="checkpoint directory at step t1")
+    p.add_argument("--target-step", type=float, required=True, help="the step t' to extrapolate to")
+    p.add_argument("--out", required=True, help="output directory (created atomically)")
+    p.add_argument("--norms", choices=NORM_POLICIES, default="copy-from-t1", help="norm-weight policy")
+    p.add_argument("--from-step", type=int, help="step of --from (default: read from the directory)")
+    p.add_argument("--to-step", type=int, help="step of --to (default: read from the directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    a = p.parse_args(argv)
+    if Path(a.out).exists() and not a.overwrite:
+        p.error(f"{a.out} exists; pass --overwrite to replace it")
+    traj, t0, t1 = pair(a.src0, a.src1, a.from_step, a.to_step)
+    target = int(a.target_step) if float(a.target_step).is_integer() else a.target_step
+    out = extrapolate(traj, t0, t1, target, a.out, a.norms)
+    print(f"wrote {out} (t0={t0}, t1={t1}, target={target}, beta={coefficient(t0, t1, target):.4g}, norms={a.norms})")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -113,6 +113,9 @@ def test_cli_end_to_end(tmp_path):
     got, w0, w1 = state(out), state(base), state(later)
     assert torch.allclose(got[NORM], w0[NORM] + 2.5 * (w1[NORM] - w0[NORM]), atol=1e-6)
     AutoModelForCausalLM.from_pretrained(out)
+    with pytest.raises(SystemExit):  # refuses to replace an existing directory without --overwrite
+        ex.main(["--from", str(base), "--to", str(later), "--target-step", "60", "--out", str(out), "--from-step", "0"])
+    assert json.loads((out / "extrapolation.json").read_text())["target_step"] == 50
     with pytest.raises(Exception, match="cannot tell the step"):
         ex.main(["--from", str(base), "--to", str(later), "--target-step", "50", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
