@@ -10,6 +10,7 @@ the kept tokens (ranks, because neither quantity is near-normal).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,8 +118,9 @@ class OutputLinearity:
         if a is None:
             return pd.DataFrame(columns=["layer", "median", "q1", "q3", "frac_above"])
         names = ["embeddings"] + [f"block {i}" for i in range(1, len(a))]
-        q = np.nanquantile(a, [0.25, 0.5, 0.75], axis=1)
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():   # a layer whose sampled states never moved has only NaN R²
+            warnings.simplefilter("ignore", RuntimeWarning)
+            q = np.nanquantile(a, [0.25, 0.5, 0.75], axis=1)
             frac = np.nanmean(np.where(np.isnan(a), np.nan, a > self.settings["r2_threshold"]), axis=1)
         return pd.DataFrame({"layer": names, "median": q[1], "q1": q[0], "q3": q[2], "frac_above": frac})
 
@@ -241,7 +243,7 @@ def plot_change_vs_r2(result: OutputLinearity):
     sns.scatterplot(data=t, x="abs_change", y="r2", hue="category", hue_order=list(CATEGORIES), s=10, alpha=0.5,
                     linewidth=0, ax=ax)
     ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlim(0, max(float(t["abs_change"].max()), result.settings["min_change"]) * 1.2)
+    ax.set_xlim(0, float(np.max(np.append(t["abs_change"].to_numpy(), result.settings["min_change"]))) * 1.2)
     ax.axvline(result.settings["min_change"], color="0.3", ls="--")
     ax.axhline(result.settings["r2_threshold"], color="0.3", ls=":")
     ax.set(xlabel="|Δ log-prob| (first → last checkpoint)", ylabel="R² vs step",
@@ -254,12 +256,14 @@ def plot_activation_r2(result: OutputLinearity):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    lay = result.layers()
-    a = result.activation_r2
-    short = ["emb"] + [str(i) for i in range(1, len(lay))]
+    a = result.activation_r2 if result.activation_r2 is not None else np.empty((0, 0))
+    short = ["emb"] + [str(i) for i in range(1, len(a))] if len(a) else []
     df = pd.DataFrame({"layer": np.repeat(short, a.shape[1]), "R²": a.reshape(-1)}).dropna()
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(lay)), 4.0))
-    sns.boxplot(data=df, x="layer", y="R²", order=short, color="C0", fliersize=1, ax=ax)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(a)), 4.0))
+    if len(df):
+        sns.boxplot(data=df, x="layer", y="R²", order=short, color="C0", fliersize=1, ax=ax)
+    else:
+        ax.text(0.5, 0.5, "no hidden state moved", ha="center", va="center", transform=ax.transAxes)
     ax.axhline(result.settings["r2_threshold"], color="0.3", ls="--")
     ax.set(ylim=(0, 1.02), xlabel="embeddings, then output of block i",
            title="Hidden-state R² vs step per layer")

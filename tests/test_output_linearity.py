@@ -106,3 +106,18 @@ def test_analyse_needs_three_checkpoints():
     forced.steps, forced.logprobs, forced.logits = forced.steps[:2], forced.logprobs[:2], forced.logits[:2]
     with pytest.raises(ValueError, match="at least 3 checkpoints"):
         OL.analyse(forced, probes)
+
+
+def test_a_trajectory_that_never_moves_is_reported_not_crashed():
+    probes, forced, _ = synthetic()
+    forced.logprobs[:] = forced.logprobs[0]
+    forced.logits[:] = forced.logits[0]
+    forced.hidden[:] = forced.hidden[0]
+    res = OL.analyse(forced, probes)
+    out = res.results()
+    assert out["tokens_kept"] == 0 and np.isnan(out["token_r2_median"])
+    assert np.isnan(out["activation_r2_median_by_layer"]).all()
+    assert res.verdict().startswith("No response token changed")
+    assert len(res.paper_rows()) >= 8 and res.categories().loc["stable", "tokens"] == probes.n_tokens
+    OL.plot_change_vs_r2(res)
+    OL.plot_activation_r2(res)
