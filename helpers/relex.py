@@ -424,8 +424,13 @@ def prefix_decomposition(traj, rc, fraction: float | None = None) -> Decompositi
 
 
 def full_decomposition(traj, rc) -> Decomposition:
-    """The SVD of the whole trajectory at the largest reconstruction rank (explained variance, denoising)."""
-    return decompose(traj, None, max(rc.denoise.ranks), int(rc.chunk_mb) << 20)
+    """The SVD of the whole trajectory at the largest reconstruction rank (explained variance, denoising).
+    A trajectory in which no tensor moved is an error (there is nothing to extrapolate)."""
+    dec = decompose(traj, None, max(rc.denoise.ranks), int(rc.chunk_mb) << 20)
+    if not any(f.rank for f in dec.factors.values()):
+        raise ValueError(f"{traj.path(traj.steps[-1])}: no tensor moved between step 0 and step {traj.steps[-1]} "
+                         "(an RL run with no update, e.g. every reward equal), so there is nothing to extrapolate")
+    return dec
 
 
 def real_curve(traj, score: Scorer) -> pd.DataFrame:

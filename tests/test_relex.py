@@ -81,6 +81,14 @@ def test_frozen_tensor_stays_at_base(tmp_path):
     assert torch.equal(load_file(out / "model.safetensors")[FROZEN], traj.tensor(FROZEN, 0))
 
 
+def test_a_run_that_never_moved_is_an_error(tmp_path):
+    from helpers import config
+
+    traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2], noise=0.0, scale=0.0)
+    with pytest.raises(ValueError, match="checkpoint-2: no tensor moved"):
+        relex.full_decomposition(traj, config.load(profile="default").relex)
+
+
 def test_step_axis_uses_real_steps(tmp_path):
     traj, d = make_trajectory(tmp_path / "run", [0, 2, 4, 6, 8, 10, 12], noise=0.0)
     dec = relex.decompose(traj, t_cut=8)
