@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -38,78 +38,6 @@ def load_model(path: str | Path, device: str | torch.device = "auto", dtype=torc
 
 
 class ModelLogits:
-    """Next-token logits (fp32) of one causal LM decoding step by step with its own KV cache."""
-
-    def __init__(self, model):
-        self.model, self.cache = model, None
-
-    def _forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
-        return out.logits[:, -1].float()
-
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Prefill the (left-padded) prompts; logits of the first new token."""
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache(config=self.model.config)
-        return self._forward(input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0))
-
-    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (`attention_mask` already includes it); logits of the next."""
-        return self._forward(tokens, attention_mask, attention_mask.sum(-1, keepdim=True) - 1)
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop every row of the KV cache but `rows`."""
-        self.cache.batch_select_indices(rows)
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(next tokens, entropy of softmax(logits / temperature)); temperature then top-p, temperature 0 = greedy."""
-    logp = torch.log_softmax(logits / (temperature or 1.0), -1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    if temperature == 0:
-        return logits.argmax(-1), entropy
-    if top_p < 1.0:
-        sorted_logp, order = logp.sort(-1, descending=True)
-        probs = sorted_logp.exp()
-        drop = probs.cumsum(-1) - probs >= top_p  # the mass of more probable tokens already reaches top_p
-        logp = logp.scatter(-1, order, sorted_logp.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1), entropy
-
-
-@torch.no_grad()
-def decode(source, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float, top_p: float,
-           max_new_tokens: int, eos_ids: torch.Tensor, generator) -> tuple[list[list[int]], float, int]:
-    """Sample up to `max_new_tokens` per row from the next-token logits of `source` (`ModelLogits` or any object with
-    start / step / keep); rows that emitted EOS are dropped from the batch and from `source`'s caches.
-
-    Returns (new token ids per row, EOS included; sum of token entropies; number of tokens)."""
-    active = torch.arange(len(input_ids), device=input_ids.device)
-    out: list[list[int]] = [[] for _ in range(len(input_ids))]
-    ent_sum, count = 0.0, 0
-    logits = source.start(input_ids, attention_mask)
-    for i in range(max_new_tokens):
-        tokens, entropy = sample_next(logits, temperature, top_p, generator)
-        ent_sum, count = ent_sum + float(entropy.sum()), count + len(tokens)
-        for row, t in zip(active.tolist(), tokens.tolist()):
-            out[row].append(t)
-        if i == max_new_tokens - 1:
-            break
-        done = torch.isin(tokens, eos_ids)
-        if done.any():
-            keep = (~done).nonzero().squeeze(-1)
-            if len(keep) == 0:
-                break
-            active, tokens, attention_mask = active[keep], tokens[keep], attention_mask[keep]
-            source.keep(keep)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], -1)
-        logits = source.step(tokens[:, None], attention_mask)
-    return out, ent_sum, count
-
-
-class ModelLogits:
     """Next-token logits of one model with its own KV cache — the logits source of `decode`.
 
     `start` runs the (left-padded) prompts, `step` feeds one token per row, `keep(rows)` drops finished rows from the
@@ -121,7 +49,7 @@ class ModelLogits:
 
     def _forward(self, ids, mask, pos):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
-                         use_cache=True)
+                         use_cache=True, logits_to_keep=1)  # the last position only: no (B, L, vocab) prefill logits
         self.cache = out.past_key_values
         return out.logits[:, -1].float()
 
@@ -233,15 +161,10 @@ def _logit_extrapolation(models, **kwargs) -> Sampler:
     return make(models, **kwargs)
 
 
-def _vllm(*_, **__):
-    raise NotImplementedError("sampler backend 'vllm' is not available yet (and vllm is not installed here); "
-                              "use backend 'hf'")
+def _vllm(model_or_path, **kwargs) -> Sampler:
+    from .vllm_backend import make
 
-
-def _logit_extrapolation(*args, **kwargs) -> Sampler:
-    from .logit_extrapolation import make_sampler as factory
-
-    return factory(*args, **kwargs)
+    return make(model_or_path, **kwargs)
 
 
 BACKENDS: dict[str, Callable[..., Sampler]] = {"hf": _hf, "vllm": _vllm, "logit-extrapolation": _logit_extrapolation}
@@ -276,7 +199,7 @@ def evaluate(sampler: Sampler, items: Sequence[tasks.Item], k: int = 8, temperat
     if k > 0:
         samples = sampler.generate(prompts, n=k, temperature=temperature, top_p=top_p,
                                    max_new_tokens=max_new_tokens, seed=seed)
-        correct = np.array([[tasks.is_correct(c, it.answer) for c in row] for row, it in zip(samples, items)])
+        correct = np.array([[it.is_correct(c) for c in row] for row, it in zip(samples, items)])
         res[f"avg@{k}"] = float(correct.mean())
         for j in sorted({2 ** i for i in range(int(math.log2(k)) + 1)} | {k}):
             res[f"pass@{j}"] = float(np.mean([pass_at_k(k, int(c), j) for c in correct.sum(1)]))
@@ -284,14 +207,43 @@ def evaluate(sampler: Sampler, items: Sequence[tasks.Item], k: int = 8, temperat
         res["completion_length"] = float(np.mean([len(c) for row in samples for c in row]))
     if greedy:
         outs = sampler.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
-        res["greedy_accuracy"] = tasks.accuracy([o[0] for o in outs], [it.answer for it in items])
+        res["greedy_accuracy"] = sum(it.is_correct(o[0]) for o, it in zip(outs, items)) / max(len(items), 1)
     return res
 
 
 def evaluate_model(path: str | Path, items: Sequence[tasks.Item], eval_cfg, device: str = "auto",
-                   backend: str = "hf") -> dict:
-    """`evaluate` of one model directory with the knobs of the `eval` params section."""
-    sampler = make_sampler(backend, path, device=device, batch_size=int(eval_cfg["batch_size"]))
-    return evaluate(sampler, items, k=int(eval_cfg["k"]), temperature=float(eval_cfg["temperature"]),
-                    top_p=float(eval_cfg["top_p"]), max_new_tokens=int(eval_cfg["max_new_tokens"]),
-                    seed=int(eval_cfg["seed"]))
+                   backend: str | None = None) -> dict:
+    """`evaluate` of one model directory with the knobs of the `eval` params section (backend: `eval.backend`
+    unless given); a sampler that holds an engine (vllm) is closed afterwards, freeing its memory."""
+    sampler = make_sampler(backend or eval_cfg["backend"], path, device=device,
+                           batch_size=int(eval_cfg["batch_size"]))
+    try:
+        return evaluate(sampler, items, k=int(eval_cfg["k"]), temperature=float(eval_cfg["temperature"]),
+                        top_p=float(eval_cfg["top_p"]), max_new_tokens=int(eval_cfg["max_new_tokens"]),
+                        seed=int(eval_cfg["seed"]))
+    finally:
+        getattr(sampler, "close", lambda: None)()
+
+
+def heldout_items(cfg) -> list:
+    """The fixed held-out problems of the config's task: the arithmetic split, or (`task.kind: math`) the problems
+    of the `math` section, prompts through the trajectory's chat template."""
+    if cfg.task.kind == "math":
+        from . import math_tasks
+
+        return math_tasks.from_config(cfg)
+    if cfg.task.kind != "arithmetic":
+        raise ValueError(f"{cfg.source}: task.kind must be arithmetic or math, not {cfg.task.kind!r}")
+    return tasks.split(cfg.task)[1]
+
+
+def evaluate_checkpoints(paths: Mapping[Any, str | Path], cfg, items: Sequence[tasks.Item] | None = None,
+                         backend: str | None = None):
+    """`evaluate_model` of each model directory in `paths` (label -> dir) on the held-out items; a DataFrame, one row
+    per label."""
+    import pandas as pd
+
+    items = heldout_items(cfg) if items is None else items
+    rows = {label: evaluate_model(path, items, cfg.eval, device=cfg.device, backend=backend)
+            for label, path in paths.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -5,6 +5,9 @@ short worked chain of partial results (``"19-30=-11"``, with ``chain=True``). Th
 last ``=`` of the completion (the whole completion when it has none) and compares it exactly with the gold answer.
 
 Train and held-out problems come from one seed; the held-out set is fixed and no held-out prompt appears in training.
+A fraction `slip` of the train problems carry a flawed reference solution (the last operand forgotten, a classic slip),
+so a model trained on them by SFT mixes a right and a wrong procedure — the headroom RL then removes. Rewards and
+accuracy always use the true answer.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ class Item:
     answer: int
     solution: str
 
+    def is_correct(self, completion: str) -> bool:
+        """The item's verifier (every task's items have one; `evaluation.evaluate` calls it)."""
+        return is_correct(completion, self.answer)
+
 
 def _solution(operands: list[int], ops: list[str], chain: bool) -> tuple[int, str]:
     total, steps = operands[0], []
@@ -40,26 +47,29 @@ def _solution(operands: list[int], ops: list[str], chain: bool) -> tuple[int, st
     return total, "".join(parts) + str(total)
 
 
-def make_item(rng: random.Random, operands: int, max_value: int, ops: str, chain: bool) -> Item:
+def make_item(rng: random.Random, operands: int, max_value: int, ops: str, chain: bool, slip: bool = False) -> Item:
+    """A random problem; with `slip` its reference solution forgets the last operand (the answer stays true)."""
     xs = [rng.randrange(max_value) for _ in range(operands)]
     os_ = [rng.choice(ops) for _ in range(operands - 1)]
     prompt = str(xs[0]) + "".join(f"{o}{x}" for o, x in zip(os_, xs[1:])) + "="
     answer, solution = _solution(xs, os_, chain)
+    if slip:
+        solution = _solution(xs[:-1], os_[:-1], chain)[1]
     return Item(prompt, answer, solution)
 
 
 def split(task: Mapping[str, Any]) -> tuple[list[Item], list[Item]]:
-    """(train, held-out) items of the task section `task` (operands, max_value, ops, chain, train_size, heldout_size,
-    seed). Deterministic; held-out prompts are unique and never in train."""
+    """(train, held-out) items of the task section `task` (operands, max_value, ops, chain, slip, train_size,
+    heldout_size, seed). Deterministic; held-out prompts are unique and never in train; held-out solutions are right."""
     rng = random.Random(int(task["seed"]))
     spec = (int(task["operands"]), int(task["max_value"]), str(task["ops"]), bool(task["chain"]))
     heldout: dict[str, Item] = {}
     while len(heldout) < task["heldout_size"]:
         it = make_item(rng, *spec)
         heldout.setdefault(it.prompt, it)
-    train = []
+    train, slip_rng = [], random.Random(int(task["seed"]) + 1)
     while len(train) < task["train_size"]:
-        it = make_item(rng, *spec)
+        it = make_item(rng, *spec, slip=slip_rng.random() < float(task.get("slip", 0.0)))
         if it.prompt not in heldout:
             train.append(it)
     return train, list(heldout.values())

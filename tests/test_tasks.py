@@ -55,3 +55,14 @@ def test_reward_as_trl_calls_it():
     out = tasks.reward(prompts=["1+2+3=", "5-9+1="], completions=["3+3=6", "oops"], completion_ids=[[1], [2]],
                        answer=[6, -3], trainer_state=None, log_extra=lambda *a: None, log_metric=lambda *a: None)
     assert out == [1.0, 0.0]
+
+
+def test_slip_corrupts_only_train_demonstrations():
+    clean_train, clean_heldout = tasks.split({**TASK, "chain": False})
+    train, heldout = tasks.split({**TASK, "chain": False, "slip": 0.5})
+    assert heldout == clean_heldout and [it.prompt for it in train] == [it.prompt for it in clean_train]
+    wrong = [it for it in train if not tasks.is_correct(it.solution, it.answer)]
+    assert 0.35 < len(wrong) / len(train) < 0.65
+    for it in wrong:                      # the slip: the last operand is forgotten
+        head = it.prompt[:-1].rstrip("0123456789")[:-1]
+        assert int(it.solution) == eval(head)

@@ -1,0 +1,94 @@
+"""Training: a micro embedded trajectory is a complete TRL-layout run, deterministic for a seed, and cached."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import config, tasks, training
+from helpers.trajectory import Trajectory
+
+MICRO = {"model.hidden_size": 64, "model.heads": 2, "model.kv_heads": 1, "model.layers": 1,
+         "model.intermediate_size": 64, "model.max_positions": 32,
+         "task.train_size": 64, "task.heldout_size": 8, "sft.base_steps": 3, "sft.batch": 8,
+         "rl.steps": 2, "rl.save_every": 1, "rl.batch": 2, "rl.rollouts": 2, "rl.max_completion_length": 6,
+         "eval.heldout_during_training": 8, "eval.max_new_tokens": 6, "eval.k": 2, "device": "cpu"}
+
+
+def micro_cfg(**extra):
+    return config.load("params/default.yaml", profile="default", overrides={**MICRO, **extra})
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same micro config built twice, in two separate output roots. The untrained micro model never answers
+    right, so the reward is replaced by one that varies within a group (odd completion length), giving RL a gradient."""
+    cfg = micro_cfg()
+    runs = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tasks, "reward", lambda prompts, completions, **kw: [float(len(c) % 2) for c in completions])
+    for name in ("a", "b"):
+        mp.setenv("RLVR_OUTPUTS", str(tmp_path_factory.mktemp(name)))
+        runs.append(training.embedded_trajectory(cfg))
+    mp.undo()
+    return cfg, runs
+
+
+def test_layout_and_log(two_runs):
+    _, (run, _) = two_runs
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0", "checkpoint-1", "checkpoint-2"]
+    for ck in run.glob("checkpoint-*"):
+        assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in ck.iterdir()}
+        assert not (ck / "optimizer.pt").exists()
+    traj = Trajectory(run)
+    assert traj.steps == [0, 1, 2] and traj.tied_embeddings
+    log = training.read_log(run)
+    assert list(log.columns) == training.LOG_COLUMNS and list(log["step"]) == [0, 1, 2]
+    assert log["heldout_accuracy"].notna().all() and log["reward"].iloc[1:].notna().all()
+    assert json.loads((run / "build.json").read_text())["train_seconds"] > 0
+
+
+def test_same_seed_same_weights(two_runs):
+    _, (a, b) = two_runs
+    for step in (0, 2):
+        wa = load_file(a / f"checkpoint-{step}" / "model.safetensors")
+        wb = load_file(b / f"checkpoint-{step}" / "model.safetensors")
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    w0 = load_file(a / "checkpoint-0" / "model.safetensors")
+    w2 = load_file(a / "checkpoint-2" / "model.safetensors")
+    assert any(not torch.equal(w0[k], w2[k]) for k in w0)        # RL moved the weights
+
+
+def test_cached_build_is_reused(two_runs, monkeypatch):
+    cfg, (a, _) = two_runs
+    monkeypatch.setenv("RLVR_OUTPUTS", str(a.parents[1]))
+    monkeypatch.setattr(training, "train_rl", lambda *a, **k: pytest.fail("rebuilt a cached trajectory"))
+    assert training.embedded_trajectory(cfg) == a
+
+
+def test_sft_run_shares_layout_and_takes_loss_and_callbacks(two_runs, tmp_path):
+    from transformers import TrainerCallback
+
+    cfg, (run, _) = two_runs
+    seen, losses = [], []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            seen.append(state.global_step)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits[:, :-1].float()
+        out = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        losses.append(float(out))
+        return out
+
+    out = training.train_sft(cfg, run / "checkpoint-0", tmp_path / "sft", compute_loss_func=loss, callbacks=[Count()])
+    assert seen == [1, 2] and len(losses) == 2
+    assert Trajectory(out).steps == [0, 1, 2]
+    assert training.read_log(out)["loss"].iloc[1:].tolist() == pytest.approx(losses)
+
+
+def test_unknown_algorithm_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
+        training.train_rl(micro_cfg(**{"rl.algorithm": "ppo"}), tmp_path / "x", base_dir=tmp_path)
