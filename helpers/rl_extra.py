@@ -257,3 +257,256 @@ def add_step_columns(log_csv: Path, m: int, n: int) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(log_csv, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notebook 05: standard GRPO (the embedded run) vs RL-Extra runs; steps to target, fixed budgets, reset vs keep
+
+STANDARD = "standard"
+
+
+def scaled(cfg, paper_steps: float) -> int:
+    """A step count of the paper's run mapped onto this run: × rl.steps / rl_extra.paper_steps, rounded."""
+    return int(round(float(paper_steps) * int(cfg.rl.steps) / float(cfg.rl_extra.paper_steps)))
+
+
+def plan(cfg) -> list[dict]:
+    """The RL-Extra runs: each (m, n) of `rl_extra.configs` scaled to this run (m ≥ 1, n ≥ 1 unless 0) with the
+    `optimizer` policy, plus the `ablation` config with the other policy. Labels name (m, n) and the policy."""
+    rx = cfg.rl_extra
+    other = next(p for p in OPTIMIZER_POLICIES if p != rx.optimizer)
+    configs = []
+    for m, n in rx.configs:
+        mn = (max(1, scaled(cfg, m)), max(1 if n else 0, scaled(cfg, n)))
+        if mn not in configs:
+            configs.append(mn)
+    runs = [{"m": m, "n": n, "optimizer": rx.optimizer} for m, n in configs]
+    if rx.ablation is not None:
+        if not 0 <= int(rx.ablation) < len(rx.configs):
+            raise ValueError(f"{cfg.source}: rl_extra.ablation = {rx.ablation} is not an index into rl_extra.configs")
+        m, n = rx.configs[int(rx.ablation)]
+        runs.append({"m": max(1, scaled(cfg, m)), "n": max(1 if n else 0, scaled(cfg, n)), "optimizer": other})
+    for r in runs:
+        r.update(label=f"RL-Extra({r['m']},{r['n']}) {r['optimizer']}", beta=(r["m"] + r["n"]) / r["m"])
+    return runs
+
+
+def train_run(cfg, m: int, n: int, optimizer: str) -> Path:
+    """One RL-Extra(m, n) run with the rl section's settings from `base_model(cfg)`, cached under
+    outputs/cache/rl_extra-<hash>/ (key: task, model, sft, rl, eval, seed, device, m, n, norms, optimizer);
+    `build.json` records its training seconds."""
+    import time
+
+    from . import training
+    from .paths import atomic_dir, cache_dir
+
+    base = training.base_model(cfg)
+    made_from = {k: cfg[k] for k in ("task", "model", "sft", "rl", "eval")} | {
+        "seed": cfg.seed, "device": cfg.device, "m": int(m), "n": int(n), "norms": cfg.rl_extra.norms,
+        "optimizer": optimizer}
+    final = cache_dir("rl_extra", made_from)
+    if (final / "build.json").is_file():
+        return final
+    t0 = time.time()
+    with atomic_dir(final) as tmp:
+        training.train_rl(cfg, tmp, callbacks=[RLExtra(m, n, cfg.rl_extra.norms, optimizer)], base_dir=base)
+        atomic_write_json(tmp / "build.json", {"train_seconds": round(time.time() - t0, 2), "m": int(m), "n": int(n),
+                                               "optimizer": optimizer, "norms": cfg.rl_extra.norms})
+    return final
+
+
+def train_all(cfg):
+    """Every run of `plan(cfg)` (trained or reused) plus the standard one, as a table: label, m, n, β, optimizer,
+    dir, train_seconds."""
+    import pandas as pd
+
+    from . import training
+
+    std = training.embedded_trajectory(cfg)
+    rows = [{"label": STANDARD, "m": None, "n": 0, "optimizer": None, "beta": 1.0, "dir": std}]
+    rows += [{**r, "dir": train_run(cfg, r["m"], r["n"], r["optimizer"])} for r in plan(cfg)]
+    for r in rows:
+        r["train_seconds"] = json.loads((Path(r["dir"]) / "build.json").read_text())["train_seconds"]
+    return pd.DataFrame(rows)
+
+
+def curves(runs):
+    """Held-out greedy accuracy at every checkpoint of every run (from log.csv): label, rl_steps, effective_steps,
+    accuracy."""
+    import pandas as pd
+
+    from .training import read_log
+
+    parts = []
+    for r in runs.itertuples():
+        log = read_log(r.dir).dropna(subset=["heldout_accuracy"])
+        steps = log["step"].astype(int)
+        parts.append(pd.DataFrame({"label": r.label, "rl_steps": steps, "accuracy": log["heldout_accuracy"],
+                                   "effective_steps": [s if r.label == STANDARD else effective_steps(s, r.m, r.n)
+                                                       for s in steps]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def targets(curves, fractions) -> list[float]:
+    """Accuracy targets base + f × (best − base) of the standard run's curve."""
+    std = curves[curves.label == STANDARD].sort_values("rl_steps")
+    base, best = float(std.accuracy.iloc[0]), float(std.accuracy.max())
+    return [round(base + float(f) * (best - base), 6) for f in fractions]
+
+
+def steps_to_target(curves, goals):
+    """RL steps of the first checkpoint at or above each target, per run (NaN: never reached); rows = runs, columns =
+    the targets as text (`0.523`)."""
+    import pandas as pd
+
+    rows = {}
+    for label, g in curves.groupby("label", sort=False):
+        g = g.sort_values("rl_steps")
+        rows[label] = {f"{t:.3f}": next((float(s) for s, a in zip(g.rl_steps, g.accuracy) if a >= t - 1e-9),
+                                        math.nan) for t in goals}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def speedups(reach):
+    """Standard RL steps / RL-Extra RL steps to each target (NaN when either never reaches it or needs 0 steps)."""
+    std, extra = reach.loc[STANDARD], reach.drop(index=STANDARD)
+    return (std / extra).where((extra > 0) & (std > 0))
+
+
+def fixed_budget(cfg, curves):
+    """Accuracy at equal real RL steps: the paper's budgets scaled to this run, snapped to the standard run's
+    checkpoints; per budget the standard run, the best RL-Extra run (`optimizer` policy) and every run."""
+    import pandas as pd
+
+    saved = sorted(set(curves[curves.label == STANDARD].rl_steps) - {0})
+    budgets = sorted({min(saved, key=lambda s: (abs(s - scaled(cfg, b)), s)) for b in cfg.rl_extra.budgets})
+    wide = curves.pivot_table(index="rl_steps", columns="label", values="accuracy")
+    main = [c for c in wide.columns if c != STANDARD and c.endswith(f" {cfg.rl_extra.optimizer}")]
+    rows = []
+    for b in budgets:
+        at = wide.loc[b] if b in wide.index else pd.Series(dtype=float)
+        extra = at.reindex(main).dropna()
+        best = extra.idxmax() if len(extra) else None
+        rows.append({"rl_steps": b, "standard": at.get(STANDARD, math.nan), "rl_extra": extra.get(best, math.nan),
+                     "rl_extra_config": best, "gain": extra.get(best, math.nan) - at.get(STANDARD, math.nan),
+                     **{c: at.get(c) for c in wide.columns if c != STANDARD}})
+    return pd.DataFrame(rows)
+
+
+def optimizer_ablation(runs, curves):
+    """Reset vs keep side by side for the (m, n) run with both policies: accuracy per checkpoint (empty if none)."""
+    twins = runs.dropna(subset=["m"]).groupby(["m", "n"]).filter(lambda g: len(g) == 2)
+    if twins.empty:
+        return None
+    sub = curves[curves.label.isin(twins.label)]
+    wide = sub.pivot_table(index="rl_steps", columns="label", values="accuracy")
+    by_policy = {r.optimizer: r.label for r in twins.itertuples()}
+    table = wide.rename(columns={v: k for k, v in by_policy.items()})[list(OPTIMIZER_POLICIES)]
+    table.columns.name = f"RL-Extra({int(twins.m.iloc[0])},{int(twins.n.iloc[0])})"
+    table["reset − keep"] = table["reset"] - table["keep"]
+    return table
+
+
+def plot_curves(curves, goals=()):
+    """Held-out accuracy vs real RL steps (left; targets dotted) and vs effective steps (right), one line per run."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for i, (label, g) in enumerate(curves.groupby("label", sort=False)):
+        g = g.sort_values("rl_steps")
+        style = dict(color="k", lw=2, marker="o", ms=3, zorder=5) if label == STANDARD else dict(color=f"C{i}", marker="s", ms=3,
+                                                                                    ls="--" if "keep" in label else "-")
+        for ax, x in zip(axes, ("rl_steps", "effective_steps")):
+            ax.plot(g[x], g.accuracy, label=label, **style)
+    for t in goals:
+        axes[0].axhline(t, color="gray", ls=":", lw=1)
+    axes[0].set(xlabel="real RL steps", ylabel="held-out accuracy (greedy)", title="Accuracy vs RL steps")
+    axes[1].set(xlabel="effective steps (RL + extrapolated)", title="Accuracy vs effective steps")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def noise_margin(p: float, items: int) -> float:
+    """Noise band of a difference between two greedy accuracies near p on `items` problems: √2 × two binomial SEs
+    (p kept at least one problem away from 0 and 1, so a flat 0 % curve still has a band)."""
+    items = max(int(items), 1)
+    p = min(max(float(p), 1 / items), 1 - 1 / items) if items > 1 else 0.5
+    return math.sqrt(2) * 2 * math.sqrt(p * (1 - p) / items)
+
+
+def _fmt(x) -> str:
+    return "never" if x != x else f"{int(x)}"
+
+
+def claims(cfg, runs, curves, goals, reach, speed, budget, ablation):
+    """(paper-vs-measured rows, verdict sentences, results dict) for LIN §4.3 (SPEC §5)."""
+    std = curves[curves.label == STANDARD].sort_values("rl_steps")
+    final = float(std.accuracy.iloc[-1])
+    items = min(int(cfg.eval.heldout_during_training), int(cfg.task.heldout_size))
+    margin = noise_margin(final, items)
+    every = int(cfg.rl.save_every)
+    rows, verdicts = [], []
+    if float(std.accuracy.max()) <= float(std.accuracy.iloc[0]):
+        verdicts.append(f"The standard run never beats its base ({float(std.accuracy.iloc[0]):.3f}): the targets "
+                        "collapse onto the base accuracy and steps-to-target says nothing here.")
+
+    rows.append(("Standard RL: steps to reach the targets", "500 / 1100 / 1400 steps for AIME24 0.35 / 0.38 / 0.40",
+                 " / ".join(_fmt(s) for s in reach.loc[STANDARD]) + " steps for " + " / ".join(reach.columns)))
+    flat = speed.stack().dropna()
+    best = (flat.idxmax(), float(flat.max())) if len(flat) else ((None, None), None)
+    (best_label, best_target), best_speed = best
+    per_run = "; ".join(f"{lab}: " + " / ".join("—" if v != v else f"{v:.1f}×" for v in speed.loc[lab])
+                        for lab in speed.index)
+    rows.append(("RL-Extra needs fewer RL steps for the same accuracy (Fig. 6)",
+                 "(20,100): ≥ 0.38 in 180 RL steps = 6.1×; (100,100): 0.40 in 900 = 1.6×", per_run or "no target reached"))
+    if best_speed is None:
+        verdicts.append("No RL-Extra run reached a target that standard RL reached: no speedup measurable here.")
+    else:
+        std_steps, extra_steps = reach.loc[STANDARD, best_target], reach.loc[best_label, best_target]
+        verdicts.append(f"Best speedup {best_speed:.1f}× ({best_label}: accuracy {best_target} after "
+                        f"{_fmt(extra_steps)} RL steps vs {_fmt(std_steps)} for standard RL; checkpoints every {every} "
+                        "steps): " + ("RL-Extra is faster, as in the paper (paper: 6.1×)." if best_speed > 1 else
+                                      "no speedup, unlike the paper."))
+    gains = budget.gain.dropna()
+    rows.append(("Fixed budget: RL-Extra beats standard RL at equal RL steps (Table 3)",
+                 "+5.2 / +6.3 / +5.7 / +2.3 % at s = 200 / 400 / 800 / 1200",
+                 " / ".join(f"{100 * g:+.1f} pp" for g in budget.gain)
+                 + " at s = " + " / ".join(str(int(s)) for s in budget.rl_steps)))
+    mean_gain = float(gains.mean()) if len(gains) else float("nan")
+    verdicts.append(f"At equal RL steps the best RL-Extra run is {100 * mean_gain:+.1f} pp vs standard on average "
+                    f"(noise margin ±{100 * margin:.1f} pp, {items} held-out problems): "
+                    + ("ahead, as in the paper." if mean_gain > margin else "behind, unlike the paper."
+                       if mean_gain < -margin else "within noise, not the paper's gain.")
+                    + " (The best of several runs per budget, as the paper picks a configuration per budget.)")
+    summary = {}
+    if ablation is not None:
+        diff = ablation["reset − keep"].drop(index=0, errors="ignore")
+        d_mean, d_last = float(diff.mean()), float(diff.iloc[-1])
+        rows.append((f"Optimizer state after extrapolating: reset vs keep ({ablation.columns.name})",
+                     "reset (the reference restarts a fresh job every cycle); keep not reported",
+                     f"reset − keep: {100 * d_mean:+.1f} pp on average over checkpoints, {100 * d_last:+.1f} pp at "
+                     "the end"))
+        verdicts.append(f"Resetting Adam's moments after each extrapolation is "
+                        + ("better than" if d_mean > margin else "worse than" if d_mean < -margin else
+                           "within noise of") + f" keeping them ({100 * d_mean:+.1f} pp on average).")
+        summary.update(reset_minus_keep_mean=d_mean, reset_minus_keep_final=d_last)
+    extra = runs.dropna(subset=["m"])
+    summary.update(
+        standard_final_accuracy=final, standard_final_step=int(std.rl_steps.iloc[-1]), targets=list(goals),
+        steps_to_target={lab: {t: (None if v != v else int(v)) for t, v in row.items()}
+                         for lab, row in reach.to_dict("index").items()},
+        speedups={lab: {t: (None if v != v else float(v)) for t, v in row.items()}
+                  for lab, row in speed.to_dict("index").items()},
+        best_speedup=best_speed, best_speedup_config=best_label,
+        best_speedup_target=None if best_target is None else float(best_target),
+        fixed_budget=[{"rl_steps": int(r.rl_steps), "standard": r.standard, "rl_extra": r.rl_extra,
+                       "rl_extra_config": r.rl_extra_config} for r in budget.itertuples()],
+        fixed_budget_mean_gain=mean_gain, noise_margin=margin, heldout_items=items,
+        runs=[{"label": r.label, "m": int(r.m), "n": int(r.n), "beta": float(r.beta), "optimizer": r.optimizer,
+               "train_seconds": float(r.train_seconds),
+               "final_effective_steps": effective_steps(int(cfg.rl.steps), int(r.m), int(r.n)),
+               "final_accuracy": float(curves[curves.label == r.label].sort_values("rl_steps").accuracy.iloc[-1])}
+              for r in extra.itertuples()],
+        curves=curves.to_dict("records"), verdicts=verdicts)
+    return rows, verdicts, summary
