@@ -135,3 +135,15 @@ def test_from_samples_save_load_and_cache(tmp_path, monkeypatch):
 def test_bad_probe_is_named():
     with pytest.raises(P.ProbeError, match="probe 0: prompt length 3"):
         P.Probes([[1, 2, 3]], [3], [0], ["a"], ["b"])
+
+
+def test_forward_lets_callers_hook_layer_inputs():
+    model, probes = tiny_qwen(3), random_probes(5, seed=2)
+    seen = []
+    layer = model.model.layers[1].mlp.down_proj
+    handle = layer.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    try:
+        captured = [seen[-1][b.rows, b.cols] for b, _ in P.forward(model, probes, batch_size=2)]
+    finally:
+        handle.remove()
+    assert sum(len(c) for c in captured) == probes.n_tokens and captured[0].shape[1] == 64
