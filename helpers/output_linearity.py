@@ -125,8 +125,8 @@ class OutputLinearity:
         return pd.DataFrame({"layer": names, "median": q[1], "q1": q[0], "q3": q[2], "frac_above": frac})
 
     def movers(self, n: int = 6) -> pd.DataFrame:
-        """The `n` kept tokens with the largest |Δ log-prob|."""
-        return self.kept.nlargest(n, "abs_change")
+        """The `n` kept tokens with the largest |Δ log-prob|, one per distinct (sequence, position)."""
+        return self.kept.drop_duplicates(["sequence", "position"]).nlargest(n, "abs_change")
 
     def examples(self, n: int = 6) -> list[dict[str, Any]]:
         """The `n` biggest movers as dicts for `helpers.plots.series_fits`: label, steps, values, slope, intercept, r2."""
@@ -226,7 +226,7 @@ def analyse(forced, probes, tokenizer=None, min_change: float = MIN_CHANGE,
         h = forced.hidden
         act = r2(h.reshape(h.shape[0], h.shape[1], -1), steps)
     settings = {"min_change": min_change, "r2_threshold": r2_threshold, "probes": len(probes),
-                "activation_positions": 0 if forced.hidden_index is None else len(forced.hidden_index[0]),
+                "probes_distinct": probes.n_distinct, "activation_positions": 0 if forced.hidden_index is None else len(forced.hidden_index[0]),
                 "activation_dims": 0 if forced.hidden_index is None else len(forced.hidden_index[1])}
     return OutputLinearity(steps, tok, act, forced.logprobs, settings)
 

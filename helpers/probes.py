@@ -64,15 +64,26 @@ class Probes:
         """Start of each probe's response tokens in the flat layout (length len(self) + 1)."""
         return np.concatenate([[0], np.cumsum(self.response_lens)])
 
+    def sequence_ids(self) -> np.ndarray:
+        """For each probe, the index of the first probe with the same token sequence (repeated samples share one)."""
+        first: dict[tuple, int] = {}
+        return np.array([first.setdefault(tuple(x), i) for i, x in enumerate(self.input_ids)], dtype=np.int64)
+
+    @property
+    def n_distinct(self) -> int:
+        return len(np.unique(self.sequence_ids()))
+
     def tokens(self):
-        """One row per response token (flat layout): probe, position in the sequence, token id, prompt index."""
+        """One row per response token (flat layout): probe, position in the sequence, token id, prompt index, and
+        `sequence` (the first probe with the same token sequence)."""
         import pandas as pd
 
         probe = np.repeat(np.arange(len(self)), self.response_lens)
         position = np.concatenate([np.arange(p, len(x)) for x, p in zip(self.input_ids, self.prompt_lens)])
         token = np.concatenate([np.asarray(x[p:]) for x, p in zip(self.input_ids, self.prompt_lens)])
         return pd.DataFrame({"probe": probe, "position": position, "token": token,
-                             "prompt": np.asarray(self.prompt_index)[probe]})
+                             "prompt": np.asarray(self.prompt_index)[probe],
+                             "sequence": self.sequence_ids()[probe]})
 
     def frame(self):
         """One row per probe: prompt index, prompt, response text, response length in tokens."""

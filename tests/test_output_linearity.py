@@ -78,7 +78,9 @@ def test_analyse_recovers_known_categories_and_numbers():
     layers = out["activation_r2_median_by_layer"]
     assert len(layers) == 3 and layers[0] < 0.5 and min(layers[1:]) > 0.95
     assert res.layers()["layer"].tolist() == ["embeddings", "block 1", "block 2"]
-    assert "probes" in res.settings and res.categories().loc["behaviour", "tokens"] == 40
+    assert res.settings["probes"] == 40 and res.settings["probes_distinct"] == 1   # 40 samples of one sequence
+    assert res.categories().loc["behaviour", "tokens"] == 40
+    assert len(res.movers(6)) == 2                   # one per distinct (sequence, position) that moved
     assert ("do evolve linearly" in res.verdict()) == (out["token_r2_median"] > 0.7)
     assert "positively related" in res.verdict() and "embeddings: 0.1" in res.verdict()
     assert len(res.paper_rows()) >= 8

@@ -147,3 +147,9 @@ def test_forward_lets_callers_hook_layer_inputs():
     finally:
         handle.remove()
     assert sum(len(c) for c in captured) == probes.n_tokens and captured[0].shape[1] == 64
+
+
+def test_repeated_samples_share_a_sequence_id():
+    probes = P.Probes([[1, 2], [1, 3], [1, 2]], [1, 1, 1], [0, 0, 0], ["1"] * 3, ["2", "3", "2"])
+    assert probes.sequence_ids().tolist() == [0, 1, 0] and probes.n_distinct == 2
+    assert probes.tokens()["sequence"].tolist() == [0, 1, 0]
