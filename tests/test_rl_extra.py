@@ -109,8 +109,9 @@ def test_counters_in_checkpoints_and_log(extra_run):
         assert (rec["rl_steps"], rec["effective_steps"], rec["anchor"], rec["beta"]) == (step, eff, anchor, 2.5)
         assert (run / f"checkpoint-{step}" / ANCHOR).is_file() == (anchor is not None)
     rows = list(csv.DictReader((run / "log.csv").open()))
-    assert [(int(r["rl_steps"]), int(r["effective_steps"])) for r in rows] == \
-           [(s, effective_steps(s, M, N)) for s in range(7)] == [(0, 0), (1, 1), (2, 5), (3, 6), (4, 10), (5, 11), (6, 15)]
+    logged = [(int(r["rl_steps"]), int(r["effective_steps"])) for r in rows]
+    assert logged == [(s, effective_steps(s, M, N)) for s in range(7)]
+    assert logged == [(0, 0), (1, 1), (2, 5), (3, 6), (4, 10), (5, 11), (6, 15)]
     assert rows[3]["heldout_accuracy"] != "" and rows[6]["heldout_accuracy"] != ""
 
 
@@ -151,3 +152,34 @@ def test_m_must_be_a_multiple_of_the_generation_period():
     for bad in (dict(m=0, n=1), dict(m=2, n=-1), dict(m=2, n=1, norms="all"), dict(m=2, n=1, optimizer="zero")):
         with pytest.raises(ValueError):
             RLExtra(**bad)
+
+
+def test_steps_to_target_speedup_and_fixed_budget_on_known_curves():
+    import pandas as pd
+
+    from helpers import rl_extra as R
+
+    cfg = config.load("params/default.yaml", "default", {"rl.steps": 140, "rl.save_every": 10,
+                                                          "rl_extra.configs": [[20, 100], [100, 100]]})
+    assert [(r["label"], r["beta"]) for r in R.plan(cfg)] == [
+        ("RL-Extra(2,10) reset", 6.0), ("RL-Extra(10,10) reset", 2.0), ("RL-Extra(10,10) keep", 2.0)]
+    steps = list(range(0, 141, 10))
+    std = [0.2 + 0.2 * s / 140 for s in steps]                       # 0.2 -> 0.4, linear
+    fast = [min(0.2 + 0.2 * s / 35, 0.45) for s in steps]            # 4x faster, saturating above the standard best
+    curves = pd.concat([pd.DataFrame({"label": lab, "rl_steps": steps, "accuracy": acc, "effective_steps": steps})
+                        for lab, acc in (("standard", std), ("RL-Extra(2,10) reset", fast),
+                                         ("RL-Extra(10,10) reset", std))], ignore_index=True)
+    goals = R.targets(curves, [0.5, 1.0])
+    assert goals == pytest.approx([0.3, 0.4])
+    reach = R.steps_to_target(curves, goals)
+    assert list(reach.columns) == ["0.300", "0.400"]
+    assert reach.loc["standard"].tolist() == [70, 140] and reach.loc["RL-Extra(2,10) reset"].tolist() == [20, 40]
+    speed = R.speedups(reach)
+    assert speed.loc["RL-Extra(2,10) reset"].tolist() == pytest.approx([3.5, 3.5])
+    assert speed.loc["RL-Extra(10,10) reset"].tolist() == pytest.approx([1.0, 1.0])
+    budget = R.fixed_budget(cfg, curves)                             # 200/400/800/1200 of 1400 -> 20/40/80/120
+    assert budget.rl_steps.tolist() == [20, 40, 80, 120]
+    assert budget.rl_extra_config.unique().tolist() == ["RL-Extra(2,10) reset"]
+    assert budget.gain.tolist() == pytest.approx([
+        fast[s // 10] - std[s // 10] for s in (20, 40, 80, 120)])
+    assert R.noise_margin(0.0, 100) > 0.02                          # a flat 0 % curve still has a noise band
