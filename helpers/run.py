@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import pandas as pd
+
 from . import config as config_mod
 from . import plots, results
 from .paths import outputs_root
@@ -49,5 +51,6 @@ def start(notebook: str, params_file: str = config_mod.DEFAULT_PARAMS, profile: 
     out = Path(run_dir) if run_dir else outputs_root() / cfg.run_name
     out.mkdir(parents=True, exist_ok=True)
     plots.style()
+    pd.set_option("display.max_colwidth", None)  # paper-vs-measured cells are sentences; show them whole
     print(f"{notebook}: params {cfg.source} (profile {cfg.profile}, hash {cfg.hash()}) -> {out}")
     return Run(notebook, cfg, out)
