@@ -222,17 +222,18 @@ def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = 
 
 def project(dec: Decomposition, name: str, steps: Sequence[int], chunk_bytes: int = DEFAULT_CHUNK_BYTES
             ) -> tuple[np.ndarray, np.ndarray]:
-    """(c, norm): c[t, r] = ⟨δ_t, v_r⟩ and ‖δ_t‖ at any `steps` (e.g. beyond the prefix), in column chunks."""
+    """(c, gram) at any `steps` (e.g. beyond the prefix), in column chunks: c[i, r] = ⟨δ_{steps[i]}, v_r⟩ and
+    gram[i, j] = ⟨δ_{steps[i]}, δ_{steps[j]}⟩ (its diagonal: the squared norms)."""
     f = dec.factors[name]
     v = dec.v(name).reshape(f.rank, -1).to(torch.float64)
     row = math.prod(f.shape[1:])
-    c, sq = np.zeros((len(steps), f.rank)), np.zeros(len(steps))
+    c, gram = np.zeros((len(steps), f.rank)), np.zeros((len(steps), len(steps)))
     for a, b in _row_chunks(f.shape, len(steps) + 1, chunk_bytes):
         m = _delta_chunk(dec.traj, name, steps, a, b)
         c += (m @ v[:, a * row:b * row].T).numpy()
-        sq += (m * m).sum(1).numpy()
+        gram += (m @ m.T).numpy()
         del m
-    return c, np.sqrt(sq)
+    return c, gram
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -555,6 +556,35 @@ def coefficient_summary(series: Sequence[CoefficientSeries]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def alignment(dec: Decomposition, rc) -> pd.DataFrame:
+    """Weight-space agreement of the predicted delta with the real one at every checkpoint after the prefix (RELEX
+    Fig. 6), mean over the tensors that moved: cosine(Δ̂_t, δ_t) and ‖Δ̂_t‖/‖δ_t‖ for RELEX (rank `rc.rank`, fit
+    `rc.fit`) and for two-point extrapolation Δ̂_t = (t/T_cut)·δ_{T_cut}. A RELEX cosine that stays high far beyond the
+    prefix means the prefix's direction does not drift."""
+    later = [s for s in observed_steps(dec.traj) if s > dec.t_cut]
+    if not later:
+        return pd.DataFrame(columns=["step", "horizon", "method", "cosine", "norm_ratio"])
+    t = np.asarray(later, dtype=np.float64)
+    cos = {"relex": [], "two_point": []}
+    ratio = {"relex": [], "two_point": []}
+    for name, f in dec.factors.items():
+        if not f.rank:
+            continue
+        c, gram = project(dec, name, [dec.t_cut, *later], int(rc.chunk_mb) << 20)
+        norm = np.sqrt(np.diag(gram))
+        r = min(int(rc.rank), f.rank)
+        pred = np.stack([fit(dec.steps, f.coefficients[:, i], rc.fit, rc.degree, rc.window)(t) for i in range(r)], 1)
+        pred_norm = np.linalg.norm(pred, axis=1)  # the v_r are orthonormal
+        cos["relex"].append((pred * c[1:, :r]).sum(1) / (pred_norm * norm[1:]))
+        ratio["relex"].append(pred_norm / norm[1:])
+        cos["two_point"].append(gram[0, 1:] / (norm[0] * norm[1:]))
+        ratio["two_point"].append(t / dec.t_cut * norm[0] / norm[1:])
+    rows = [{"step": s, "horizon": s / dec.t_cut, "method": m, "cosine": float(np.mean([x[i] for x in cos[m]])),
+             "norm_ratio": float(np.mean([x[i] for x in ratio[m]]))}
+            for m in cos for i, s in enumerate(later)]
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Figures
 
@@ -627,6 +657,22 @@ def plot_ablations(table: pd.DataFrame, final_accuracy: float):
     ax.set(ylabel="held-out accuracy", title=f"Ablations (T_cut = {t.t_cut.iloc[0]})")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     ax.legend(fontsize=8, title="target step")
+    return fig
+
+
+def plot_alignment(table: pd.DataFrame, t_cut: int):
+    """Cosine and norm ratio of the predicted vs the real delta after the prefix, RELEX vs two-point."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for method, g in table.groupby("method"):
+        a.plot(g.step, g.cosine, "o-", label=method.replace("_", "-"))
+        b.plot(g.step, g.norm_ratio, "o-", label=method.replace("_", "-"))
+    a.set(xlabel="step", ylabel="mean cosine(Δ̂, δ)", title=f"Direction (prefix T_cut = {t_cut})")
+    b.axhline(1.0, color="gray", ls=":")
+    b.set(xlabel="step", ylabel="mean ‖Δ̂‖ / ‖δ‖", title="Magnitude")
+    a.legend()
+    fig.tight_layout()
     return fig
 
 
@@ -737,9 +783,9 @@ def claims(ev: pd.DataFrame, real: pd.DataFrame, grid: pd.DataFrame, ablations: 
 
 
 def results(summary: dict, grid: pd.DataFrame, ablations: pd.DataFrame, denoise: pd.DataFrame,
-            coefficients: pd.DataFrame, verdicts: Sequence[str]) -> dict:
+            coefficients: pd.DataFrame, align: pd.DataFrame, verdicts: Sequence[str]) -> dict:
     """The notebook's results.json: the summary numbers, the extrapolation grid per method, the ablations, the
-    denoising table, the coefficient R²s and the verdicts."""
+    denoising table, the coefficient R²s, the weight-space alignment and the verdicts."""
     def records(df, cols):
         return df[cols].to_dict("records")
 
@@ -751,4 +797,5 @@ def results(summary: dict, grid: pd.DataFrame, ablations: pd.DataFrame, denoise:
                                              "effective_rank", "note"]),
             "denoising": records(denoise, ["step", "rank", "accuracy", "raw_accuracy"]),
             "coefficients": coefficients.to_dict("records"),
+            "alignment": align.to_dict("records"),
             "verdicts": list(verdicts)}

@@ -59,8 +59,9 @@ def test_chunked_gram_matches_in_memory_svd(tmp_path):
     traj, _ = make_trajectory(tmp_path / "run", list(range(0, 7)), noise=1e-3)
     name = "model.layers.0.mlp.up_proj.weight"
     steps = relex.observed_steps(traj)
-    assert len(relex._row_chunks(traj.shape(name), len(steps) + 1, 1)) == traj.shape(name)[0]  # one row per chunk
-    f, v = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=1)
+    budget = 8 * traj.shape(name)[1] * 8 * (len(steps) + 1)  # 8 rows of M (+ the base) per chunk
+    assert len(relex._row_chunks(traj.shape(name), len(steps) + 1, budget)) == 12
+    f, v = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=budget)
     m = np.stack([(traj.tensor(name, s) - traj.tensor(name, 0)).double().reshape(-1).numpy() for s in steps])
     _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
     np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
@@ -132,8 +133,10 @@ def test_project_beyond_prefix(tmp_path):
     traj, d = make_trajectory(tmp_path / "run", list(range(0, 9)), noise=0.0)
     dec = relex.decompose(traj, t_cut=4)
     name = "model.layers.0.mlp.down_proj.weight"
-    c, norm = relex.project(dec, name, [6, 8], chunk_bytes=1)
+    c, gram = relex.project(dec, name, [6, 8], chunk_bytes=4096)  # 2 rows per chunk
+    norm = np.sqrt(np.diag(gram))
     np.testing.assert_allclose(np.abs(c[:, 0]), norm, rtol=1e-5)  # pure drift: δ_t lies on v
+    np.testing.assert_allclose(gram[0, 1], norm[0] * norm[1], rtol=1e-5)
     np.testing.assert_allclose(norm, [6 * d[name].double().norm(), 8 * d[name].double().norm()], rtol=1e-5)
 
 
@@ -181,5 +184,16 @@ def test_claims_read_the_numbers():
     assert "+0.080 (higher) — differs from the paper" in verdicts[5]
     assert "+0.020 (within noise) — agrees" in verdicts[2]
     out = relex.results(s, grid.assign(real_accuracy=np.nan), ablations.assign(t_cut=20, effective_rank=1, note=""),
-                        denoise, pd.DataFrame(), verdicts)
+                        denoise, pd.DataFrame(), pd.DataFrame(), verdicts)
     assert [r["target_step"] for r in out["relex"]] == [100, 200] and len(out["ablations"]) == 3
+
+
+def test_alignment_after_the_prefix(tmp_path):
+    from helpers import config
+
+    traj, _ = make_trajectory(tmp_path / "run", list(range(0, 9)), noise=0.0)
+    rc = config.load(profile="default").relex
+    table = relex.alignment(relex.decompose(traj, t_cut=4), rc)
+    assert sorted(table.step.unique()) == [5, 6, 7, 8] and set(table.method) == {"relex", "two_point"}
+    np.testing.assert_allclose(table.cosine, 1.0, atol=1e-5)  # pure drift: both predict the real delta
+    np.testing.assert_allclose(table.norm_ratio, 1.0, atol=1e-4)
