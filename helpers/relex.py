@@ -9,6 +9,9 @@ dropped, so a tensor that never moved stays at θ_0 exactly.
 
 A decomposition lives in a cache directory (one per trajectory + prefix + rank): `factors.json` (per tensor: singular
 values, left vectors, explained variance) and `v/<i>.safetensors` (the right vectors, one tensor-sized file each).
+
+The second half holds notebook 06's experiments (extrapolation grid vs two-point, ablations, denoising, weight-space
+alignment), their figures, and the paper-vs-measured claims with verdicts computed from the numbers.
 """
 from __future__ import annotations
 
@@ -358,8 +361,8 @@ def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = 
 
 class Scorer:
     """Held-out accuracy of model directories: avg@k (the `eval` section's k) over the first `relex.eval_items`
-    held-out problems (`helpers.evaluation.heldout_items`; all when null), plus greedy accuracy. Scores are cached on disk per directory
-    contents + task + eval settings, so a re-run of the notebook does not evaluate again."""
+    held-out problems (`helpers.evaluation.heldout_items`; all when null), plus greedy accuracy. Scores are cached on
+    disk per directory contents + task + eval settings, so a re-run of the notebook does not evaluate again."""
 
     def __init__(self, cfg):
         from .evaluation import heldout_items
@@ -443,7 +446,7 @@ def real_curve(traj, score: Scorer) -> pd.DataFrame:
 
 def extrapolation_grid(traj, rc, score: Scorer, real: pd.DataFrame) -> pd.DataFrame:
     """RELEX (rank `rc.rank`, fit `rc.fit`) and two-point extrapolation from each prefix T_cut = fraction × the last
-    step to each target (the final step, horizons × T_cut); `real_accuracy` = the real checkpoint's, when there is one."""
+    step to each target (the final step, horizons × T_cut); `real_accuracy` = the real checkpoint's, if there is one."""
     real_at = dict(zip(real.step, real.accuracy))
     rows = []
     for fraction in rc.t_cut_fractions:
@@ -712,8 +715,8 @@ def claims(ev: pd.DataFrame, real: pd.DataFrame, grid: pd.DataFrame, ablations: 
     gain = final - base
     rows, verdicts = [], []
     if abs(gain) <= margin:
-        verdicts.append(f"Caution: RL changed held-out accuracy by only {gain:+.3f} (noise margin {margin:.3f}), so the "
-                        "comparisons below cannot tell methods apart.")
+        verdicts.append(f"Caution: RL changed held-out accuracy by only {gain:+.3f} (noise margin {margin:.3f}), so "
+                        "the comparisons below cannot tell methods apart.")
     s = {"base_accuracy": base, "full_rl_final_accuracy": final, "noise_margin": margin,
          "rank1_explained_variance_median": float(ev.explained_variance.median())}
 
