@@ -196,8 +196,13 @@ class OutputLinearity:
         text = (f"Token log-probs {'do' if holds else 'do not'} evolve linearly on this run: median R² "
                 f"{s['median']:.2f} over {s['kept']:,} moved tokens (paper: ≈ 0.9, > {thr} everywhere), "
                 f"{s['frac_above']:.0%} above {thr}. ")
-        text += (f"Magnitude of change and R² are {'positively' if c['kept'] > 0 else 'not positively'} related "
-                 f"(Spearman ρ = {c['kept']:+.2f}), {'as' if c['kept'] > 0 else 'unlike'} in the paper.")
+        if c["kept_p"] < 0.05:
+            sign = "positively" if c["kept"] > 0 else "negatively"
+            text += (f"Magnitude of change and R² are {sign} related (Spearman ρ = {c['kept']:+.2f}, "
+                     f"p = {c['kept_p']:.1g}), {'as' if c['kept'] > 0 else 'unlike'} in the paper.")
+        else:
+            text += (f"Magnitude of change and R² show no significant relation (Spearman ρ = {c['kept']:+.2f}, "
+                     f"p = {c['kept_p']:.1g}; the paper finds a positive one).")
         if len(lay) > 2:
             later = lay["median"].iloc[2:]
             text += (f" Hidden states after block 1 have per-layer median R² {later.min():.2f} – {later.max():.2f} "

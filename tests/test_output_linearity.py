@@ -99,8 +99,12 @@ def test_change_r2_correlation_sign():
         lp = np.outer(t / t[-1], size) + noise * scale
         lp[-1] = lp[0] + size                        # exact net change = size (all kept)
         forced = P.TrajectoryForced(t.astype(int), lp, lp, None, None)
-        c = OL.analyse(forced, probes).correlation()
+        res = OL.analyse(forced, probes)
+        c = res.correlation()
         assert c["method"] == "spearman" and np.sign(c["kept"]) == sign and abs(c["kept"]) > 0.3
+        assert ("positively related" if sign > 0 else "negatively related") in res.verdict()
+    small = P.TrajectoryForced(t.astype(int), lp[:, :5], lp[:, :5], None, None)   # 5 tokens: not significant
+    assert "no significant relation" in OL.analyse(small, P.Probes([[0] * 6], [1], [0], [""], [""])).verdict()
 
 
 def test_analyse_needs_three_checkpoints():
