@@ -32,8 +32,11 @@ class Sampler(Protocol):
 def load_model(path: str | Path, device: str | torch.device = "auto", dtype=torch.float32):
     """(model in eval mode, tokenizer) of an HF model directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(pick(device) if isinstance(device, str) else device)
+    hf_logging.disable_progress_bar()
+    device = pick(device) if isinstance(device, str) else device
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 

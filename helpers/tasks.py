@@ -86,7 +86,7 @@ def is_correct(completion: str, answer: int) -> bool:
 
 
 def reward(prompts: list, completions: list, answer: list, **kwargs) -> list[float]:
-    """TRL reward function: 1.0 for an exactly correct final integer, else 0.0 (the `answer` column is passed by TRL)."""
+    """TRL reward function: 1.0 for an exactly correct final integer, else 0.0 (TRL passes the `answer` column)."""
     return [float(is_correct(c, a)) for c, a in zip(completions, answer)]
 
 

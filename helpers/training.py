@@ -158,7 +158,8 @@ def _common_args(out_dir: Path, *, steps: int, save_every: int, lr: float, optim
 
 def _start_dir(out_dir: Path, start: Path) -> None:
     """`out_dir/checkpoint-0` = a copy of the starting model, so the run directory is a complete trajectory."""
-    shutil.copytree(start, out_dir / "checkpoint-0", ignore=shutil.ignore_patterns("log.csv", "build.json", "*.md", "init"))
+    shutil.copytree(start, out_dir / "checkpoint-0",
+                    ignore=shutil.ignore_patterns("log.csv", "build.json", "*.md", "init"))
 
 
 def _fit(trainer) -> None:
@@ -182,6 +183,7 @@ def cpu_threads():
 
 
 def _load(model_dir: Path, device: str):
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(pick(device))
     return model, AutoTokenizer.from_pretrained(model_dir)
 
@@ -287,6 +289,7 @@ def base_model(cfg) -> Path:
     if (final / "build.json").is_file():
         return final
     t0 = time.time()
+    hf_logging.disable_progress_bar()
     with atomic_dir(final) as tmp:
         init = tiny.init_model(cfg.model, cfg.seed, tmp / "init")
         train_sft(cfg, init, tmp, steps=cfg.sft.base_steps, save_every=0, save_final=True)
@@ -299,7 +302,8 @@ def embedded_trajectory(cfg) -> Path:
     """The default RL run (cached under outputs/cache/trajectory-<hash>/), built on `base_model(cfg)`;
     `build.json` records base and RL training seconds."""
     base = base_model(cfg)
-    made_from = {k: cfg[k] for k in ("task", "model", "sft", "rl", "eval")} | {"seed": cfg.seed, "device": cfg.device}
+    made_from = {k: cfg[k] for k in ("task", "model", "sft", "rl")} | {"seed": cfg.seed, "device": cfg.device,
+                                                                     "eval": _logged_eval(cfg)}
     final = cache_dir("trajectory", made_from)
     if (final / "build.json").is_file():
         return final
@@ -310,10 +314,13 @@ def embedded_trajectory(cfg) -> Path:
     return final
 
 
-def _read_seconds(path: Path) -> float:
-    import json
+def _logged_eval(cfg) -> dict:
+    """The `eval` knobs a run's log depends on (other eval knobs, e.g. k, do not invalidate a cached run)."""
+    return {k: cfg.eval[k] for k in ("heldout_during_training", "max_new_tokens")}
 
-    return float(json.loads((path / "build.json").read_text())["train_seconds"])
+
+def _read_seconds(path: Path) -> float:
+    return float(build_info(path)["train_seconds"])
 
 
 def summarize(traj, scores, log, info: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Tiny model: the character tokenizer round-trips and reloads through AutoTokenizer; the model loads like a real one."""
+"""Tiny model: the character tokenizer round-trips and reloads through AutoTokenizer; the model loads like any other."""
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

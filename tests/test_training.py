@@ -80,7 +80,7 @@ def test_sft_run_shares_layout_and_takes_loss_and_callbacks(two_runs, tmp_path):
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs.logits[:, :-1].float()
         out = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        losses.append(float(out))
+        losses.append(float(out.detach()))
         return out
 
     out = training.train_sft(cfg, run / "checkpoint-0", tmp_path / "sft", compute_loss_func=loss, callbacks=[Count()])
