@@ -34,6 +34,7 @@ dl{margin:0;display:grid;grid-template-columns:auto auto;gap:0 .8em}dt{color:#55
 dd{margin:0;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:.4em}figure img{width:260px;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555}
+figure.wide img{width:auto;max-width:100%}
 """
 
 
@@ -260,42 +261,84 @@ def _batch_runs(runs: str | Path | Iterable[str | Path]) -> tuple[list[Path], Pa
     return dirs, Path(os.path.commonpath([d.resolve().parent for d in dirs])) / "batch-index.html"
 
 
+def _chosen(run_dir: Path, notebook: str, keys: Sequence[str]) -> list[tuple[str, str]]:
+    """The `keys` of a notebook's results (dotted for nested ones), formatted; missing ones left out."""
+    found = dict(scalars(_read_json(run_dir / "results" / f"{notebook}.json") or {}))
+    return [(k, fmt(found[k])) for k in keys if k in found]
+
+
+def _notebook_link(entry: NotebookEntry, here: Path) -> str:
+    """A link to the executed notebook (its HTML, else its .ipynb), or the bare name."""
+    target = entry.files.get("html") or entry.files.get("ipynb")
+    name = html.escape(entry.name)
+    return f"<a href='{_href(target, here)}'>{name}</a>" if target else name
+
+
 def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path | None = None,
-                      figures: Sequence[str | Path] = (), title: str | None = None) -> Path:
+                      figures: Sequence[str | Path] = (), title: str | None = None,
+                      headline: Mapping[str, Sequence[str]] | None = None,
+                      labels: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write one page with a row per run (its overrides, status, a link to its index, each notebook's headline
     numbers) plus any `figures` (PNG paths, e.g. a cross-run robustness plot); also a `.md` twin. Returns the HTML path.
 
     `runs` is a directory (every subdirectory with a `run.json`), a batch manifest written by helpers.batch, or a list
     of run directories; `out` defaults to `index.html` in that directory / `<manifest>-index.html` / `batch-index.html`.
+    `headline` (notebook -> result keys) makes a notebook's cells show just those numbers under a link to that run's
+    executed notebook; `labels` (one mapping per run, in order, e.g. {"factor": "lr", "value": "3x"}) adds leading
+    columns.
     """
     dirs, default_out = _batch_runs(runs)
     out = Path(out) if out else default_out
     here = out.parent
     summaries = [summarize(d) for d in dirs]
+    if headline:  # the status counts the chosen notebooks only
+        summaries = [RunSummary(s.dir, s.manifest, [e for e in s.notebooks if e.name in headline]) for s in summaries]
+    labels = list(labels or [{} for _ in dirs])
+    if len(labels) != len(dirs):
+        raise ValueError(f"build_batch_index: {len(labels)} labels for {len(dirs)} runs")
+    label_keys = list(dict.fromkeys(k for lab in labels for k in lab))
     keys = list(dict.fromkeys(k for s in summaries for k in s.manifest.get("overrides", {})))
-    notebooks = list(dict.fromkeys(e.name for s in summaries for e in s.notebooks))
+    if headline:
+        notebooks = [n for n in headline if any(e.name == n for s in summaries for e in s.notebooks)]
+    else:
+        notebooks = list(dict.fromkeys(e.name for s in summaries for e in s.notebooks))
     title = title or f"Batch {out.stem.removesuffix('-index')}"
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["run", *keys, "status", *notebooks])
+    columns = [*label_keys, "run", *keys, "status", *notebooks]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns)
     rows = []
-    md = [f"# {title}", "", "| " + " | ".join(["run", *keys, "status", *notebooks]) + " |",
-          "|" + " --- |" * (2 + len(keys) + len(notebooks))]
-    for s in summaries:
+    md = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for s, lab in zip(summaries, labels):
         link = _href(s.dir / "index.html", here)
         over = s.manifest.get("overrides", {})
         by_name = {e.name: e for e in s.notebooks}
-        cells = [f"<td><a href='{link}'>{html.escape(s.name)}</a></td>"]
+        nums: dict[str, list[tuple[str, str]]] = {
+            n: (_chosen(s.dir, n, headline[n]) if headline else by_name[n].headlines) if n in by_name else []
+            for n in notebooks}
+        cells = [f"<td>{html.escape(str(lab.get(k, '')))}</td>" for k in label_keys]
+        cells.append(f"<td><a href='{link}'>{html.escape(s.name)}</a></td>")
         cells += [f"<td>{html.escape(str(over.get(k, '')))}</td>" for k in keys]
         cells.append(f"<td>{html.escape(s.status)}</td>")
-        cells += [f"<td>{_status_html(by_name[n]) if by_name.get(n) and by_name[n].status != 'complete' else ''}"
-                  f"{_dl(by_name[n]) if n in by_name else ''}</td>" for n in notebooks]
+        for n in notebooks:
+            e = by_name.get(n)
+            status = _status_html(e) if e and e.status != "complete" else ""
+            link_nb = _notebook_link(e, here) + "<br>" if headline and e else ""
+            dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in nums[n])
+            more = f"<p><small>… {e.more} more in the results file</small></p>" if e and e.more and not headline else ""
+            cells.append(f"<td>{link_nb}{status}{f'<dl>{dl}</dl>' if dl else ''}{more}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-        nums = ["<br>".join(f"{k} = {v}" for k, v in by_name[n].headlines) if n in by_name else "" for n in notebooks]
-        md.append("| " + " | ".join(_md_cell(c) for c in [f"[{s.name}]({link})", *(str(over.get(k, "")) for k in keys),
-                                                            s.status, *nums]) + " |")
+        md_nb = []
+        for n in notebooks:
+            e, text = by_name.get(n), "<br>".join(f"{k} = {v}" for k, v in nums[n])
+            target = e and headline and (e.files.get("html") or e.files.get("ipynb"))
+            md_nb.append((f"[{n}]({_href(target, here)})<br>" if target else "") + text)
+        md.append("| " + " | ".join(_md_cell(c) for c in [*(str(lab.get(k, "")) for k in label_keys),
+                                                            f"[{s.name}]({link})", *(str(over.get(k, "")) for k in keys),
+                                                            s.status, *md_nb]) + " |")
     body = f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
     if figures:
-        body += "\n<h2>Figures</h2>\n" + "".join(_figure(Path(f), here) for f in figures)
+        body += "\n<h2>Figures</h2>\n" + "".join(
+            _figure(Path(f), here).replace("<figure>", "<figure class='wide'>", 1) for f in figures)
         md += ["", "## Figures", ""] + [f"![{Path(f).stem}]({_href(Path(f), here)})" for f in figures]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
     return atomic_write_text(out, _page(title, body))
