@@ -1,0 +1,227 @@
+"""Robustness grid: the design in the params, the overrides each setting runs with, the orchestration (batch runner
+faked), and the table, sentences and batch index read back from hand-written run directories (no kernel)."""
+import json
+import math
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from helpers import batch, config, training
+from helpers import robustness as R
+
+NOTEBOOKS = ("00_trajectory", "01_weight_linearity", "02_output_linearity")
+
+
+def params_with(tmp_path, settings, extra=""):
+    """A params file inheriting the default, with its own robustness settings."""
+    p = tmp_path / "grid.yaml"
+    p.write_text(f"name: grid\n{extra}robustness:\n  settings: {json.dumps(settings)}\n")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------ the design
+
+def test_default_design_is_one_factor_at_a_time_around_the_default():
+    cfg = config.load("params/default.yaml", "default")
+    settings = R.design(cfg)
+    by = {}
+    for s in settings:
+        by.setdefault(s.factor, []).append(s)
+    assert [s.label for s in settings if s.is_reference] == ["reference=default"]
+    assert {k: len(v) for k, v in by.items()} == {"reference": 1, "algorithm": 2, "lr": 2, "rollouts": 2,
+                                                  "optimizer": 1, "model": 2, "training": 1}
+    assert {s.overrides["rl.algorithm"] for s in by["algorithm"]} == {"gspo", "reinforce++"} <= set(training.ALGORITHMS)
+    assert sorted(s.scale["rl.lr"] for s in by["lr"]) == [pytest.approx(1 / 3, rel=1e-5), 3]
+    assert sorted(s.overrides["rl.rollouts"] for s in by["rollouts"]) == [4, 16] and cfg.rl.rollouts == 8
+    assert by["optimizer"][0].overrides == {"rl.optimizer": "sgd", "rl.lr": R.SGD_LR}
+    assert by["training"][0].trajectory == "sft"
+    for s in settings:  # every setting's knobs load (the SGD lr token aside)
+        config.load("params/default.yaml", "default", {k: v for k, v in s.overrides.items() if v != R.SGD_LR})
+    smoke = R.design(config.load("params/default.yaml", "smoke"))
+    assert [(s.label, s.trajectory) for s in smoke] == [("reference=default", "rl"), ("training=SFT", "sft")]
+    table = R.design_table(cfg)
+    assert table.loc[3, "changes"] == "rl.lr × 0.333333" and table.loc[10, "run directory"] == "robustness/training=SFT"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ([{"factor": "a"}], "expected a mapping with at least `factor` and `value`"),
+    ([{"factor": "a", "value": 1, "override": {}}], "unknown keys ['override']"),
+    ([{"factor": "a", "value": 1, "overrides": {"rl.lrr": 1}}], "(a=1): no parameter 'rl.lrr'"),
+    ([{"factor": "a", "value": 1, "scale": {"rl.algorithm": 2}}], "scale rl.algorithm: 2 needs a number"),
+    ([{"factor": "a", "value": 1, "trajectory": "dpo"}], "trajectory must be one of"),
+    ([{"factor": "a", "value": "x y", "overrides": {"seed": 1}}, {"factor": "a", "value": "x-y", "overrides":
+      {"seed": 2}}], "share a run directory name"),
+    ([{"factor": "a", "value": 1}, {"factor": "b", "value": 2}], "more than one setting without changes"),
+])
+def test_bad_designs_name_the_file_and_the_setting(tmp_path, settings, message):
+    p = params_with(tmp_path, settings)
+    with pytest.raises(ValueError) as e:
+        R.design(config.load(p, "default"))
+    assert str(p) in str(e.value) and message in str(e.value)
+
+
+def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
+    ref = config.load("params/default.yaml", "default", {"origin.sgd_lr": 0.123456, "rl.lr": 2e-4})
+    scaled = R.run_overrides(R.Setting("lr", "3x", scale={"rl.lr": 3}), ref, "params/default.yaml", {"seed": 5})
+    assert scaled == {"seed": 5, "rl.lr": 6e-4}
+    third = R.run_overrides(R.Setting("lr", "0.33x", scale={"rl.lr": 0.333333}), ref, "params/default.yaml")
+    assert third == {"rl.lr": pytest.approx(6.667e-5, rel=1e-12)}
+    sgd = R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd", "rl.lr": R.SGD_LR})
+    assert R.run_overrides(sgd, ref, "params/default.yaml") == {"rl.optimizer": "sgd", "rl.lr": 0.1235}
+
+
+# ------------------------------------------------------------------------------- hand-written run directories
+
+def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed=True, acc=(0.2, 0.4)):
+    """Results of notebooks 00-02 as the notebooks write them (+ executed copies and a run.json)."""
+    numbers = {"00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
+               "01_weight_linearity": dict(zip(("weight_r2_q1", "weight_r2_median", "weight_r2_q3"), weight or ()))
+               | {"weight_r2_frac_above_0_7": 0.6},
+               "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))}
+    (run_dir / "results").mkdir(parents=True, exist_ok=True)
+    for nb, res in numbers.items():
+        (run_dir / "results" / f"{nb}.json").write_text(json.dumps({**res, "_meta": {"params_hash": params_hash,
+                                                                                       "seconds": 10.0}}))
+        if executed:
+            (run_dir / f"{nb}.ipynb").write_text(json.dumps({"cells": [], "metadata": {"papermill": {
+                "duration": 20.0, "exception": False}}}))
+            (run_dir / f"{nb}.html").write_text("<html></html>")
+    (run_dir / "run.json").write_text(json.dumps({"overrides": {}, "params_hash": params_hash,
+                                                  "notebooks": list(NOTEBOOKS)}))
+
+
+@pytest.fixture
+def fake_batch(tmp_path):
+    """A reference, a non-linear lr setting, SGD, SFT, and a setting whose results are from other params."""
+    run_dir = tmp_path / "outputs" / "default"
+    specs = [(R.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95),
+              (0.8, 0.9, 0.97)),
+             (R.Setting("lr", "3x", scale={"rl.lr": 3}), {"optimizer": "adamw", "lr": 9e-4}, (0.3, 0.55, 0.8),
+              (0.7, 0.88, 0.95)),
+             (R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}), {"optimizer": "sgd", "lr": 0.4},
+              (0.5, 0.78, 0.9), (0.6, 0.8, 0.9)),
+             (R.Setting("training", "SFT", trajectory="sft"), {"optimizer": "adamw", "lr": 3e-4}, (0.2, 0.45, 0.7),
+              (0.1, 0.35, 0.6)),
+             (R.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None)]
+    entries = []
+    for i, (s, knobs, w, t) in enumerate(specs):
+        d = run_dir if s.is_reference else run_dir / "robustness" / s.dirname
+        write_run(d, f"h{i}" if w else "other", w, t)
+        entries.append(R.Entry(s, d, dict(s.overrides), f"h{i}", knobs, "complete"))
+    return R.Batch(run_dir, run_dir / "robustness", list(NOTEBOOKS), entries, 1.0)
+
+
+def test_table_reads_the_results_and_marks_the_linear_regime(fake_batch):
+    t = R.collect(fake_batch)
+    assert list(t.index) == ["reference=default", "lr=3x", "optimizer=SGD", "training=SFT", "model=2 layers"]
+    ref = t.loc["reference=default"]
+    assert (ref.weight_r2_median, ref.weight_r2_q1, ref.token_r2_q3, ref.final_accuracy) == (0.85, 0.6, 0.97, 0.4)
+    assert ref.seconds == 60.0 and ref.measured and ref.linear
+    assert list(t["linear"]) == [True, False, True, False, False]
+    stale = t.loc["model=2 layers"]
+    assert not stale.measured and math.isnan(stale.weight_r2_median) and math.isnan(stale.seconds)
+    shown = R.fig2_table(t)
+    assert shown.loc["lr=3x", "weight R² IQR"] == "0.30 – 0.80" and shown.loc["model=2 layers", "linear"] == \
+        "not measured"
+
+
+def test_sentences_name_the_settings_and_compare_with_the_paper(fake_batch):
+    v = R.verdicts(R.collect(fake_batch))
+    assert v[0].endswith("reference=default, optimizer=SGD.")
+    assert v[1] == ("Not in it: lr=3x (weight 0.55 / token 0.88), training=SFT (weight 0.45 / token 0.35).")
+    assert v[2] == "Not measured (failed or incomplete): model=2 layers."
+    assert "weight R² medians 0.55–0.85, token R² medians 0.80–0.90 over 3 settings" in v[3]
+    assert "1 of 3 here fall in that band in both spaces, 2 of 3 clear the 0.7 bar" in v[3]
+    assert v[4].startswith("SFT: weight / token R² medians 0.45 / 0.35 vs 0.85 / 0.90 for the reference RL run — "
+                           "lower in both spaces (gaps 0.40 / 0.55); SFT is not above the 0.7 bar")
+    assert v[5] == ("SGD (lr 0.4): weight / token R² medians 0.78 / 0.80; linearity persists with SGD by the 0.7 "
+                    "bar (paper: it persists).")
+    rows = R.paper_rows(R.collect(fake_batch))
+    assert rows[0][2] == "0.55–0.85 / 0.80–0.90 over 3 settings"
+    assert rows[2] == ("lr (weight / token R² median)", "1e-6, 3e-6, 1e-5: all linear", "3x: 0.55 / 0.88")
+
+
+def test_results_hold_the_issue_keys(fake_batch):
+    res = R.results(fake_batch, R.collect(fake_batch))
+    first = res["settings"][0]
+    for key in ("factor", "value", "weight_r2_median", "weight_r2_q1", "weight_r2_q3", "token_r2_median",
+                "token_r2_q1", "token_r2_q3"):
+        assert key in first
+    assert first["run"] == "." and res["settings"][1]["run"] == "robustness/lr=3x"
+    assert (res["sft_weight_r2_median"], res["sft_token_r2_median"]) == (0.45, 0.35)
+    assert (res["rl_weight_r2_median_min"], res["rl_weight_r2_median_max"]) == (0.55, 0.85)
+    assert res["n_measured"] == 4 and res["nonlinear_settings"] == ["lr=3x", "training=SFT"]
+
+
+def test_batch_index_from_two_run_directories_opens_from_disk(tmp_path):
+    run_dir = tmp_path / "outputs" / "default-smoke"
+    write_run(run_dir, "h0", (0.5, 0.8, 0.9), (0.8, 0.9, 0.95))
+    sft_dir = run_dir / "robustness" / "training=SFT"
+    write_run(sft_dir, "h1", (0.2, 0.4, 0.6), (0.1, 0.3, 0.5), executed=False)
+    (run_dir / "figures" / R.NOTEBOOK).mkdir(parents=True)
+    figure = run_dir / "figures" / R.NOTEBOOK / "robustness.png"
+    figure.write_bytes(b"png")
+    b = R.Batch(run_dir, run_dir / "robustness", list(NOTEBOOKS),
+                [R.Entry(R.Setting("reference", "default"), run_dir, {}, "h0"),
+                 R.Entry(R.Setting("training", "SFT", trajectory="sft"), sft_dir, {"trajectory.dir": "x"}, "h1")])
+    page = R.write_index(b, [figure])
+    html = page.read_text()
+    links = re.findall(r"(?:href|src)='([^']+)'", html)
+    assert links and all(not re.match(r"^(/|[a-z]+:)", link) for link in links)  # relative only
+    for link in links:
+        assert (page.parent / unquote(link)).exists(), link
+    assert "../00_trajectory.html" in links and "../figures/07_robustness/robustness.png" in links
+    assert not any("training%3DSFT/0" in link for link in links)  # no executed copies there: no notebook link
+    assert "<td>reference</td><td>default</td>" in html and "<td>training</td><td>SFT</td>" in html
+    assert "<dt>weight_r2_median</dt><dd>0.8</dd>" in html and "<dt>token_r2_median</dt><dd>0.3</dd>" in html
+    assert "<dt>train_seconds</dt>" not in html and html.count("complete 3/3") == 2
+    md = page.with_suffix(".md").read_text()
+    assert "| reference | default | [default-smoke](../index.html) |" in md
+
+
+# ------------------------------------------------------------------------------ orchestration (batch runner faked)
+
+def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    for nb in (*NOTEBOOKS, "03_other"):
+        (nbs / f"{nb}.ipynb").write_text("{}")
+    p = params_with(tmp_path, [{"factor": "reference", "value": "default"},
+                               {"factor": "rollouts", "value": 4, "overrides": {"rl.rollouts": 4}},
+                               {"factor": "algorithm", "value": "bad", "overrides": {"rl.algorithm": "dpo"}}])
+    calls = []
+
+    def fake_run(notebooks, selected, params_file, cfg, overrides, run_dir, force=False):
+        calls.append((run_dir.name, [nb.stem for nb in selected], overrides))
+        if cfg.rl.algorithm not in training.ALGORITHMS:
+            return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "failed" for nb in selected},
+                                    "notebook 00_trajectory failed in cell 3: ValueError: rl.algorithm")
+        write_run(run_dir, cfg.hash(), (0.5, 0.8, 0.9), (0.6, 0.9, 0.95))
+        return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "ran" for nb in selected})
+
+    monkeypatch.setattr(R.batch_mod, "run_combination", fake_run)
+    run_dir = tmp_path / "out" / "grid"
+    write_run(run_dir, config.load(p, "default").hash(), (0.5, 0.8, 0.9), (0.6, 0.9, 0.95), executed=False)
+    b = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
+    assert [(e.setting.label, e.status) for e in b.entries] == [
+        ("reference=default", "complete"), ("rollouts=4", "ran"), ("algorithm=bad", "failed")]
+    assert calls == [("rollouts=4", list(NOTEBOOKS), {"rl.rollouts": 4}),
+                     ("algorithm=bad", list(NOTEBOOKS), {"rl.algorithm": "dpo"})]
+    assert b.entries[1].dir == run_dir / "robustness" / "rollouts=4"
+    manifest = json.loads((run_dir / "robustness" / "robustness.json").read_text())
+    assert [s["run"] for s in manifest["settings"]] == ["..", "rollouts=4", "algorithm=bad"]
+    assert manifest["settings"][2]["error"].startswith("notebook 00_trajectory failed")
+    with pytest.raises(RuntimeError, match=r"(?s)1 of 3 robustness settings failed.*algorithm=bad: notebook 00"):
+        b.check()
+    calls.clear()
+    again = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
+    assert [e.status for e in again.entries[:2]] == ["complete", "complete"] and [c[0] for c in calls] == [
+        "algorithm=bad"]
+
+
+def test_a_users_run_directory_is_refused(tmp_path):
+    p = params_with(tmp_path, [{"factor": "reference", "value": "default"}], extra="trajectory:\n  dir: /some/run\n")
+    with pytest.raises(ValueError, match="trajectory.dir must be null"):
+        R.run_settings(str(p), "default", run_dir=tmp_path / "out")
