@@ -29,10 +29,13 @@ Four measurements, all on the embedded default:
    The gradient is Σ_i (s + σ ε_i) ∇ℓ_i / n: the SFT gradient plus random-sign token-level noise, like an RL update
    whose per-token advantages are mostly noise.
 
-4. Optimizer and lr: RL runs with SGD and with AdamW at several lr. SGD's lr is, unless given, matched to AdamW's step
-   size: AdamW moves every parameter by ≈ lr per step (update norm ≈ lr·√N for N parameters), SGD by
-   lr_sgd·min(‖g‖, max_grad_norm), so lr_sgd = lr·√N / mean_t min(‖g_t‖, max_grad_norm) over the AdamW run's logged
-   gradient norms (the mean, not the median: RL steps whose groups all got the same reward have a zero gradient).
+4. Optimizer and lr: RL runs with SGD and with AdamW at several lr. SGD's lr is, unless given, matched to the step
+   length the AdamW run actually took: SGD moves by lr_sgd·min(‖g‖, max_grad_norm) per step, so
+   lr_sgd = L / mean_t min(‖g_t‖, max_grad_norm), with L = the mean over checkpoint intervals of ‖θ_b − θ_a‖ / (b − a)
+   and the AdamW run's logged gradient norms (the mean, not the median: RL steps whose groups all got the same reward
+   have a zero gradient; with no gradient logged at all, ‖g‖ = max_grad_norm is assumed, with a warning). AdamW's
+   nominal step, lr·√N for N parameters, is reached only when gradient signs persist; an SGD lr matched to it was
+   ~3.5x larger on the embedded default and made the reward fall instead of rise.
 
 Extra runs are cached under outputs/cache/ by everything they depend on (RL runs through
 `helpers.training.embedded_trajectory`, SFT runs as `sft-run-<hash>`).
@@ -43,6 +46,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -61,7 +65,15 @@ TERM_LABELS = {"weight": "weight term ΔW·x0", "input": "input term W0·Δx", "
 ZERO_SIGNAL = "signal=0"
 MAX_GRAD_NORM = 1.0      # transformers' / TRL's default gradient clipping, which helpers.training keeps
 SECOND_ORDER_TINY = 0.05  # "tiny": the second-order term's share stays below this everywhere
-PAPER = {"sft_weight": 0.43, "sft_token": 0.34, "rl_range": (0.73, 0.87), "noise_peak": 0.58, "noise_peak_db": -10}
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and math.isfinite(x) for x in xs)
+
+
+def _f(x, fmt: str = ".2f") -> str:
+    return format(x, fmt) if _finite(x) else "n/a"
+
 
 
 # ------------------------------------------------------------------------------------- 1. first- vs second-order terms
@@ -183,16 +195,19 @@ class Decomposition:
         s = self.summary()
         return [
             ("which first-order term dominates Δy", "the input term W0·Δx (Fig. 3 v1 / Fig. 4 v3)",
-             f"input-term share median {s['input_term_share_median']:.2f} vs weight-term "
-             f"{s['weight_term_share_median']:.2f}; input > weight in {s['input_term_dominant_fraction']:.0%} of "
+             f"input-term share median {_f(s['input_term_share_median'])} vs weight-term "
+             f"{_f(s['weight_term_share_median'])}; input > weight in {s['input_term_dominant_fraction']:.0%} of "
              f"module × checkpoint cells"),
             ("second-order term ΔW·Δx", "uniformly tiny",
-             f"share max {s['second_order_share_max']:.3f} (median {s['second_order_share_median']:.3f}); per-token "
-             f"99th percentile max {s['second_order_token_p99_max']:.3f}"),
+             f"share max {_f(s['second_order_share_max'], '.3f')} (median {_f(s['second_order_share_median'], '.3f')});"
+             f" per-token 99th percentile max {_f(s['second_order_token_p99_max'], '.3f')}"),
         ]
 
     def verdict(self) -> str:
         s = self.summary()
+        if not _finite(s["input_term_share_median"], s["second_order_share_max"]):
+            return ("The analysed linear layers' outputs did not change between checkpoints (Δy = 0), so the "
+                    "decomposition cannot be judged on this run.")
         dominant = s["input_term_share_median"] > s["weight_term_share_median"]
         tiny = s["second_order_share_max"] < SECOND_ORDER_TINY
         return (f"The {'input' if dominant else 'weight'} term dominates the output change of the analysed linear "
@@ -209,7 +224,13 @@ def decompose_trajectory(traj, probes: P.Probes, layers: Sequence[int] | None = 
                          batch_size: int = 64, device=None, seed: int = 0,
                          steps: Sequence[int] | None = None) -> Decomposition:
     """`term_stats` of every chosen linear module between the base (step 0) and each later checkpoint, on the
-    response tokens of `probes` (`tokens` of them sampled with `seed`; None = all). One model in memory at a time."""
+    response tokens of `probes` (`tokens` of them sampled with `seed`; None = all). One model in memory at a time,
+    torch threads as in training (`helpers.training.cpu_threads`: on shared cores one thread is ~10x faster)."""
+    with training.cpu_threads():
+        return _decompose_trajectory(traj, probes, layers, modules, tokens, batch_size, device, seed, steps)
+
+
+def _decompose_trajectory(traj, probes, layers, modules, tokens, batch_size, device, seed, steps) -> Decomposition:
     from tqdm.auto import tqdm
 
     steps = [s for s in (traj.steps if steps is None else steps) if s != traj.steps[0]]
@@ -328,18 +349,19 @@ def _fmt_lr(x: float) -> str:
 
 
 def sgd_lr(cfg, adamw_run: Path) -> float:
-    """SGD lr matched to AdamW's step size (module docstring, item 4), from the AdamW run's logged gradient norms."""
+    """SGD lr matched to the AdamW run's measured step length (module docstring, item 4), or `origin.sgd_lr`."""
     if cfg.origin.sgd_lr != "auto":
         return float(cfg.origin.sgd_lr)
     from .trajectory import Trajectory
 
     traj = Trajectory(adamw_run)
-    n_params = sum(traj.numel(n) for n in traj.names)
+    length = np.mean([distance(traj, a, b) / (b - a) for a, b in zip(traj.steps[:-1], traj.steps[1:])])
     g = float(training.read_log(adamw_run)["grad_norm"].dropna().clip(upper=MAX_GRAD_NORM).mean())
     if not g > 0:
-        raise ValueError(f"{adamw_run / 'log.csv'}: no non-zero gradient norm logged, cannot match SGD's lr; "
-                         f"set origin.sgd_lr to a number")
-    return float(cfg.rl.lr) * math.sqrt(n_params) / g
+        warnings.warn(f"{adamw_run / 'log.csv'}: no non-zero gradient norm logged; SGD's lr assumes ‖g‖ = "
+                      f"{MAX_GRAD_NORM} (set origin.sgd_lr to choose it)", stacklevel=2)
+        g = MAX_GRAD_NORM
+    return float(length) / g
 
 
 class Study:
@@ -435,7 +457,8 @@ class Study:
     # --- measuring ----------------------------------------------------------------------------------------------
     def measure(self, setting: Setting) -> dict:
         """Weight and token R² (median, quartiles), relative displacement ‖θ_T − θ_0‖ / ‖θ_0‖, held-out accuracy at the
-        first and last checkpoint, training seconds."""
+        first and last checkpoint, mean training reward over the first and last tenth of the steps (RL), training
+        seconds."""
         path = self.run(setting)
         if path not in self._measured:
             self._measured[path] = measure_run(self.cfg, path, self.probes)
@@ -456,19 +479,26 @@ class Study:
         return pd.DataFrame(list(rows.values())).set_index("setting")
 
 
+def distance(traj, a: int, b: int) -> float:
+    """‖θ_b − θ_a‖ over all tensors, streamed one tensor at a time (float64)."""
+    return math.sqrt(sum(float((traj.tensor(n, b, torch.float64) - traj.tensor(n, a, torch.float64)).pow(2).sum())
+                         for n in traj.names))
+
+
 def displacement(traj) -> float:
-    """‖θ_T − θ_0‖ / ‖θ_0‖ over all tensors (first vs last checkpoint), streamed one tensor at a time."""
-    num = den = 0.0
-    first, last = traj.steps[0], traj.steps[-1]
-    for name in traj.names:
-        a = traj.tensor(name, first, torch.float64)
-        num += float((traj.tensor(name, last, torch.float64) - a).pow(2).sum())
-        den += float(a.pow(2).sum())
-    return math.sqrt(num / den)
+    """‖θ_T − θ_0‖ / ‖θ_0‖ over all tensors (first vs last checkpoint)."""
+    first = traj.steps[0]
+    norm = math.sqrt(sum(float(traj.tensor(n, first, torch.float64).pow(2).sum()) for n in traj.names))
+    return distance(traj, first, traj.steps[-1]) / norm
 
 
 def measure_run(cfg, run_dir: Path, probes: P.Probes) -> dict:
-    """The linearity numbers of one run directory (see `Study.measure`)."""
+    """The linearity numbers of one run directory (see `Study.measure`), with `helpers.training.cpu_threads`."""
+    with training.cpu_threads():
+        return _measure_run(cfg, run_dir, probes)
+
+
+def _measure_run(cfg, run_dir: Path, probes: P.Probes) -> dict:
     from .trajectory import Trajectory
 
     traj = Trajectory(run_dir)
@@ -477,18 +507,23 @@ def measure_run(cfg, run_dir: Path, probes: P.Probes) -> dict:
     forced = P.over_trajectory(traj, probes, batch_size=int(o.batch_size), device=pick(cfg.device))
     t = output_linearity.analyse(forced, probes, min_change=float(o.min_change),
                                  r2_threshold=float(o.r2_threshold)).summary()
-    log = training.read_log(run_dir).dropna(subset=["heldout_accuracy"])
+    log = training.read_log(run_dir)
+    acc, reward = log["heldout_accuracy"].dropna(), log["reward"].dropna()
+    tenth = max(1, len(reward) // 10)
     build = run_dir / "build.json"
     seconds = float(json.loads(build.read_text())["train_seconds"]) if build.is_file() else math.nan
     return {"weight_r2_median": w["median"], "weight_r2_q1": w["q1"], "weight_r2_q3": w["q3"],
             "weight_entries": w["kept"], "token_r2_median": t["median"], "token_r2_q1": t["q1"],
             "token_r2_q3": t["q3"], "tokens_kept": t["kept"], "displacement": displacement(traj),
-            "heldout_first": float(log["heldout_accuracy"].iloc[0]), "heldout_last": float(log["heldout_accuracy"].iloc[-1]),
+            "heldout_first": float(acc.iloc[0]), "heldout_last": float(acc.iloc[-1]),
+            "reward_first": float(reward.iloc[:tenth].mean()) if len(reward) else math.nan,
+            "reward_last": float(reward.iloc[-tenth:].mean()) if len(reward) else math.nan,
             "steps": int(traj.steps[-1]), "checkpoints": len(traj.steps), "train_seconds": seconds}
 
 
 def fig2_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The Fig-2-style view: median and IQR (q1 – q3) of weight and token R², displacement, held-out accuracy."""
+    """The Fig-2-style view: median and IQR (q1 – q3) of weight and token R², displacement, held-out accuracy, and
+    (RL) training reward."""
     iqr = lambda a, b: [f"{x:.2f} – {y:.2f}" for x, y in zip(table[a], table[b])]  # noqa: E731
     return pd.DataFrame({"experiment": table["experiment"],
                          "weight R² median": table["weight_r2_median"].round(3),
@@ -497,7 +532,9 @@ def fig2_table(table: pd.DataFrame) -> pd.DataFrame:
                          "token R² IQR": iqr("token_r2_q1", "token_r2_q3"),
                          "‖θ_T−θ_0‖/‖θ_0‖": table["displacement"].map(lambda x: f"{x:.2e}"),
                          "held-out acc (first → last)": [f"{a:.2f} → {b:.2f}" for a, b in
-                                                         zip(table["heldout_first"], table["heldout_last"])]},
+                                                         zip(table["heldout_first"], table["heldout_last"])],
+                         "reward (first → last tenth)": [f"{_f(a)} → {_f(b)}" if _finite(a) else "—" for a, b in
+                                                         zip(table["reward_first"], table["reward_last"])]},
                         index=table.index)
 
 
@@ -515,19 +552,12 @@ def results(study: Study, dec: Decomposition) -> dict:
             "snr_token_r2_median": {level_key(x): med(study.noisy(x), "token") for x in o.snr_db},
             "sgd_weight_r2_median": med(study.sgd), "adamw_weight_r2_median": med(study.adamw_at(1)),
             "sgd_token_r2_median": med(study.sgd, "token"), "adamw_token_r2_median": med(study.adamw_at(1), "token"),
-            "sgd_lr": study.sgd_lr(), "sgd_displacement": study.measure(study.sgd)["displacement"],
-            "adamw_displacement": study.measure(study.adamw_at(1))["displacement"],
+            "sgd_lr": study.sgd_lr(),
+            **{f"{name}_{k}": study.measure(s)[k] for name, s in (("sgd", study.sgd), ("adamw", study.adamw_at(1)))
+               for k in ("displacement", "heldout_first", "heldout_last", "reward_first", "reward_last")},
             "lr_weight_r2_median": {_fmt_lr(float(study.cfg.rl.lr) * x): med(study.adamw_at(x)) for x in o.lr_scales},
             "settings": {s.label: study.measure(s) for v in ex.values() for s in v},
             "sft_params": study.sft_params(), "decomposition_settings": dec.settings}
-
-
-def _finite(*xs) -> bool:
-    return all(x is not None and math.isfinite(x) for x in xs)
-
-
-def _f(x, fmt: str = ".2f") -> str:
-    return format(x, fmt) if _finite(x) else "n/a"
 
 
 def _noise_peak(res: dict) -> tuple[str, float]:
@@ -586,10 +616,13 @@ def verdicts(res: dict) -> list[str]:
     else:
         out.append(f"Noise injection {UNDEFINED}.")
     if _finite(sgd, adamw):
-        out.append(f"Optimizer: with SGD (lr {res['sgd_lr']:.3g}, displacement {res['sgd_displacement']:.2e} vs "
-                   f"AdamW's {res['adamw_displacement']:.2e}) the weight R² median is {sgd:.2f} vs {adamw:.2f} with "
-                   f"AdamW; linearity {'persists' if sgd > thr else 'does not persist'} with SGD by the {thr} bar "
-                   f"(paper: it persists).")
+        learned = res["sgd_reward_last"] > res["sgd_reward_first"] and res["sgd_heldout_last"] > res["sgd_heldout_first"]
+        out.append(f"Optimizer: SGD at lr {res['sgd_lr']:.3g} {'learns' if learned else 'does not learn'} (reward "
+                   f"{_f(res['sgd_reward_first'])} → {_f(res['sgd_reward_last'])}, held-out "
+                   f"{res['sgd_heldout_first']:.2f} → {res['sgd_heldout_last']:.2f}; AdamW: "
+                   f"{res['adamw_heldout_first']:.2f} → {res['adamw_heldout_last']:.2f}); its weight R² median is "
+                   f"{sgd:.2f} vs {adamw:.2f} with AdamW, so linearity {'persists' if sgd > thr else 'does not persist'}"
+                   f" with SGD by the {thr} bar (paper: it persists).")
     else:
         out.append(f"Optimizer {UNDEFINED}.")
     if _finite(*lr_vals):

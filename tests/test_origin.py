@@ -183,3 +183,28 @@ def test_sft_and_rl_runs_share_training_checkpointing_and_log(tmp_path, monkeypa
     assert {p.name for p in sft.path(2).iterdir()} == {p.name for p in rl.path(2).iterdir()}
     assert O.Study(cfg, probes=None).run(study.noisy(-10)) == sft_dir          # cached
     assert study.sft_params()["batch"] == 4 and study.sgd.rl_changes == {"lr": 0.5, "optimizer": "sgd"}
+
+
+def _res(**kw):
+    res = {"rl_weight_r2_median": 0.8, "sft_weight_r2_median": 0.45, "rl_token_r2_median": 0.85,
+           "sft_token_r2_median": 0.35, "snr_weight_r2_median": {"0": 0.5, "-10": 0.6, "signal=0": 0.55},
+           "sgd_weight_r2_median": 0.75, "adamw_weight_r2_median": 0.8, "sgd_lr": 0.1,
+           "lr_weight_r2_median": {"3e-05": 0.72, "0.0001": 0.8}}
+    for name in ("sgd", "adamw"):
+        res |= {f"{name}_displacement": 0.01, f"{name}_heldout_first": 0.2, f"{name}_heldout_last": 0.3,
+                f"{name}_reward_first": 0.3, f"{name}_reward_last": 0.4}
+    return {**res, **kw}
+
+
+def test_verdicts_follow_the_numbers():
+    v = O.verdicts(_res())
+    assert "this run agrees" in v[0] and "0.60 (at -10 dB)" in v[1] and "does raise" in v[1]
+    assert "SGD at lr 0.1 learns" in v[2] and "persists with SGD" in v[2] and "all above" in v[3]
+    assert "does not learn" in O.verdicts(_res(sgd_reward_last=0.2))[2]
+    v = O.verdicts(_res(rl_token_r2_median=0.3, snr_weight_r2_median={"0": 0.4}, sgd_weight_r2_median=0.5,
+                        lr_weight_r2_median={"3e-05": 0.6, "0.0001": 0.8}))
+    assert "disagrees" in v[0] and "does not raise" in v[1] and "does not persist" in v[2] and "not all" in v[3]
+    v = O.verdicts(_res(sft_weight_r2_median=math.nan, sgd_weight_r2_median=None))
+    assert "cannot be judged" in v[0] and "cannot be judged" in v[1] and "cannot be judged" in v[2]
+    rows = dict((claim, measured) for claim, _, measured in O.paper_rows(_res(sft_weight_r2_median=math.nan)))
+    assert rows["SFT weight / token R² median"] == "n/a / 0.35"
