@@ -344,6 +344,12 @@ class Setting:
         return dict(self.rl)
 
 
+def significant(x: float, digits: int = 4) -> float:
+    """`x` rounded to `digits` significant digits: derived learning rates stay readable, and the same rounding as
+    notebook 07's design (`helpers.robustness`) lets both notebooks share the cached runs."""
+    return float(f"{x:.{digits}g}")
+
+
 def _fmt_lr(x: float) -> str:
     return f"{x:.3g}"
 
@@ -361,7 +367,7 @@ def sgd_lr(cfg, adamw_run: Path) -> float:
         warnings.warn(f"{adamw_run / 'log.csv'}: no non-zero gradient norm logged; SGD's lr assumes ‖g‖ = "
                       f"{MAX_GRAD_NORM} (set origin.sgd_lr to choose it)", stacklevel=2)
         g = MAX_GRAD_NORM
-    return float(length) / g
+    return significant(float(length) / g)
 
 
 class Study:
@@ -400,7 +406,7 @@ class Study:
     def adamw_at(self, scale: float) -> Setting:
         if scale == 1:
             return Setting(f"RL (adamw, lr {_fmt_lr(self.cfg.rl.lr)})", "rl", rl=(("optimizer", "adamw"),))
-        lr = float(self.cfg.rl.lr) * float(scale)
+        lr = significant(float(self.cfg.rl.lr) * float(scale))
         return Setting(f"RL (adamw, lr {_fmt_lr(lr)})", "rl", rl=(("lr", lr), ("optimizer", "adamw")))
 
     def experiments(self) -> dict[str, list[Setting]]:
