@@ -453,12 +453,20 @@ def extrapolation_grid(traj, rc, score: Scorer, real: pd.DataFrame) -> pd.DataFr
         dec = prefix_decomposition(traj, rc, fraction)
         for step in targets(traj, dec.t_cut, rc.horizons):
             common = {"fraction": fraction, "t_cut": dec.t_cut, "observed": len(dec.steps), "target_step": step,
-                      "horizon": step / dec.t_cut, "real_accuracy": real_at.get(step, float("nan"))}
+                      "horizon": round(step / dec.t_cut, 2), "real_accuracy": real_at.get(step, float("nan"))}
             path = extrapolate(dec, step, rank=rc.rank, kind=rc.fit, degree=rc.degree, window=rc.window)
             rows.append({"method": "relex", **common, "accuracy": score.accuracy(path)})
             path = two_point(traj, dec.t_cut, step, rc.two_point_norms)
             rows.append({"method": "two_point", **common, "accuracy": score.accuracy(path)})
     return pd.DataFrame(rows)
+
+
+def grid_table(grid: pd.DataFrame) -> pd.DataFrame:
+    """The extrapolation grid one row per (prefix, target): RELEX, two-point and the real checkpoint side by side
+    (targets beyond the run have no real checkpoint: NaN)."""
+    keys = ["fraction", "t_cut", "target_step", "horizon"]
+    wide = grid.pivot_table(index=keys, columns="method", values="accuracy")
+    return wide.join(grid.groupby(keys).real_accuracy.first().rename("real")).sort_index()
 
 
 def ablation_grid(traj, rc, score: Scorer) -> pd.DataFrame:
@@ -640,7 +648,7 @@ def plot_extrapolation(real: pd.DataFrame, grid: pd.DataFrame):
             g = grid[(grid.t_cut == p.t_cut) & (grid.fraction == p.fraction) & (grid.method == method)]
             ax.plot(g.target_step, g.accuracy, marker + "--", label=method.replace("_", "-"))
         ax.axvline(p.t_cut, color="k", ls=":", label="T_cut")
-        ax.set(title=f"prefix {p.fraction:.0%} (T_cut = {p.t_cut})", xlabel="target step")
+        ax.set(title=f"prefix {p.fraction:.0%} (T_cut = {int(p.t_cut)})", xlabel="target step")
     axes[0][0].set_ylabel("held-out accuracy")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
