@@ -33,11 +33,12 @@ LOG_COLUMNS = ["step", "seconds", "loss", "grad_norm", "learning_rate", "reward"
                "completion_length", "heldout_accuracy"]
 _TRL_KEYS = {"completions/mean_length": "completion_length"}   # TRL log key -> log column
 
-# RL algorithms as GRPOConfig keyword sets (beta=0 and the clip range come from the `rl` section)
+# RL algorithms as GRPOConfig keyword sets (beta=0 and the clip range come from the `rl` section). Token-level
+# losses are averaged over all tokens of the batch (dapo, as verl's token-mean); GSPO averages per sequence.
 ALGORITHMS: dict[str, dict[str, Any]] = {
-    "grpo": {"importance_sampling_level": "token", "scale_rewards": "group"},
-    "gspo": {"importance_sampling_level": "sequence", "scale_rewards": "group"},
-    "reinforce++": {"importance_sampling_level": "token", "scale_rewards": "batch"},
+    "grpo": {"importance_sampling_level": "token", "scale_rewards": "group", "loss_type": "dapo"},
+    "gspo": {"importance_sampling_level": "sequence", "scale_rewards": "group", "loss_type": "grpo"},
+    "reinforce++": {"importance_sampling_level": "token", "scale_rewards": "batch", "loss_type": "dapo"},
 }
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 
@@ -91,9 +92,10 @@ class TrajectoryLog(TrainerCallback):
         atomic_write_text(self.path, buf.getvalue())
 
 
-def read_log(run_dir: str | Path):
+def read_log(run_dir: str | Path, required: bool = True):
     """Per-step metrics of a run directory as a DataFrame with `LOG_COLUMNS`: its `log.csv`, or else the log history
-    in the newest checkpoint's `trainer_state.json` (any TRL run; held-out accuracy then stays empty)."""
+    in the newest checkpoint's `trainer_state.json` (any TRL run; held-out accuracy then stays empty). With neither:
+    an error, or (`required=False`, e.g. a verl run) an empty frame."""
     import json
 
     import pandas as pd
@@ -102,6 +104,8 @@ def read_log(run_dir: str | Path):
     if (run_dir / "log.csv").is_file():
         return pd.read_csv(run_dir / "log.csv")
     states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+    if not states and not required:
+        return pd.DataFrame(columns=LOG_COLUMNS, dtype=float)
     if not states:
         raise FileNotFoundError(f"{run_dir}: no log.csv and no checkpoint-*/trainer_state.json to read metrics from")
     rows: dict[int, dict] = {}
@@ -244,6 +248,22 @@ def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int | No
     return out_dir
 
 
+def rl_args(cfg, out_dir: str | Path):
+    """The GRPOConfig of the `rl` section: one generation per optimizer step (`batch` prompts × `rollouts`
+    completions), on-policy (num_iterations 1), no KL (beta 0)."""
+    from trl import GRPOConfig
+
+    rl = cfg.rl
+    if rl.algorithm not in ALGORITHMS:
+        raise ValueError(f"rl.algorithm: unknown algorithm {rl.algorithm!r} (known: {', '.join(ALGORITHMS)})")
+    common = _common_args(Path(out_dir), steps=rl.steps, save_every=rl.save_every, lr=rl.lr, optimizer=rl.optimizer,
+                          seed=rl.seed, device=cfg.device, batch=int(rl.batch) * int(rl.rollouts))
+    return GRPOConfig(**common, **ALGORITHMS[rl.algorithm], num_generations=int(rl.rollouts),
+                      max_completion_length=int(rl.max_completion_length), temperature=float(rl.temperature),
+                      top_p=1.0, beta=0.0, epsilon=float(rl.epsilon), epsilon_high=float(rl.epsilon_high),
+                      num_iterations=1, log_completions=False, shuffle_dataset=True)
+
+
 def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = (),
              base_dir: str | Path | None = None) -> Path:
     """RLVR with TRL's GRPOTrainer on the task's train split, starting from `base_dir` (default: `base_model(cfg)`).
@@ -252,22 +272,14 @@ def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = ()
     prompt, `steps`, `save_every`, clip range, temperature and completion length; beta is 0 (no KL, no reference model).
     """
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    rl = cfg.rl
-    if rl.algorithm not in ALGORITHMS:
-        raise ValueError(f"rl.algorithm: unknown algorithm {rl.algorithm!r} (known: {', '.join(ALGORITHMS)})")
     out_dir = Path(out_dir)
+    args = rl_args(cfg, out_dir)
     base_dir = Path(base_dir) if base_dir is not None else base_model(cfg)
     train, heldout = tasks.split(cfg.task)
     model, tok = _load(base_dir, cfg.device)
     _start_dir(out_dir, base_dir)
-    common = _common_args(out_dir, steps=rl.steps, save_every=rl.save_every, lr=rl.lr, optimizer=rl.optimizer,
-                          seed=rl.seed, device=cfg.device, batch=int(rl.batch) * int(rl.rollouts))
-    args = GRPOConfig(**common, **ALGORITHMS[rl.algorithm], num_generations=int(rl.rollouts),
-                      max_completion_length=int(rl.max_completion_length), temperature=float(rl.temperature),
-                      top_p=1.0, beta=0.0, epsilon=float(rl.epsilon), epsilon_high=float(rl.epsilon_high),
-                      loss_type=rl.loss_type, num_iterations=1, log_completions=False, shuffle_dataset=True)
     data = Dataset.from_list([{"prompt": it.prompt, "answer": it.answer} for it in train])
     log = TrajectoryLog(out_dir / "log.csv", heldout[:int(cfg.eval.heldout_during_training)], tok,
                         int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))

@@ -1,5 +1,6 @@
 """Training: a micro embedded trajectory is a complete TRL-layout run, deterministic for a seed, and cached."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -48,6 +49,19 @@ def test_layout_and_log(two_runs):
     assert json.loads((run / "build.json").read_text())["train_seconds"] > 0
 
 
+def test_log_falls_back_to_trainer_state(two_runs, tmp_path):
+    _, (run, _) = two_runs
+    copy = shutil.copytree(run, tmp_path / "run")
+    (copy / "log.csv").unlink()
+    log = training.read_log(copy)
+    assert list(log["step"]) == [1, 2] and log["reward"].notna().all()
+    (copy / "checkpoint-2" / "trainer_state.json").unlink()
+    (copy / "checkpoint-1" / "trainer_state.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no log.csv"):
+        training.read_log(copy)
+    assert training.read_log(copy, required=False).empty
+
+
 def test_same_seed_same_weights(two_runs):
     _, (a, b) = two_runs
     for step in (0, 2):
@@ -87,6 +101,17 @@ def test_sft_run_shares_layout_and_takes_loss_and_callbacks(two_runs, tmp_path):
     assert seen == [1, 2] and len(losses) == 2
     assert Trajectory(out).steps == [0, 1, 2]
     assert training.read_log(out)["loss"].iloc[1:].tolist() == pytest.approx(losses)
+
+
+@pytest.mark.parametrize("algorithm,optimizer", [("grpo", "adamw"), ("gspo", "sgd"), ("reinforce++", "adamw")])
+def test_algorithm_registry_builds_trl_configs(algorithm, optimizer, tmp_path):
+    args = training.rl_args(micro_cfg(**{"rl.algorithm": algorithm, "rl.optimizer": optimizer}), tmp_path)
+    assert args.beta == 0.0 and (args.epsilon, args.epsilon_high) == (0.2, 0.28)
+    assert args.per_device_train_batch_size == 2 * 2 and args.num_generations == 2 and args.save_only_model
+    assert args.importance_sampling_level == ("sequence" if algorithm == "gspo" else "token")
+    assert args.scale_rewards == ("batch" if algorithm == "reinforce++" else "group")
+    assert args.loss_type == ("grpo" if algorithm == "gspo" else "dapo")
+    assert args.optim.value == {"adamw": "adamw_torch", "sgd": "sgd"}[optimizer]
 
 
 def test_unknown_algorithm_is_an_error(tmp_path):
