@@ -9,15 +9,17 @@ The design is the params file's `robustness.settings`, a list of
 
 - `overrides` set knobs; `rl.lr: origin.sgd_lr` is notebook 03's SGD lr (`helpers.origin.Study.sgd_lr`: the
   `origin.sgd_lr` number, or with `auto` AdamW's step size matched from the reference RL run's gradient norms);
-- `scale` multiplies this params file's value (rounded to 4 significant digits), so the design follows the default;
+- `scale` multiplies this params file's value (rounded to 4 significant digits like notebook 03's lr scales, so the
+  two notebooks share their cached runs), so the design follows the default;
 - `trajectory: sft` analyses notebook 03's matched SFT run instead (same base, steps, spacing, optimizer and lr;
   `helpers.origin.Study.run(study.sft)`, cached and shared with notebook 03), through `trajectory.dir`.
 
 Where runs go: the reference setting (no overrides, no scale, rl) is the params file's own run directory
 `outputs/<name>[-<profile>]/` (where the notebooks and `make run` write), so the default run is never trained or
-analysed twice; every other setting gets `<run dir>/robustness/<factor>=<value>/`. A notebook of a setting is skipped
-when the batch runner would skip it (`helpers.batch.is_complete`), or when its results carry the setting's params hash
-and were written outside the batch runner (no executed copy, e.g. by CI's notebook run just before). The batch
+analysed twice; every other setting gets `<run dir>/robustness/<factor>=<value>/`. A setting is skipped when each of
+its notebooks is complete by the batch runner's rule (`helpers.batch.is_complete`) or has results with the setting's
+params hash written after the notebook was last edited (e.g. by CI's direct run of notebooks 00–02 just before); its
+RL run is cached by the sections it depends on, so a changed params file re-runs notebooks, not training. The batch
 directory `<run dir>/robustness/` also gets `robustness.json` (settings, resolved overrides, run directories, status,
 seconds) and `index.html` / `index.md` (grid table with links to every run's executed notebooks, their headline
 numbers, the Fig-2 figure), which open from disk.
@@ -25,6 +27,7 @@ numbers, the Fig-2 figure), which open from disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -32,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -152,10 +155,10 @@ def run_overrides(setting: Setting, ref, params_file: str, base: Mapping[str, An
     from . import origin
 
     over = dict(base or {})
-    over |= {k: float(f"{_knob(ref, k) * f:.4g}") for k, f in setting.scale.items()}
+    over |= {k: origin.significant(_knob(ref, k) * f) for k, f in setting.scale.items()}
     over |= setting.overrides
     if over.get("rl.lr") == SGD_LR:
-        over["rl.lr"] = float(f"{origin.Study(ref, None).sgd_lr():.4g}")
+        over["rl.lr"] = origin.Study(ref, None).sgd_lr()
     if setting.trajectory == "sft":
         cfg = config_mod.load(params_file, ref.profile, over)
         study = origin.Study(cfg, None)
@@ -191,22 +194,35 @@ class Batch:
         return [e for e in self.entries if e.status == "failed"]
 
     def check(self) -> None:
-        """Raise naming every failed setting (the others are complete and listed in the index)."""
+        """Raise naming every failed setting and its error."""
         if self.failed:
             raise RuntimeError(f"{len(self.failed)} of {len(self.entries)} robustness settings failed (the others "
                                f"are done; a re-run resumes, executed notebooks kept under {self.dir}):\n" +
                                "\n".join(f"- {e.setting.label}: {e.error}" for e in self.failed))
 
 
-def _done_outside_batch(selected: Sequence[Path], run_dir: Path, params_hash: str) -> bool:
-    """Results of every selected notebook with this params hash, written without the batch runner (no executed copy)
-    — or complete by the batch runner's own rule."""
+def _done(selected: Sequence[Path], run_dir: Path, params_hash: str) -> bool:
+    """Every selected notebook is complete by the batch runner's rule, or has results with this params hash written
+    after the notebook was last edited (by a direct run, e.g. CI's, which leaves no executed copy)."""
     def done(nb: Path) -> bool:
-        if batch_mod.is_complete(nb, run_dir, params_hash):
-            return True
-        res = report._read_json(run_dir / "results" / f"{nb.stem}.json") or {}
-        return res.get("_meta", {}).get("params_hash") == params_hash and not (run_dir / nb.name).exists()
+        path = run_dir / "results" / f"{nb.stem}.json"
+        res = report._read_json(path) or {}
+        return batch_mod.is_complete(nb, run_dir, params_hash) or (
+            res.get("_meta", {}).get("params_hash") == params_hash and path.stat().st_mtime >= nb.stat().st_mtime)
     return all(done(nb) for nb in selected)
+
+
+@contextlib.contextmanager
+def _kernel_threads(n: int | None) -> Iterator[None]:
+    """`OMP_NUM_THREADS=n` for the notebook kernels started inside the block, unless the environment sets it."""
+    if n is None or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(int(n))
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def run_dir_of(cfg, out: str | Path | None = None) -> Path:
@@ -240,12 +256,14 @@ def run_settings(params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "a
             cfg = config_mod.load(params_file, ref.profile, entry.overrides)
             entry.params_hash = cfg.hash()
             entry.knobs = {"optimizer": cfg.rl.optimizer, "lr": float(cfg.rl.lr)}
-            if not force and _done_outside_batch(selected, entry.dir, entry.params_hash):
+            if not force and _done(selected, entry.dir, entry.params_hash):
                 entry.status = "complete"
                 report.build_run_index(entry.dir)
                 print("  complete, reused", flush=True)
             else:
-                outcome = batch_mod.run_combination(nbs, selected, params_arg, cfg, entry.overrides, entry.dir, force)
+                with _kernel_threads(ref.robustness.kernel_threads):
+                    outcome = batch_mod.run_combination(nbs, selected, params_arg, cfg, entry.overrides, entry.dir,
+                                                        force)
                 ran = any(v == "ran" for v in outcome.status.values())
                 entry.status, entry.error = ("ran" if ran else "complete", None) if outcome.ok else ("failed",
                                                                                                   outcome.error)

@@ -2,6 +2,7 @@
 faked), and the table, sentences and batch index read back from hand-written run directories (no kernel)."""
 import json
 import math
+import os
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -69,7 +70,7 @@ def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
     third = R.run_overrides(R.Setting("lr", "0.33x", scale={"rl.lr": 0.333333}), ref, "params/default.yaml")
     assert third == {"rl.lr": pytest.approx(6.667e-5, rel=1e-12)}
     sgd = R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd", "rl.lr": R.SGD_LR})
-    assert R.run_overrides(sgd, ref, "params/default.yaml") == {"rl.optimizer": "sgd", "rl.lr": 0.1235}
+    assert R.run_overrides(sgd, ref, "params/default.yaml") == {"rl.optimizer": "sgd", "rl.lr": 0.123456}  # as notebook 03 uses it
 
 
 # ------------------------------------------------------------------------------- hand-written run directories
@@ -195,6 +196,7 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
 
     def fake_run(notebooks, selected, params_file, cfg, overrides, run_dir, force=False):
         calls.append((run_dir.name, [nb.stem for nb in selected], overrides))
+        assert os.environ["OMP_NUM_THREADS"] == "1"  # robustness.kernel_threads, for the kernels only
         if cfg.rl.algorithm not in training.ALGORITHMS:
             return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "failed" for nb in selected},
                                     "notebook 00_trajectory failed in cell 3: ValueError: rl.algorithm")
@@ -202,6 +204,7 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
         return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "ran" for nb in selected})
 
     monkeypatch.setattr(R.batch_mod, "run_combination", fake_run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     run_dir = tmp_path / "out" / "grid"
     write_run(run_dir, config.load(p, "default").hash(), (0.5, 0.8, 0.9), (0.6, 0.9, 0.95), executed=False)
     b = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
@@ -209,7 +212,7 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
         ("reference=default", "complete"), ("rollouts=4", "ran"), ("algorithm=bad", "failed")]
     assert calls == [("rollouts=4", list(NOTEBOOKS), {"rl.rollouts": 4}),
                      ("algorithm=bad", list(NOTEBOOKS), {"rl.algorithm": "dpo"})]
-    assert b.entries[1].dir == run_dir / "robustness" / "rollouts=4"
+    assert b.entries[1].dir == run_dir / "robustness" / "rollouts=4" and "OMP_NUM_THREADS" not in os.environ
     manifest = json.loads((run_dir / "robustness" / "robustness.json").read_text())
     assert [s["run"] for s in manifest["settings"]] == ["..", "rollouts=4", "algorithm=bad"]
     assert manifest["settings"][2]["error"].startswith("notebook 00_trajectory failed")
@@ -219,6 +222,11 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
     again = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
     assert [e.status for e in again.entries[:2]] == ["complete", "complete"] and [c[0] for c in calls] == [
         "algorithm=bad"]
+    edited = nbs / "01_weight_linearity.ipynb"  # an edited notebook runs again (its results are older)
+    os.utime(edited, (edited.stat().st_mtime + 100,) * 2)
+    calls.clear()
+    R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
+    assert [c[0] for c in calls] == ["grid", "rollouts=4", "algorithm=bad"]
 
 
 def test_a_users_run_directory_is_refused(tmp_path):
