@@ -623,18 +623,22 @@ def verdicts(res: dict) -> list[str]:
         out.append(f"Noise injection {UNDEFINED}.")
     if _finite(sgd, adamw):
         learned = res["sgd_reward_last"] > res["sgd_reward_first"] and res["sgd_heldout_last"] > res["sgd_heldout_first"]
+        persists = sgd >= adamw or sgd > thr
         out.append(f"Optimizer: SGD at lr {res['sgd_lr']:.3g} {'learns' if learned else 'does not learn'} (reward "
                    f"{_f(res['sgd_reward_first'])} → {_f(res['sgd_reward_last'])}, held-out "
                    f"{res['sgd_heldout_first']:.2f} → {res['sgd_heldout_last']:.2f}; AdamW: "
                    f"{res['adamw_heldout_first']:.2f} → {res['adamw_heldout_last']:.2f}); its weight R² median is "
-                   f"{sgd:.2f} vs {adamw:.2f} with AdamW, so linearity {'persists' if sgd > thr else 'does not persist'}"
-                   f" with SGD by the {thr} bar (paper: it persists).")
+                   f"{sgd:.2f} vs {adamw:.2f} with AdamW, so linearity {'persists' if persists else 'does not persist'}"
+                   f" with SGD (persists = at least AdamW's median or above {thr}; paper: it persists).")
     else:
         out.append(f"Optimizer {UNDEFINED}.")
     if _finite(*lr_vals):
+        order = [v for _, v in sorted((float(k), v) for k, v in res["lr_weight_r2_median"].items())]
+        trend = ("falls as lr grows" if all(a > b for a, b in zip(order, order[1:])) else
+                 "rises as lr grows" if all(a < b for a, b in zip(order, order[1:])) else "is not monotone in lr")
         out.append(f"Learning rate: weight R² medians {', '.join(f'{v:.2f}' for v in lr_vals)} at lr "
-                   f"{', '.join(res['lr_weight_r2_median'])}; {'all' if min(lr_vals) > thr else 'not all'} above "
-                   f"{thr} (paper: linear at every lr).")
+                   f"{', '.join(res['lr_weight_r2_median'])}: {'all' if min(lr_vals) > thr else 'not all'} above "
+                   f"{thr} (paper: linear at every lr); the median {trend}.")
     else:
         out.append(f"Learning rate {UNDEFINED}.")
     return out

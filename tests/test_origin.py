@@ -200,10 +200,13 @@ def test_verdicts_follow_the_numbers():
     v = O.verdicts(_res())
     assert "this run agrees" in v[0] and "0.60 (at -10 dB)" in v[1] and "does raise" in v[1]
     assert "SGD at lr 0.1 learns" in v[2] and "persists with SGD" in v[2] and "all above" in v[3]
+    assert "falls as lr grows" not in v[3] and "rises as lr grows" in v[3]
     assert "does not learn" in O.verdicts(_res(sgd_reward_last=0.2))[2]
     v = O.verdicts(_res(rl_token_r2_median=0.3, snr_weight_r2_median={"0": 0.4}, sgd_weight_r2_median=0.5,
                         lr_weight_r2_median={"3e-05": 0.6, "0.0001": 0.8}))
     assert "disagrees" in v[0] and "does not raise" in v[1] and "does not persist" in v[2] and "not all" in v[3]
+    assert "persists with SGD" in O.verdicts(_res(sgd_weight_r2_median=0.6, adamw_weight_r2_median=0.55))[2]
+    assert "falls as lr grows" in O.verdicts(_res(lr_weight_r2_median={"3e-05": 0.8, "0.0001": 0.72}))[3]
     v = O.verdicts(_res(sft_weight_r2_median=math.nan, sgd_weight_r2_median=None))
     assert "cannot be judged" in v[0] and "cannot be judged" in v[1] and "cannot be judged" in v[2]
     rows = dict((claim, measured) for claim, _, measured in O.paper_rows(_res(sft_weight_r2_median=math.nan)))
