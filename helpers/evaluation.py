@@ -220,6 +220,11 @@ def evaluate_model(path: str | Path, items: Sequence[tasks.Item], eval_cfg, devi
     unless given); a sampler that holds an engine (vllm) is closed afterwards, freeing its memory."""
     sampler = make_sampler(backend or eval_cfg["backend"], path, device=device,
                            batch_size=int(eval_cfg["batch_size"]))
+    return _evaluate_and_close(sampler, items, eval_cfg)
+
+
+def _evaluate_and_close(sampler: Sampler, items: Sequence[tasks.Item], eval_cfg) -> dict:
+    """`evaluate` with the knobs of the `eval` params section, then the sampler's `close()` when it has one."""
     try:
         return evaluate(sampler, items, k=int(eval_cfg["k"]), temperature=float(eval_cfg["temperature"]),
                         top_p=float(eval_cfg["top_p"]), max_new_tokens=int(eval_cfg["max_new_tokens"]),
@@ -238,6 +243,62 @@ def heldout_items(cfg) -> list:
     if cfg.task.kind != "arithmetic":
         raise ValueError(f"{cfg.source}: task.kind must be arithmetic or math, not {cfg.task.kind!r}")
     return tasks.split(cfg.task)[1]
+
+
+class CachedScorer:
+    """Held-out scores (`evaluate` with the `eval` section's knobs) of models on the first `n_items` problems of
+    `heldout_items(cfg)` (all when falsy), each cached on disk under `outputs/cache/scores-<hash>/scores.json` keyed
+    by what identifies the model + items, task, math, eval and device settings (so a re-run does not evaluate again).
+
+    `score(identity, make)` scores any sampler `make()` builds; `checkpoint(path)` a model directory with the
+    `eval.backend` sampler. Subclasses add other kinds of models (helpers.extrapolation)."""
+
+    def __init__(self, cfg, n_items: int | None = None):
+        heldout = heldout_items(cfg)
+        self.items = heldout[:n_items] if n_items else heldout
+        self.cfg, self.k = cfg, int(cfg.eval.k)
+        self.metric = f"avg@{self.k}"
+        self._memo: dict[str, dict] = {}
+
+    def sampler_kwargs(self) -> dict:
+        return {"device": self.cfg.device, "batch_size": int(self.cfg.eval.batch_size)}
+
+    def score(self, identity: Mapping, make: Callable[[], Sampler]) -> dict:
+        """The `evaluate` dict of the sampler `make()` builds, from the cache when `identity` was scored before."""
+        import json
+
+        from .paths import atomic_write_json, cache_dir
+        from .training import cpu_threads
+
+        made_from = {**identity, "items": len(self.items),
+                     **{k: self.cfg.get(k) for k in ("task", "math", "eval", "device")}}
+        file = cache_dir("scores", made_from) / "scores.json"
+        key = str(file)
+        if key not in self._memo:
+            if not file.is_file():
+                with cpu_threads():
+                    atomic_write_json(file, _evaluate_and_close(make(), self.items, self.cfg.eval))
+            self._memo[key] = json.loads(file.read_text())
+        return self._memo[key]
+
+    def checkpoint(self, path: str | Path) -> dict:
+        """The `evaluate` dict of one model directory (`eval.backend` sampler)."""
+        from .paths import dir_fingerprint
+
+        return self.score({"checkpoint": dir_fingerprint(path)},
+                          lambda: make_sampler(self.cfg.eval.backend, path, **self.sampler_kwargs()))
+
+    def accuracy(self, path: str | Path) -> float:
+        """avg@k of one model directory (whatever a subclass's `checkpoint` reports)."""
+        return float(CachedScorer.checkpoint(self, path)[self.metric])
+
+    def margin(self, p: float) -> float:
+        """Two binomial standard errors of ONE accuracy near `p` over items × k samples (`p` kept at least one
+        sample away from 0 and 1, where the binomial error vanishes). The noise band of a difference between two
+        accuracies is √2 × this."""
+        n = len(self.items) * self.k
+        p = min(max(p, 1 / n), 1 - 1 / n)
+        return 2 * math.sqrt(p * (1 - p) / n)
 
 
 def evaluate_checkpoints(paths: Mapping[Any, str | Path], cfg, items: Sequence[tasks.Item] | None = None,

@@ -24,6 +24,9 @@ from typing import Iterator
 
 import torch
 
+from .evaluation import CachedScorer, make_sampler
+from .paths import dir_fingerprint
+
 NORM_POLICIES = ("copy-from-t1", "extrapolate")
 _NORM_MODULE = re.compile(r"(norm|^ln(_|$)|^ln\d)", re.IGNORECASE)
 
@@ -119,87 +122,45 @@ def target_steps(traj, fractions, after: int) -> list[int]:
     return sorted(s for s in steps if s > after)
 
 
-def fingerprint(path) -> list:
-    """What identifies a model directory's contents: its path and its weight / config files' sizes and mtimes."""
-    d = Path(path).resolve()
-    files = sorted(p for p in d.iterdir() if p.suffix in (".safetensors", ".json"))
-    return [str(d), [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
-
-
-class Scorer:
-    """Held-out scores (`evaluation.evaluate` with the `eval` settings) on the first `extrapolation.eval_items`
-    held-out problems, each cached on disk (`outputs/cache/eval-<hash>.json`) under what identifies the model."""
+class Scorer(CachedScorer):
+    """`evaluation.CachedScorer` on the first `extrapolation.eval_items` held-out problems, reporting the notebook's
+    metric columns (`METRICS`), plus weight- and logit-extrapolated models."""
 
     def __init__(self, cfg):
-        from .tasks import split
+        super().__init__(cfg, cfg.extrapolation.eval_items)
 
-        heldout = split(cfg.task)[1]
-        n = cfg.extrapolation.eval_items
-        self.cfg, self.items = cfg, heldout[:n] if n else heldout
-        self.k = int(cfg.eval.k)
-
-    def _score(self, identity: dict, sampler) -> dict:
-        """Scores of the sampler `sampler()` makes, from the cache when `identity` was scored before."""
-        import json
-
-        from .evaluation import evaluate
-        from .paths import atomic_write_json, cache_dir
-        from .training import cpu_threads
-
-        ev = self.cfg.eval
-        path = cache_dir("eval", {"model": identity, "eval": ev, "task": self.cfg.task,
-                                  "items": len(self.items)}).with_suffix(".json")
-        if not path.is_file():
-            with cpu_threads():
-                res = evaluate(sampler(), self.items, k=self.k, temperature=float(ev.temperature),
-                               top_p=float(ev.top_p), max_new_tokens=int(ev.max_new_tokens), seed=int(ev.seed))
-            atomic_write_json(path, res)
-        res = json.loads(path.read_text())
+    def metrics(self, res: dict) -> dict:
+        """The notebook's columns of an `evaluate` dict."""
         return {"avg_at_k": res[f"avg@{self.k}"], "pass_at_k": res[f"pass@{self.k}"], "entropy": res["entropy"],
                 "greedy_accuracy": res["greedy_accuracy"], "completion_length": res["completion_length"]}
 
-    def _kwargs(self) -> dict:
-        return {"device": self.cfg.device, "batch_size": int(self.cfg.eval.batch_size)}
-
     def checkpoint(self, path) -> dict:
-        """Scores of one model directory (hf sampler)."""
-        from .evaluation import make_sampler
-
-        return self._score({"checkpoint": fingerprint(path)}, lambda: make_sampler("hf", path, **self._kwargs()))
+        """Scores of one model directory (`eval.backend` sampler)."""
+        return self.metrics(super().checkpoint(path))
 
     def extrapolated(self, traj, t0: int, t1: int, target_step: int, norms: str) -> dict:
-        """Scores of the weight-extrapolated checkpoint (written to a temporary directory, deleted after scoring)."""
+        """Scores of the weight-extrapolated checkpoint (written to a temporary directory, deleted once the
+        `eval.backend` sampler has loaded it)."""
         import tempfile
 
-        from .evaluation import make_sampler
         from .paths import outputs_root
 
         def sampler():
             outputs_root().mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=outputs_root(), prefix=".extrapolated-") as tmp:
                 out = extrapolate(traj, t0, t1, target_step, Path(tmp) / "model", norms)
-                return make_sampler("hf", out, **self._kwargs())  # weights are in memory once loaded
+                return make_sampler(self.cfg.eval.backend, out, **self.sampler_kwargs())  # weights now in memory
 
-        identity = {"weight_extrapolation": [fingerprint(traj.path(t0)), fingerprint(traj.path(t1))],
+        identity = {"weight_extrapolation": [dir_fingerprint(traj.path(t0)), dir_fingerprint(traj.path(t1))],
                     "t0": t0, "t1": t1, "target_step": target_step, "norms": norms}
-        return self._score(identity, sampler)
+        return self.metrics(self.score(identity, sampler))
 
     def logit_extrapolated(self, path_t0, path_t1, alpha: float) -> dict:
-        """Scores of the logit-extrapolated sampler of two model directories."""
-        from .evaluation import make_sampler
-
-        identity = {"logit_extrapolation": [fingerprint(path_t0), fingerprint(path_t1)], "alpha": float(alpha)}
-        return self._score(identity, lambda: make_sampler("logit-extrapolation", (path_t0, path_t1), alpha=alpha,
-                                                          **self._kwargs()))
-
-    def margin(self, p: float) -> float:
-        """Noise band of a difference between two accuracies near `p`: √2 × two binomial standard errors over
-        items × k samples (`p` kept at least one sample away from 0 and 1, where the binomial error vanishes)."""
-        import math
-
-        n = len(self.items) * self.k
-        p = min(max(p, 1 / n), 1 - 1 / n)
-        return math.sqrt(2) * 2 * math.sqrt(p * (1 - p) / n)
+        """Scores of the logit-extrapolated sampler of two model directories (hf decoding loop)."""
+        identity = {"logit_extrapolation": [dir_fingerprint(path_t0), dir_fingerprint(path_t1)],
+                    "alpha": float(alpha)}
+        return self.metrics(self.score(identity, lambda: make_sampler(
+            "logit-extrapolation", (path_t0, path_t1), alpha=alpha, **self.sampler_kwargs())))
 
 
 def real_curve(traj, scorer: Scorer):
@@ -341,9 +302,11 @@ def _logit_claims(real, logit, margin: float) -> tuple[list, list, dict]:
 
 def claims(real, curve, logit, scorer: Scorer) -> tuple[list[tuple[str, str, str]], list[str], dict]:
     """(paper-vs-measured rows, verdict sentences, summary numbers) for LIN §4.2 (SPEC §4). A difference counts only
-    beyond the noise margin of two accuracies near the final one."""
+    beyond the noise margin of two accuracies near the final one (√2 × `scorer.margin`)."""
+    import math
+
     final = float(real.avg_at_k.iloc[-1])
-    margin = scorer.margin(final)
+    margin = math.sqrt(2) * scorer.margin(final)
     summary = {"rl_final_step": int(real.step.iloc[-1]), "rl_final_avg_at_k": final, "noise_margin": margin,
                "eval_items": len(scorer.items), "k": scorer.k}
     rows, verdicts = [], []

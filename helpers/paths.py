@@ -29,6 +29,14 @@ def cache_dir(kind: str, made_from: Any) -> Path:
     return outputs_root() / "cache" / f"{kind}-{stable_hash(made_from)}"
 
 
+def dir_fingerprint(path: str | os.PathLike) -> list:
+    """What identifies a directory's contents in cache keys (e.g. a model: weights, config, tokenizer files): its
+    resolved path and the (name, size, mtime_ns) of each file in it."""
+    d = Path(path).resolve()
+    files = sorted(p for p in d.iterdir() if p.is_file())
+    return [str(d), [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A path as given if it exists, else relative to the repo top (so notebooks work from any cwd)."""
     p = Path(path).expanduser()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .paths import atomic_dir, cache_dir, stable_hash
+from .paths import atomic_dir, cache_dir, dir_fingerprint, stable_hash
 
 PROBES_FILE = "probes.jsonl"
 META_FILE = "meta.json"
@@ -161,13 +161,6 @@ def from_samples(tokenizer, prompts: Sequence[str], responses: Sequence[Sequence
     return Probes(ids, plens, pidx, ptxt, rtxt, dict(meta or {}))
 
 
-def checkpoint_fingerprint(path: str | Path) -> dict:
-    """Identity of a model directory for cache keys: its resolved path and the size + mtime of its files."""
-    path = Path(path).resolve()
-    files = sorted(p for p in path.iterdir() if p.is_file())
-    return {"path": str(path), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
-
-
 def cached(key: Mapping[str, Any], build, run_dir: str | Path | None = None) -> tuple[Probes, Path]:
     """The probes cached under `outputs/cache/probes-<hash(key)>/`, built with `build()` on a miss.
 
@@ -201,7 +194,7 @@ def for_run(cfg, traj, run_dir: str | Path | None = None, section: Mapping[str, 
     o = cfg.output_linearity if section is None else section
     prompts = [it.prompt for it in tasks.split(cfg.task)[1][:int(o["prompts"])]]
     params = {k: o[k] for k in ("samples_per_prompt", "temperature", "top_p", "max_new_tokens")} | {"seed": cfg.seed}
-    key = {"base": checkpoint_fingerprint(traj.path(traj.steps[0])), "prompts": stable_hash(prompts), **params}
+    key = {"base": dir_fingerprint(traj.path(traj.steps[0])), "prompts": stable_hash(prompts), **params}
 
     def build() -> Probes:
         tokenizer = traj.load_tokenizer()

@@ -27,7 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .paths import atomic_dir, atomic_write_json, cache_dir
+from .evaluation import CachedScorer
+from .paths import atomic_dir, atomic_write_json, cache_dir, dir_fingerprint
 
 DEFAULT_CHUNK_BYTES = 256 << 20
 REL_CUTOFF = 1e-6  # directions with s <= REL_CUTOFF * s_0 are dropped (the paper's threshold)
@@ -162,16 +163,9 @@ def prefix_step(traj, fraction: float, min_points: int = 2) -> int:
     return max(within[-1] if within else steps[0], steps[min_points - 1])
 
 
-def _dir_fingerprint(d) -> list:
-    """What identifies a model directory's contents: its path and its weight/config files' sizes and mtimes."""
-    d = Path(d).resolve()
-    files = sorted(p for p in d.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
-    return [str(d), [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
-
-
 def _fingerprint(traj, steps: Sequence[int]) -> list:
     """What identifies the checkpoints a decomposition was made from."""
-    return [[s, *_dir_fingerprint(traj.path(s))] for s in steps]
+    return [[s, *dir_fingerprint(traj.path(s))] for s in steps]
 
 
 @dataclass
@@ -359,39 +353,12 @@ def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = 
 # ----------------------------------------------------------------------------------------------------------------------
 # Notebook 06: the experiments. `score` is a `Scorer` (held-out metrics of a model directory, memoised).
 
-class Scorer:
-    """Held-out accuracy of model directories: avg@k (the `eval` section's k) over the first `relex.eval_items`
-    held-out problems (`helpers.evaluation.heldout_items`; all when null), plus greedy accuracy. Scores are cached on
-    disk per directory contents + task + eval settings, so a re-run of the notebook does not evaluate again."""
+class Scorer(CachedScorer):
+    """`evaluation.CachedScorer` on the first `relex.eval_items` held-out problems (all when null): `checkpoint(path)`
+    is the `evaluate` dict of a model directory, `accuracy(path)` its avg@k (the `eval` section's k)."""
 
     def __init__(self, cfg):
-        from .evaluation import heldout_items
-
-        heldout = heldout_items(cfg)
-        n = cfg.relex.eval_items
-        self.items = heldout[:n] if n else heldout
-        self.cfg, self.metric, self._memo = cfg, f"avg@{cfg.eval.k}", {}
-
-    def __call__(self, path) -> dict:
-        from .evaluation import evaluate_model
-
-        key = str(Path(path).resolve())
-        if key not in self._memo:
-            made_from = {"model": _dir_fingerprint(path), "items": len(self.items),
-                         **{k: self.cfg.get(k) for k in ("task", "math", "eval", "device")}}
-            file = cache_dir("scores", made_from) / "scores.json"
-            if not file.is_file():
-                atomic_write_json(file, evaluate_model(path, self.items, self.cfg.eval, device=self.cfg.device))
-            self._memo[key] = json.loads(file.read_text())
-        return self._memo[key]
-
-    def accuracy(self, path) -> float:
-        return float(self(path)[self.metric])
-
-    def margin(self, p: float) -> float:
-        """Two binomial standard errors of an accuracy near `p` over items × k samples (the noise band of a
-        difference is about √2 of this)."""
-        return 2 * math.sqrt(max(p * (1 - p), 1e-12) / (len(self.items) * int(self.cfg.eval.k)))
+        super().__init__(cfg, cfg.relex.eval_items)
 
 
 def targets(traj, t_cut: int, horizons: Sequence[float]) -> list[int]:
@@ -439,7 +406,7 @@ def full_decomposition(traj, rc) -> Decomposition:
 
 def real_curve(traj, score: Scorer) -> pd.DataFrame:
     """Held-out accuracy of every real checkpoint (step 0 = base)."""
-    rows = [{"step": s, "accuracy": score.accuracy(traj.path(s)), "greedy": score(traj.path(s)).get("greedy_accuracy")}
+    rows = [{"step": s, "accuracy": score.accuracy(traj.path(s)), "greedy": score.checkpoint(traj.path(s)).get("greedy_accuracy")}
             for s in traj.steps]
     return pd.DataFrame(rows)
 

@@ -66,3 +66,35 @@ def test_hf_sampler_is_seeded_and_left_padded(tmp_path):
     alone = sampler.generate(["1+2="], n=1, temperature=0, top_p=1.0, max_new_tokens=5, seed=0)
     batch = sampler.generate(["1+2=", "10+20+3="], n=1, temperature=0, top_p=1.0, max_new_tokens=5, seed=0)
     assert alone[0] == batch[0]
+
+
+def test_cached_scorer_scores_once_closes_and_margin(tmp_path, monkeypatch):
+    from helpers import config
+    from helpers.paths import dir_fingerprint
+
+    monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "out"))
+    cfg = config.load("params/default.yaml", profile="smoke", overrides={"eval.k": 4})
+    scorer = evaluation.CachedScorer(cfg, 3)
+    assert scorer.items == evaluation.heldout_items(cfg)[:3]
+    made, closed = [], []
+
+    class Closing(Fake):
+        def close(self):
+            closed.append(True)
+
+    def make():
+        made.append(True)
+        return Closing(scorer.items, good=1)
+
+    res = scorer.score({"model": "a"}, make)
+    assert res["avg@4"] == 0.25 and made == [True] and closed == [True]
+    assert evaluation.CachedScorer(cfg, 3).score({"model": "a"}, make) == res and made == [True]  # from disk
+    assert scorer.score({"model": "b"}, make)["n_items"] == 3 and len(made) == 2
+    assert scorer.margin(0.5) == pytest.approx(2 * math.sqrt(0.25 / 12))
+    assert scorer.margin(0.0) == pytest.approx(2 * math.sqrt((1 / 12) * (11 / 12) / 12))  # one sample off 0
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "tokenizer.json").write_text("{}")
+    before = dir_fingerprint(d)
+    (d / "model.bin").write_bytes(b"x")
+    assert before[0] == str(d.resolve()) and [f[0] for f in dir_fingerprint(d)[1]] == ["model.bin", "tokenizer.json"]
