@@ -261,9 +261,10 @@ def run_settings(params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "a
                 report.build_run_index(entry.dir)
                 print("  complete, reused", flush=True)
             else:
+                notebook_set = nbs if s.is_reference else selected  # a setting's index lists only what it runs
                 with _kernel_threads(ref.robustness.kernel_threads):
-                    outcome = batch_mod.run_combination(nbs, selected, params_arg, cfg, entry.overrides, entry.dir,
-                                                        force)
+                    outcome = batch_mod.run_combination(notebook_set, selected, params_arg, cfg, entry.overrides,
+                                                        entry.dir, force)
                 ran = any(v == "ran" for v in outcome.status.values())
                 entry.status, entry.error = ("ran" if ran else "complete", None) if outcome.ok else ("failed",
                                                                                                   outcome.error)

@@ -196,6 +196,7 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
 
     def fake_run(notebooks, selected, params_file, cfg, overrides, run_dir, force=False):
         calls.append((run_dir.name, [nb.stem for nb in selected], overrides))
+        assert len(notebooks) == (4 if run_dir.name == "grid" else 3)  # the reference run keeps the whole set
         assert os.environ["OMP_NUM_THREADS"] == "1"  # robustness.kernel_threads, for the kernels only
         if cfg.rl.algorithm not in training.ALGORITHMS:
             return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "failed" for nb in selected},
