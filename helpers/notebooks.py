@@ -61,6 +61,20 @@ def strip(path: str | Path) -> bool:
     return True
 
 
+def papermill_parameters(source: str) -> set[str]:
+    """The parameter names papermill recognises in a parameters cell (it warns and skips lines it cannot parse)."""
+    import logging
+
+    from papermill.translators import PythonTranslator
+
+    logger = logging.getLogger("papermill")
+    level, logger.level = logger.level, logging.ERROR
+    try:
+        return {p.name for p in PythonTranslator.inspect({"source": source})}
+    finally:
+        logger.setLevel(level)
+
+
 def check(path: str | Path) -> list[str]:
     """What is wrong with the notebook at `path` (empty when it is clean), each message naming the file."""
     path = Path(path)
@@ -87,6 +101,10 @@ def check(path: str | Path) -> list[str]:
     missing = [k for k in COMMON_KNOBS if k not in assigned]
     if missing:
         problems.append(f"{path}: the parameters cell (cell {index}) lacks {', '.join(missing)}")
+    unseen = sorted(assigned - papermill_parameters(cell.source))
+    if unseen:
+        problems.append(f"{path}: papermill cannot parse the parameters cell's lines for {', '.join(unseen)} "
+                        "(keep one `name = value  # comment` per line, with no '=' inside the comment)")
     names = {m for c in nb.cells if c.cell_type == "code" for m in START_CALL.findall(c.source)}
     if names - {path.stem}:
         problems.append(f"{path}: helpers.run.start is given {', '.join(sorted(names))} but the file is {path.stem} "

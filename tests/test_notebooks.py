@@ -49,6 +49,8 @@ def test_strip_clears_outputs_and_transient_metadata(tmp_path):
     ({"parameters": 'params_file = "p"\nprofile = "auto"'}, "cell 1) lacks run_dir, overrides"),
     ({"parameters": "params_file = (\n"}, "not valid Python"),
     ({"name": "01_other"}, "start is given 01_other but the file is bad"),
+    ({"parameters": PARAMETERS.replace("run_dir = None   # c", "run_dir = None   # None = default")},
+     "papermill cannot parse the parameters cell's lines for run_dir"),
 ])
 def test_check_names_the_file_and_the_problem(tmp_path, kwargs, message):
     path = write(tmp_path / "bad.ipynb", **kwargs)
