@@ -188,6 +188,7 @@ def test_sft_and_rl_runs_share_training_checkpointing_and_log(tmp_path, monkeypa
 def _res(**kw):
     res = {"rl_weight_r2_median": 0.8, "sft_weight_r2_median": 0.45, "rl_token_r2_median": 0.85,
            "sft_token_r2_median": 0.35, "snr_weight_r2_median": {"0": 0.5, "-10": 0.6, "signal=0": 0.55},
+           "snr_token_r2_median": {"0": 0.4, "-10": 0.5, "signal=0": 0.3},
            "sgd_weight_r2_median": 0.75, "adamw_weight_r2_median": 0.8, "sgd_lr": 0.1,
            "lr_weight_r2_median": {"3e-05": 0.72, "0.0001": 0.8}}
     for name in ("sgd", "adamw"):
@@ -198,14 +199,17 @@ def _res(**kw):
 
 def test_verdicts_follow_the_numbers():
     v = O.verdicts(_res())
-    assert "this run agrees" in v[0] and "0.60 (at -10 dB)" in v[1] and "does raise" in v[1]
+    assert "this run agrees" in v[0] and "0.60 at -10 dB" in v[1] and "does raise" in v[1]
+    assert "noise only it is 0.55" in v[1] and "token space the peak is 0.50 at -10 dB" in v[1]
+    v = O.verdicts(_res(rl_weight_r2_median=0.47, snr_weight_r2_median={"-10": 0.49}))   # within the margin
+    assert "about as linear" in v[0] and "disagrees" in v[0] and "does not raise" in v[1]
     assert "SGD at lr 0.1 learns" in v[2] and "persists with SGD" in v[2] and "all above" in v[3]
     assert "falls as lr grows" not in v[3] and "rises as lr grows" in v[3]
     assert "does not learn" in O.verdicts(_res(sgd_reward_last=0.2))[2]
     v = O.verdicts(_res(rl_token_r2_median=0.3, snr_weight_r2_median={"0": 0.4}, sgd_weight_r2_median=0.5,
                         lr_weight_r2_median={"3e-05": 0.6, "0.0001": 0.8}))
     assert "disagrees" in v[0] and "does not raise" in v[1] and "does not persist" in v[2] and "not all" in v[3]
-    assert "persists with SGD" in O.verdicts(_res(sgd_weight_r2_median=0.6, adamw_weight_r2_median=0.55))[2]
+    assert "persists with SGD" in O.verdicts(_res(sgd_weight_r2_median=0.6, adamw_weight_r2_median=0.62))[2]
     assert "falls as lr grows" in O.verdicts(_res(lr_weight_r2_median={"3e-05": 0.8, "0.0001": 0.72}))[3]
     v = O.verdicts(_res(sft_weight_r2_median=math.nan, sgd_weight_r2_median=None))
     assert "cannot be judged" in v[0] and "cannot be judged" in v[1] and "cannot be judged" in v[2]
