@@ -616,21 +616,23 @@ def verdicts(res: dict) -> list[str]:
     sgd, adamw = res["sgd_weight_r2_median"], res["adamw_weight_r2_median"]
     lr_vals = list(res["lr_weight_r2_median"].values())
     out = []
-    if _finite(rl, sft, rl_t, sft_t):
-        more = rl - sft >= MARGIN and rl_t - sft_t >= MARGIN
-        out.append(f"SFT vs RL: weight / token R² medians {rl:.2f} / {rl_t:.2f} (RL) vs {sft:.2f} / {sft_t:.2f} (SFT): "
-                   f"RL is {_compare(rl - sft)} in weight space and {_compare(rl_t - sft_t)} in token space; the "
-                   f"paper finds RL far more linear (0.73–0.87 vs 0.43 / 0.34), so this run "
+    if _finite(rl, sft):
+        token = _finite(rl_t, sft_t)
+        more = rl - sft >= MARGIN and (not token or rl_t - sft_t >= MARGIN)
+        out.append(f"SFT vs RL: weight / token R² medians {rl:.2f} / {_f(rl_t)} (RL) vs {sft:.2f} / {_f(sft_t)} (SFT): "
+                   f"RL is {_compare(rl - sft)} in weight space and "
+                   + (f"{_compare(rl_t - sft_t)} in token space" if token else "not comparable in token space")
+                   + f"; the paper finds RL far more linear (0.73–0.87 vs 0.43 / 0.34), so this run "
                    f"{'agrees' if more else 'disagrees'}.")
     else:
         out.append(f"SFT vs RL {UNDEFINED}.")
     token_key, token_peak = _noise_peak(res, "token")
-    if _finite(peak, sft, token_peak, sft_t):
+    if _finite(peak, sft):
         raised = peak - sft >= MARGIN
         out.append(f"Noise injection: the most linear noisy SFT run has weight R² median {peak:.2f} at "
                    f"{_db(peak_key)} vs {sft:.2f} without noise, i.e. {_compare(peak - sft)}; with noise only it is "
-                   f"{_f(res['snr_weight_r2_median'].get(ZERO_SIGNAL))}. In token space the peak is {token_peak:.2f} "
-                   f"at {_db(token_key)} vs {sft_t:.2f} without noise. The paper's weight R² rises from 0.43 to ≈ 0.58 "
+                   f"{_f(res['snr_weight_r2_median'].get(ZERO_SIGNAL))}. In token space the peak is {_f(token_peak)} "
+                   f"at {_db(token_key)} vs {_f(sft_t)} without noise. The paper's weight R² rises from 0.43 to ≈ 0.58 "
                    f"at −10 dB, so noise {'does' if raised else 'does not'} raise weight linearity here (by ≥ "
                    f"{MARGIN}).")
     else:

@@ -211,6 +211,8 @@ def test_verdicts_follow_the_numbers():
     assert "disagrees" in v[0] and "does not raise" in v[1] and "does not persist" in v[2] and "not all" in v[3]
     assert "persists with SGD" in O.verdicts(_res(sgd_weight_r2_median=0.6, adamw_weight_r2_median=0.62))[2]
     assert "falls as lr grows" in O.verdicts(_res(lr_weight_r2_median={"3e-05": 0.8, "0.0001": 0.72}))[3]
+    v = O.verdicts(_res(sft_token_r2_median=math.nan))     # token space undefined: judged on weights
+    assert "this run agrees" in v[0] and "not comparable in token space" in v[0] and "does raise" in v[1]
     v = O.verdicts(_res(sft_weight_r2_median=math.nan, sgd_weight_r2_median=None))
     assert "cannot be judged" in v[0] and "cannot be judged" in v[1] and "cannot be judged" in v[2]
     rows = dict((claim, measured) for claim, _, measured in O.paper_rows(_res(sft_weight_r2_median=math.nan)))
