@@ -63,6 +63,10 @@ def split(task: Mapping[str, Any]) -> tuple[list[Item], list[Item]]:
     heldout_size, seed). Deterministic; held-out prompts are unique and never in train; held-out solutions are right."""
     rng = random.Random(int(task["seed"]))
     spec = (int(task["operands"]), int(task["max_value"]), str(task["ops"]), bool(task["chain"]))
+    distinct = spec[1] ** spec[0] * len(set(spec[2])) ** (spec[0] - 1)
+    if int(task["heldout_size"]) >= distinct:
+        raise ValueError(f"task.heldout_size {task['heldout_size']} leaves no training problems: the task has only "
+                         f"{distinct} distinct problems")
     heldout: dict[str, Item] = {}
     while len(heldout) < task["heldout_size"]:
         it = make_item(rng, *spec)

@@ -66,3 +66,8 @@ def test_slip_corrupts_only_train_demonstrations():
     for it in wrong:                      # the slip: the last operand is forgotten
         head = it.prompt[:-1].rstrip("0123456789")[:-1]
         assert int(it.solution) == eval(head)
+
+
+def test_split_refuses_a_heldout_set_as_large_as_the_task():
+    with pytest.raises(ValueError, match="only 32 distinct problems"):
+        tasks.split({**TASK, "operands": 2, "max_value": 4, "heldout_size": 32})
