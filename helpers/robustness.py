@@ -60,6 +60,7 @@ HEADLINE = {"00_trajectory": ["base_accuracy", "final_accuracy"],     # batch in
             "02_output_linearity": ["token_r2_median"]}
 PAPER_RL = (0.73, 0.87)              # LIN v3 Fig. 2: median R² of RL runs, weight and output space
 PAPER_SFT = (0.43, 0.34)             # ... of SFT: weight, output
+NOTABLE = 0.05                       # a difference of R² medians below this counts as "about the same"
 PAPER_BY_FACTOR = {                  # LIN v3 Fig. 2 rows, by the factor names of the default design
     "reference": f"GRPO, R1-Distill-Qwen-1.5B, DeepScaleR: within {PAPER_RL[0]}–{PAPER_RL[1]}",
     "algorithm": "GRPO, REINFORCE++, GSPO: all linear (0.73–0.87)",
@@ -287,8 +288,8 @@ def run_settings(params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "a
 
 def collect(b: Batch) -> pd.DataFrame:
     """One row per setting: factor, value, trajectory, the numbers of `METRICS` read from its results files (NaN when
-    missing or from other params), `linear` (both R² medians above the 0.7 bar), seconds (its notebooks' execution
-    times, training included: notebook 00 builds the RL run), run directory and status."""
+    missing or from other params), `linear` (both R² medians above the 0.7 bar), seconds (its notebooks'
+    last execution times, training included when notebook 00 built the RL run), run directory and status."""
     rows = []
     for e in b.entries:
         row: dict[str, Any] = {"factor": e.setting.factor, "value": e.setting.value,
@@ -383,9 +384,25 @@ def _names(t: pd.DataFrame) -> str:
     return ", ".join(t.index) or "none"
 
 
+def _above(r, thr: float) -> str:
+    """Which spaces of a row clear the bar: "both spaces", "weight space only", "output space only", "neither space"."""
+    w, k = r.weight_r2_median > thr, r.token_r2_median > thr
+    return "both spaces" if w and k else "weight space only" if w else "output space only" if k else "neither space"
+
+
+def _relation(gaps: tuple[float, float]) -> str:
+    """How a row compares with a baseline, from the (weight, token) gaps baseline − row."""
+    lower = [s for s, g in zip(("weight", "output"), gaps) if g >= NOTABLE]
+    if len(lower) == 2:
+        return "clearly less linear in both spaces"
+    if not lower and max(abs(g) for g in gaps) < NOTABLE:
+        return f"about as linear (both gaps under {NOTABLE})"
+    return f"less linear in {lower[0]} space only" if lower else "not less linear"
+
+
 def verdicts(t: pd.DataFrame) -> list[str]:
     """Sentences computed from the table: which settings are and are not in the linear regime, RL vs the paper's
-    range, SFT vs RL, SGD."""
+    range, which factor moves R² most, SFT vs RL, SGD."""
     thr = linearity.R2_THRESHOLD
     m = t[t["measured"]]
     rl, sft = m[m["trajectory"] == "rl"], m[m["trajectory"] == "sft"]
@@ -399,23 +416,33 @@ def verdicts(t: pd.DataFrame) -> list[str]:
         out.append(f"RL settings: weight R² medians {_range(rl['weight_r2_median'])}, token R² medians "
                    f"{_range(rl['token_r2_median'])} over {_n(len(rl))}; the paper's RL runs lie in "
                    f"{PAPER_RL[0]}–{PAPER_RL[1]} — {int(inside.sum())} of {len(rl)} here fall in that band in both "
-                   f"spaces, {int(rl['linear'].sum())} of {len(rl)} clear the {thr} bar.")
+                   f"spaces, {int(rl['linear'].sum())} of {len(rl)} clear the {thr} bar in both.")
     ref = rl[rl["reference"]]
+    spread = []
+    for f in dict.fromkeys(rl.loc[~rl["reference"], "factor"]):
+        g = pd.concat([ref, rl[rl["factor"] == f]])
+        spread.append((g["weight_r2_median"].max() - g["weight_r2_median"].min(),
+                       g["token_r2_median"].max() - g["token_r2_median"].min(), f))
+    if spread:
+        spread.sort(key=lambda s: -max(s[0], s[1]))
+        out.append("Spread of the weight / token R² medians within each factor" + (" (reference included)"
+                   if len(ref) else "") + ": " + ", ".join(f"{f} {_f(a)} / {_f(b)}" for a, b, f in spread) +
+                   f" — {spread[0][2]} moves linearity most here; the paper finds every factor within "
+                   f"{PAPER_RL[0]}–{PAPER_RL[1]}.")
     base, who = (ref, "the reference RL run") if len(ref) else (rl, "the RL settings' median")
     w, k = base["weight_r2_median"].median(), base["token_r2_median"].median()
     for r in sft.itertuples():
         gaps = (w - r.weight_r2_median, k - r.token_r2_median)
-        lower = ("lower in both spaces" if min(gaps) > 0 else "not lower in both spaces") if len(rl) else \
-            "no RL setting measured to compare with"
+        relation = _relation(gaps) if len(rl) else "no RL setting measured to compare with"
         out.append(f"SFT: weight / token R² medians {_f(r.weight_r2_median)} / {_f(r.token_r2_median)} vs "
-                   f"{_f(w)} / {_f(k)} for {who} — {lower} (gaps {_f(gaps[0])} / {_f(gaps[1])}); SFT is "
-                   f"{'above' if r.linear else 'not above'} the {thr} bar in both spaces here. Paper: SFT ≈ "
-                   f"{PAPER_SFT[0]} / {PAPER_SFT[1]} vs RL {PAPER_RL[0]}–{PAPER_RL[1]} (gaps ≈ 0.3–0.5), far "
-                   f"below the bar.")
+                   f"{_f(w)} / {_f(k)} for {who}: {relation}, gaps {_f(gaps[0])} / {_f(gaps[1])}; above the "
+                   f"{thr} bar in {_above(r, thr)}. Paper: SFT ≈ {PAPER_SFT[0]} / {PAPER_SFT[1]} vs RL "
+                   f"{PAPER_RL[0]}–{PAPER_RL[1]}, clearly less linear and below the bar in both spaces.")
     for r in rl[rl["optimizer"] == "sgd"].itertuples():
         out.append(f"SGD (lr {_f(r.lr, '.3g')}): weight / token R² medians {_f(r.weight_r2_median)} / "
-                   f"{_f(r.token_r2_median)}; linearity {'persists' if r.linear else 'does not persist'} with SGD "
-                   f"by the {thr} bar (paper: it persists).")
+                   f"{_f(r.token_r2_median)}, above the {thr} bar in {_above(r, thr)}; the paper finds linearity "
+                   f"persists with SGD" + (" — here it does" if r.linear else " — here only partly" if
+                                           _above(r, thr) != "neither space" else " — here it does not") + ".")
     return out
 
 
