@@ -15,13 +15,7 @@ EMBED = "model.embed_tokens.weight"
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not spin-wait on a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def checkpoint(path, step, tied=False, dtype=torch.float32, trainer_state=True):
     """A tiny Qwen2 moved by `step` × a fixed random direction (norms included), saved in `dtype`."""

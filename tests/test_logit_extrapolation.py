@@ -10,13 +10,7 @@ SETTINGS = dict(n=4, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=3)
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not spin-wait on a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def qwen2(seed, tok):
     torch.manual_seed(seed)
