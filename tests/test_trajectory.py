@@ -198,6 +198,27 @@ def test_corrupt_file(tmp_path, model, damage):
         Trajectory(tmp_path)
 
 
+def test_truncated_after_open(tmp_path, model):
+    """A file cut short after its header was checked gives a clear error from every read, never a crash."""
+    make_run(tmp_path, model, [0, 1, 2])
+    traj = Trajectory(tmp_path)
+    f = tmp_path / "checkpoint-2" / "model.safetensors"
+    last = max(traj.names, key=lambda n: traj.checkpoint(2).tensors[n].offset)
+    f.write_bytes(f.read_bytes()[:-100])
+    for read in (lambda: traj.series(last, torch.tensor([0, traj.numel(last) - 1])),
+                 lambda: traj.flat(last, 2, 0, traj.numel(last)), lambda: traj.tensor(last, 2)):
+        with pytest.raises(TrajectoryError, match=rf"{f}: .*(truncated|{last})"):
+            read()
+
+
+def test_sampled_bf16_series_equals_full(tmp_path, model):
+    for step in (0, 1, 2):
+        save(model, tmp_path / f"checkpoint-{step}", step, dtype=torch.bfloat16)
+    traj = Trajectory(tmp_path)
+    idx = torch.tensor([4095, 0, 17, 17, 2048])
+    assert torch.equal(traj.series(UP, idx), traj.series(UP)[:, idx])
+
+
 def rewrite(path, edit):
     """Re-save a checkpoint's model.safetensors after `edit(state_dict)`."""
     from safetensors.torch import load_file, save_file
