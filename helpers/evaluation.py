@@ -82,9 +82,10 @@ def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(source, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-           top_p: float, eos_id: int, pad_id: int, generator: torch.Generator | None = None):
+           top_p: float, eos_id: int | Sequence[int], pad_id: int, generator: torch.Generator | None = None):
     """Batched decoding from any logits source (`ModelLogits` or a mix of models): temperature, then top-p, then a
-    multinomial draw (argmax when temperature is 0); rows that emit EOS leave the batch.
+    multinomial draw (argmax when temperature is 0); rows that emit a stop token (`eos_id`: one id or several) leave
+    the batch.
 
     Returns (new tokens (B, max_new_tokens) padded with `pad_id`, sum of token entropies, number of tokens); the
     entropy is that of the temperature-scaled distribution at every generated position (EOS included).
@@ -95,6 +96,7 @@ def decode(source, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_ne
     mask = attention_mask
     logits = source.start(input_ids, attention_mask)
     ent_sum, ent_n = 0.0, 0
+    stop = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=out.device)
     for t in range(max_new_tokens):
         scaled = logits / temperature if temperature > 0 else logits
         logp = scaled.log_softmax(-1)
@@ -106,7 +108,7 @@ def decode(source, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_ne
         else:
             nxt = scaled.argmax(-1)
         out[rows, t] = nxt
-        live = nxt != eos_id
+        live = ~torch.isin(nxt, stop)
         if t == max_new_tokens - 1 or not live.any():
             break
         if not live.all():
@@ -129,6 +131,18 @@ class HFSampler:
     def logits_source(self):
         return ModelLogits(self.model)
 
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a completion: the tokenizer's EOS and every `eos_token_id` of the model's generation
+        config (real chat/reasoning models list several, e.g. `<|im_end|>` and `<|endoftext|>`), as vLLM does."""
+        ids = {self.tokenizer.eos_token_id}
+        config = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(config if isinstance(config, (list, tuple)) else [config])
+        ids.discard(None)
+        if not ids:
+            raise ValueError("the tokenizer and the model's generation config name no EOS token: completions "
+                             "would never stop")
+        return sorted(int(i) for i in ids)
+
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 16, seed: int = 0) -> list[list[str]]:
@@ -141,7 +155,7 @@ class HFSampler:
             enc = tok(flat[i:i + self.batch_size], return_tensors="pt", padding=True, padding_side="left",
                       add_special_tokens=False).to(device)
             new, es, en = decode(self.logits_source(), enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                                 temperature, top_p, tok.eos_token_id, tok.pad_token_id, gen)
+                                 temperature, top_p, self.stop_ids(), tok.pad_token_id, gen)
             ent_sum, ent_n = ent_sum + es, ent_n + en
             out.extend(tok.batch_decode(new, skip_special_tokens=True))
         self.last_entropy = ent_sum / max(ent_n, 1)

@@ -8,7 +8,7 @@ The design is the params file's `robustness.settings`, a list of
 {factor, value (a label), overrides: {dotted knob: value}, scale: {dotted knob: factor}, trajectory: rl | sft}:
 
 - `overrides` set knobs; `rl.lr: origin.sgd_lr` is notebook 03's SGD lr (`helpers.origin.Study.sgd_lr`: the
-  `origin.sgd_lr` number, or with `auto` AdamW's step size matched from the reference RL run's gradient norms);
+  `origin.sgd_lr` number, or with `auto` the lr matched to the reference AdamW run's measured step length);
 - `scale` multiplies this params file's value (rounded to 4 significant digits like notebook 03's lr scales, so the
   two notebooks share their cached runs), so the design follows the default;
 - `trajectory: sft` analyses notebook 03's matched SFT run instead (same base, steps, spacing, optimizer and lr;

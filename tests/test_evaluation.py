@@ -1,8 +1,10 @@
 """Evaluation: the pass@k estimator against brute-force enumeration, the sampler registry, avg@k on a fake sampler."""
 import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from helpers import evaluation, tasks, tiny
 
@@ -98,3 +100,46 @@ def test_cached_scorer_scores_once_closes_and_margin(tmp_path, monkeypatch):
     before = dir_fingerprint(d)
     (d / "model.bin").write_bytes(b"x")
     assert before[0] == str(d.resolve()) and [f[0] for f in dir_fingerprint(d)[1]] == ["model.bin", "tokenizer.json"]
+
+
+class Scripted:
+    """A logits source whose row i emits `scripts[i]` token by token (one-hot logits), then token 0."""
+
+    def __init__(self, scripts, vocab=10):
+        self.scripts, self.vocab, self.rows, self.t = scripts, vocab, list(range(len(scripts))), 0
+
+    def logits(self):
+        out = torch.zeros(len(self.rows), self.vocab)
+        for j, r in enumerate(self.rows):
+            s = self.scripts[r]
+            out[j, s[self.t] if self.t < len(s) else 0] = 1.0
+        return out
+
+    def start(self, input_ids, attention_mask):
+        return self.logits()
+
+    def step(self, nxt, mask):
+        self.t += 1
+        return self.logits()
+
+    def keep(self, idx):
+        self.rows = [self.rows[i] for i in idx.tolist()]
+
+
+@pytest.mark.parametrize("stop,expected", [(7, [[5, 7, -1, -1], [6, 6, 8, 1]]),
+                                           ([7, 8], [[5, 7, -1, -1], [6, 6, 8, -1]])])
+def test_decode_stops_at_any_stop_token(stop, expected):
+    ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
+    out, _, n = evaluation.decode(Scripted([[5, 7, 2, 2], [6, 6, 8, 1]]), ids, mask, 4, 0.0, 1.0, stop, -1)
+    assert out.tolist() == expected
+    assert n == sum(t != -1 for row in expected for t in row)
+
+
+def test_stop_ids_join_tokenizer_and_generation_config():
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[3, 9]))
+    assert evaluation.HFSampler(model, SimpleNamespace(eos_token_id=9)).stop_ids() == [3, 9]
+    model.generation_config.eos_token_id = 4
+    assert evaluation.HFSampler(model, SimpleNamespace(eos_token_id=9)).stop_ids() == [4, 9]
+    model.generation_config.eos_token_id = None
+    with pytest.raises(ValueError, match="never stop"):
+        evaluation.HFSampler(model, SimpleNamespace(eos_token_id=None)).stop_ids()
