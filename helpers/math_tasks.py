@@ -23,16 +23,19 @@ from typing import Any, Iterable, Mapping, Sequence
 INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
 PROBLEM_FIELDS = ("problem", "Problem", "question")   # tried in this order when the field is "auto"
 ANSWER_FIELDS = ("answer", "Answer")
+SOLUTION_FIELDS = ("solution", "Solution")             # worked solutions, when a dataset has them (SFT runs)
 TIMEOUT_SECONDS = 5                                    # math-verify's per-parse / per-comparison limit (main thread)
 _BOXES = ("\\boxed", "\\fbox")
 
 
 @dataclass(frozen=True)
 class MathItem:
-    """One problem: the prompt the model sees, the gold answer (LaTeX or plain), and the raw problem text."""
+    """One problem: the prompt the model sees, the gold answer (LaTeX or plain), the raw problem text, and the
+    worked solution when the dataset has one (SFT trains on it)."""
     prompt: str
     answer: str
     problem: str
+    solution: str | None = None
 
     def is_correct(self, completion: str) -> bool:
         return is_correct(completion, self.answer)
@@ -155,13 +158,26 @@ def make_items(rows: Iterable[Mapping], tokenizer=None, problem_field: str = "au
         raise DatasetError(f"{source}: no rows")
     pf = _field(rows[0], problem_field, PROBLEM_FIELDS, source, "problem")
     af = _field(rows[0], answer_field, ANSWER_FIELDS, source, "answer")
-    return [MathItem(format_prompt(str(r[pf]), tokenizer), str(r[af]).strip(), str(r[pf])) for r in rows]
+    sf = next((f for f in SOLUTION_FIELDS if f in rows[0]), None)
+    return [MathItem(format_prompt(str(r[pf]), tokenizer), str(r[af]).strip(), str(r[pf]),
+                     str(r[sf]) if sf and r.get(sf) is not None else None) for r in rows]
 
 
 def load_items(source: str | Path, tokenizer=None, split: str = "test", problem_field: str = "auto",
                answer_field: str = "auto", limit: int | None = None) -> list[MathItem]:
     """MathItems of a local file or hub dataset (see `read_rows`, `make_items`)."""
     return make_items(read_rows(source, split), tokenizer, problem_field, answer_field, limit, str(source))
+
+
+def train_from_config(cfg, tokenizer) -> list[MathItem]:
+    """The training problems of RL / SFT runs on the math task: `math.train_dataset` (e.g. DeepScaleR-Preview as
+    JSONL), its `train_split` and the first `train_limit` rows, same fields as `math.dataset`."""
+    m = cfg.math
+    if not m.train_dataset:
+        raise DatasetError(f"{cfg.source}: training on task.kind 'math' needs math.train_dataset (the problems to "
+                           f"train on, e.g. DeepScaleR-Preview saved as JSONL)")
+    return load_items(m.train_dataset, tokenizer, str(m.train_split), str(m.problem_field), str(m.answer_field),
+                      int(m.train_limit) if m.train_limit else None)
 
 
 def from_config(cfg, tokenizer=None) -> list[MathItem]:

@@ -447,8 +447,7 @@ class Study:
         cfg = self.cfg
         p = self.sft_params()
         noise = {"snr_db": level_key(level), "noise_seed": int(cfg.origin.noise_seed)} if level is not None else {}
-        made_from = ({k: cfg[k] for k in ("task", "model", "sft", "eval")} | {"seed": cfg.seed, "device": cfg.device}
-                     | p | noise)
+        made_from = training.run_key(cfg, ("task", "model", "sft", "eval")) | p | noise
         final = cache_dir("sft-run", made_from)
         if (final / "build.json").is_file():
             return final

@@ -300,9 +300,8 @@ def train_run(cfg, m: int, n: int, optimizer: str) -> Path:
     from .paths import atomic_dir, cache_dir
 
     base = training.base_model(cfg)
-    made_from = {k: cfg[k] for k in ("task", "model", "sft", "rl", "eval")} | {
-        "seed": cfg.seed, "device": cfg.device, "m": int(m), "n": int(n), "norms": cfg.rl_extra.norms,
-        "optimizer": optimizer}
+    made_from = training.run_key(cfg, ("task", "model", "sft", "rl", "eval")) | {
+        "m": int(m), "n": int(n), "norms": cfg.rl_extra.norms, "optimizer": optimizer}
     final = cache_dir("rl_extra", made_from)
     if (final / "build.json").is_file():
         return final

@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from . import evaluation, tasks, tiny
 from .device import pick
-from .paths import atomic_dir, atomic_write_json, atomic_write_text, cache_dir
+from .paths import atomic_dir, atomic_write_json, atomic_write_text, cache_dir, dir_fingerprint, resolve
 
 LOG_COLUMNS = ["step", "seconds", "loss", "grad_norm", "learning_rate", "reward", "reward_std", "entropy",
                "completion_length", "heldout_accuracy"]
@@ -46,7 +46,7 @@ OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 class TrajectoryLog(TrainerCallback):
     """Per-step metrics to `log.csv`; greedy held-out accuracy of the model at step 0 and at every checkpoint."""
 
-    def __init__(self, path: Path, heldout: Sequence[tasks.Item], tokenizer, max_new_tokens: int,
+    def __init__(self, path: Path, heldout: Sequence, tokenizer, max_new_tokens: int,
                  batch_size: int = 512):
         self.path, self.heldout, self.tokenizer = Path(path), list(heldout), tokenizer
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
@@ -63,7 +63,7 @@ class TrajectoryLog(TrainerCallback):
         outs = sampler.generate([it.prompt for it in self.heldout], n=1, temperature=0.0,
                                 max_new_tokens=self.max_new_tokens)
         model.train(was_training)
-        return tasks.accuracy([o[0] for o in outs], [it.answer for it in self.heldout])
+        return sum(it.is_correct(o[0]) for it, o in zip(self.heldout, outs)) / max(len(self.heldout), 1)
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.t0 = time.time()
@@ -186,6 +186,28 @@ def cpu_threads():
         torch.set_num_threads(before)
 
 
+def problems(cfg, tokenizer) -> tuple[list, list, Callable]:
+    """(train problems, held-out problems, TRL reward function) of the config's task: the arithmetic split and
+    `tasks.reward`, or on `task.kind: math` the `math.train_dataset` / `math.dataset` problems (prompts through the
+    model's chat template) and `math_tasks.reward` (math-verify). Every item has `prompt`, `answer`, `is_correct`."""
+    if cfg.task.kind == "math":
+        from . import math_tasks
+
+        return (math_tasks.train_from_config(cfg, tokenizer), math_tasks.from_config(cfg, tokenizer),
+                math_tasks.reward)
+    train, heldout = tasks.split(cfg.task)
+    return train, heldout, tasks.reward
+
+
+def run_key(cfg, sections: Sequence[str]) -> dict:
+    """What a trained run is cached by: these config sections, the seed and the device; on the math task also the
+    `math` section and the starting model (`dir_fingerprint` of `trajectory.base`)."""
+    key = {k: cfg[k] for k in sections} | {"seed": cfg.seed, "device": cfg.device}
+    if cfg.task.kind == "math":
+        key |= {"math": cfg.math, "base": dir_fingerprint(base_model(cfg))}
+    return key
+
+
 def _load(model_dir: Path, device: str):
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(pick(device))
@@ -229,8 +251,12 @@ def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int | No
     out_dir, base_dir = Path(out_dir), Path(base_dir)
     steps = int(steps if steps is not None else cfg.rl.steps)
     save_every = int(save_every if save_every is not None else cfg.rl.save_every)
-    train, heldout = tasks.split(cfg.task)
     model, tok = _load(base_dir, cfg.device)
+    train, heldout, _ = problems(cfg, tok)
+    unsolved = [it.prompt for it in train if getattr(it, "solution", None) is None]
+    if unsolved:
+        raise ValueError(f"{cfg.source}: SFT needs a worked solution for every training problem; {len(unsolved)} of "
+                         f"{len(train)} have none (math: give math.train_dataset a `solution` column)")
     if save_every:
         _start_dir(out_dir, base_dir)
     args = TrainingArguments(**_common_args(
@@ -261,15 +287,18 @@ def rl_args(cfg, out_dir: str | Path):
     return GRPOConfig(**common, **ALGORITHMS[rl.algorithm], num_generations=int(rl.rollouts),
                       max_completion_length=int(rl.max_completion_length), temperature=float(rl.temperature),
                       top_p=1.0, beta=0.0, epsilon=float(rl.epsilon), epsilon_high=float(rl.epsilon_high),
-                      num_iterations=1, log_completions=False, shuffle_dataset=True)
+                      num_iterations=1, log_completions=False, shuffle_dataset=True,
+                      use_vllm=bool(rl.use_vllm), vllm_mode="colocate")
 
 
 def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = (),
              base_dir: str | Path | None = None) -> Path:
-    """RLVR with TRL's GRPOTrainer on the task's train split, starting from `base_dir` (default: `base_model(cfg)`).
+    """RLVR with TRL's GRPOTrainer on the task's training problems and verifier (`problems`), starting from
+    `base_dir` (default: `base_model(cfg)`).
 
     The `rl` section picks the algorithm (`ALGORITHMS`), optimizer, lr, prompts per step (`batch`), `rollouts` per
-    prompt, `steps`, `save_every`, clip range, temperature and completion length; beta is 0 (no KL, no reference model).
+    prompt, `steps`, `save_every`, clip range, temperature, completion length and whether vLLM generates the rollouts
+    (`use_vllm`); beta is 0 (no KL, no reference model).
     """
     from datasets import Dataset
     from trl import GRPOTrainer
@@ -277,13 +306,13 @@ def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = ()
     out_dir = Path(out_dir)
     args = rl_args(cfg, out_dir)
     base_dir = Path(base_dir) if base_dir is not None else base_model(cfg)
-    train, heldout = tasks.split(cfg.task)
     model, tok = _load(base_dir, cfg.device)
+    train, heldout, reward = problems(cfg, tok)
     _start_dir(out_dir, base_dir)
     data = Dataset.from_list([{"prompt": it.prompt, "answer": it.answer} for it in train])
     log = TrajectoryLog(out_dir / "log.csv", heldout[:int(cfg.eval.heldout_during_training)], tok,
                         int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
-    trainer = GRPOTrainer(model=model, reward_funcs=tasks.reward, args=args, train_dataset=data,
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                           processing_class=tok, callbacks=[log, *callbacks])
     _fit(trainer)
     return out_dir
@@ -294,9 +323,18 @@ def _record(path: Path, seconds: float, **extra) -> None:
 
 
 def base_model(cfg) -> Path:
-    """The SFT base model (cached under outputs/cache/base-<hash>/): a tiny model trained from scratch for
-    `sft.base_steps` steps on reference solutions. `build.json` records its training time."""
-    made_from = {k: cfg[k] for k in ("task", "model", "sft")} | {"seed": cfg.seed, "device": cfg.device}
+    """The model RL starts from. Arithmetic task: the SFT base (cached under outputs/cache/base-<hash>/), a tiny
+    model trained from scratch for `sft.base_steps` steps on reference solutions; `build.json` records its training
+    time. Math task: the real model in `trajectory.base`."""
+    if cfg.task.kind == "math":
+        if not cfg.trajectory.base:
+            raise ValueError(f"{cfg.source}: on task.kind 'math' training starts from a real model: set "
+                             f"trajectory.base to its directory (the tiny SFT base exists for the arithmetic task only)")
+        base = resolve(cfg.trajectory.base)
+        if not (base / "config.json").is_file():
+            raise FileNotFoundError(f"{cfg.source}: trajectory.base {base} is not a model directory (no config.json)")
+        return base
+    made_from = run_key(cfg, ("task", "model", "sft"))
     final = cache_dir("base", made_from)
     if (final / "build.json").is_file():
         return final
@@ -312,10 +350,9 @@ def base_model(cfg) -> Path:
 
 def embedded_trajectory(cfg) -> Path:
     """The default RL run (cached under outputs/cache/trajectory-<hash>/), built on `base_model(cfg)`;
-    `build.json` records base and RL training seconds."""
+    `build.json` records base and RL training seconds (0 for a real base model)."""
     base = base_model(cfg)
-    made_from = {k: cfg[k] for k in ("task", "model", "sft", "rl")} | {"seed": cfg.seed, "device": cfg.device,
-                                                                     "eval": _logged_eval(cfg)}
+    made_from = run_key(cfg, ("task", "model", "sft", "rl")) | {"eval": _logged_eval(cfg)}
     final = cache_dir("trajectory", made_from)
     if (final / "build.json").is_file():
         return final
@@ -332,7 +369,7 @@ def _logged_eval(cfg) -> dict:
 
 
 def _read_seconds(path: Path) -> float:
-    return float(build_info(path)["train_seconds"])
+    return float(build_info(path).get("train_seconds", 0.0))
 
 
 def summarize(traj, scores, log, info: dict) -> dict:

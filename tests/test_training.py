@@ -117,3 +117,49 @@ def test_algorithm_registry_builds_trl_configs(algorithm, optimizer, tmp_path):
 def test_unknown_algorithm_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         training.train_rl(micro_cfg(**{"rl.algorithm": "ppo"}), tmp_path / "x", base_dir=tmp_path)
+
+
+def test_math_task_trains_a_real_base_on_its_problems_and_verifier(tmp_path, monkeypatch):
+    """task.kind math: RL starts from trajectory.base, trains on math.train_dataset and is rewarded by math-verify
+    (math_tasks.reward); SFT learns the dataset's solutions; what is missing is named."""
+    from helpers import math_tasks, tiny
+
+    base = tiny.init_model(micro_cfg().model, 0, tmp_path / "base")
+    rows = [{"problem": f"{a}+{b}", "answer": str(a + b), "solution": f"\\boxed{{{a + b}}}"}
+            for a in range(4) for b in range(4)]
+    for name, part in (("train", rows[:12]), ("test", rows[12:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    math = {"task.kind": "math", "math.dataset": str(tmp_path / "test.jsonl"), "trajectory.base": str(base),
+            "model.max_positions": 128, "eval.heldout_during_training": 4}
+    cfg = micro_cfg(**math, **{"math.train_dataset": str(tmp_path / "train.jsonl")})
+    seen, real = [], math_tasks.reward
+    monkeypatch.setattr(math_tasks, "reward", lambda prompts, completions, answer, **kw:
+                        seen.append((prompts, answer)) or real(prompts, completions, answer))
+    monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "out"))
+
+    assert training.base_model(cfg) == base
+    run = training.embedded_trajectory(cfg)
+    assert Trajectory(run).steps == [0, 1, 2]
+    assert torch.equal(load_file(run / "checkpoint-0" / "model.safetensors")["model.embed_tokens.weight"],
+                       load_file(base / "model.safetensors")["model.embed_tokens.weight"])
+    train_prompts = {r["problem"] + math_tasks.INSTRUCTION: r["answer"] for r in rows[:12]}
+    assert seen and all(train_prompts[p] == a for prompts, answers in seen for p, a in zip(prompts, answers))
+    assert training.read_log(run)["heldout_accuracy"].notna().all()
+
+    sft = training.train_sft(cfg, base, tmp_path / "sft", steps=1, save_every=1)
+    assert Trajectory(sft).steps == [0, 1]
+
+    with pytest.raises(math_tasks.DatasetError, match="math.train_dataset"):
+        training.train_rl(micro_cfg(**math), tmp_path / "no-train")
+    with pytest.raises(ValueError, match="set trajectory.base"):
+        training.base_model(micro_cfg(**{"task.kind": "math"}))
+    no_solutions = tmp_path / "bare.jsonl"
+    no_solutions.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="SFT needs a worked solution"):
+        training.train_sft(micro_cfg(**math, **{"math.train_dataset": str(no_solutions)}), base, tmp_path / "s2")
+
+
+def test_rl_args_pass_use_vllm(tmp_path):
+    assert not training.rl_args(micro_cfg(), tmp_path).use_vllm
+    args = training.rl_args(micro_cfg(**{"rl.use_vllm": True}), tmp_path)
+    assert args.use_vllm and args.vllm_mode == "colocate"
