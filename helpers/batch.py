@@ -11,6 +11,7 @@ A notebook is skipped when its results for the same params hash and an executed 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import itertools
 import json
@@ -207,6 +208,7 @@ def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_
         "notebooks": [nb.stem for nb in notebooks]})
     parameters = {"params_file": params_file, "profile": cfg.profile, "run_dir": str(run_dir.resolve()),
                   "overrides": overrides}
+    start = time.perf_counter()
     for nb in selected:
         name = nb.stem
         if outcome.error:
@@ -231,6 +233,8 @@ def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_
         if executed.is_file():
             export_html(executed)
     report.build_run_index(run_dir)
+    counts = ", ".join(f"{n} {status}" for status, n in collections.Counter(outcome.status.values()).items())
+    print(f"  {run_dir.name}: notebooks {counts}; {time.perf_counter() - start:.1f} s in all", flush=True)
     return outcome
 
 
