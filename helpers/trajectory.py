@@ -430,17 +430,22 @@ class Trajectory:
             return
         nbytes = info.numel * np_dtype.itemsize
         start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
-        fd = os.open(info.file, os.O_RDONLY)
         try:
-            if os.fstat(fd).st_size < info.offset + nbytes:
-                raise TrajectoryError(f"{info.file}: truncated data for tensor {name!r}")
-            mm = mmap.mmap(fd, info.offset - start + nbytes, access=mmap.ACCESS_READ, offset=start)
-        finally:
-            os.close(fd)
-        try:
-            np.take(np.frombuffer(mm, dtype=np_dtype, count=info.numel, offset=info.offset - start), pick, out=out)
-        finally:
-            mm.close()
+            fd = os.open(info.file, os.O_RDONLY)
+            try:
+                if os.fstat(fd).st_size < info.offset + nbytes:  # mapping past the end would crash on access
+                    raise TrajectoryError(f"{info.file}: truncated data for tensor {name!r}")
+                mm = mmap.mmap(fd, info.offset - start + nbytes, access=mmap.ACCESS_READ, offset=start)
+            finally:
+                os.close(fd)
+            try:
+                np.take(np.frombuffer(mm, dtype=np_dtype, count=info.numel, offset=info.offset - start), pick, out=out)
+            finally:
+                mm.close()
+        except TrajectoryError:
+            raise
+        except (OSError, ValueError) as e:  # unreadable file, failed mapping
+            raise TrajectoryError(f"{info.file}: cannot read tensor {name!r} ({e})") from e
 
     def tensor(self, name: str, step: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor of one checkpoint, checked finite, converted to `dtype` if given."""
@@ -483,7 +488,7 @@ class Trajectory:
         k = self.numel(name) if index is None else len(index)
         source = self._alias.get(name, name)
         infos = [self._info(name, step) for step in self.steps]
-        if index is not None and len({(i.dtype, i.offset < 0) for i in infos}) == 1 and infos[0].offset >= 0:
+        if index is not None and all(i.dtype == infos[0].dtype and i.offset >= 0 for i in infos):
             # the common case (sampled safetensors reads, one dtype): raw samples first, one conversion
             np_dtype, pick = np.dtype(NP_STANDIN[infos[0].dtype]), index.numpy()
             raw = np.empty((len(infos), k), dtype=np_dtype)
