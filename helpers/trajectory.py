@@ -546,14 +546,23 @@ def check_finite(t: torch.Tensor, info: TensorInfo, name: str, step: int) -> Non
         raise TrajectoryError(f"{info.file} (step {step}): tensor {name!r} has {bad} non-finite value(s) (NaN/inf)")
 
 
-def from_config(cfg) -> Trajectory:
-    """The trajectory a config names: `trajectory.dir` (+ `base`, `allow_pickle`), or the embedded default run."""
+def run_dir(cfg) -> Path:
+    """The directory of the run a config names: `trajectory.dir`, or, without one, the run trained here
+    (`training.embedded_trajectory`, whose checkpoint-0 is the starting model)."""
     from .paths import resolve
 
-    t = cfg.trajectory
-    if t.dir:
-        source = resolve(t.dir)
-    else:
-        from .training import embedded_trajectory
-        source = embedded_trajectory(cfg)
-    return Trajectory(source, base=resolve(t.base) if t.base else None, allow_pickle=bool(t.allow_pickle))
+    if cfg.trajectory.dir:
+        return resolve(cfg.trajectory.dir)
+    from .training import embedded_trajectory
+    return embedded_trajectory(cfg)
+
+
+def from_config(cfg) -> Trajectory:
+    """The trajectory of `run_dir(cfg)`, with `trajectory.base` as step 0 when the run has no step-0 checkpoint of
+    its own (a run trained here, or one saved with its start, has; `trajectory.base` then only names the model
+    training started from)."""
+    from .paths import resolve
+
+    t, source = cfg.trajectory, run_dir(cfg)
+    base = resolve(t.base) if t.base and not any(step == 0 for step, _, _ in discover(source, None)) else None
+    return Trajectory(source, base=base, allow_pickle=bool(t.allow_pickle))

@@ -315,6 +315,10 @@ def test_from_config(run, tmp_path, model):
     cfg = config.load(profile="default", overrides={"trajectory.dir": str(partial),
                                                       "trajectory.base": str(run / "checkpoint-0")})
     assert from_config(cfg).path(0) == (run / "checkpoint-0").resolve()
+    own_start = make_run(tmp_path / "s", model, [0, 10])  # base given too: the run's own step 0 wins, no clash
+    cfg = config.load(profile="default", overrides={"trajectory.dir": str(own_start),
+                                                      "trajectory.base": str(run / "checkpoint-0")})
+    assert from_config(cfg).path(0) == (own_start / "checkpoint-0").resolve()
 
 
 def test_weights_only_checkpoint_uses_base_config(tmp_path, model):
