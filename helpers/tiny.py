@@ -45,11 +45,12 @@ def make_config(model: Mapping[str, Any], tokenizer) -> Any:
         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, dtype="float32")
 
 
-def init_model(model: Mapping[str, Any], seed: int, out_dir: str | Path) -> Path:
-    """Write a randomly initialised model (seeded) + tokenizer to `out_dir`; return it."""
+def init_model(model: Mapping[str, Any], seed: int, out_dir: str | Path, alphabet: str = ALPHABET) -> Path:
+    """Write a randomly initialised model (seeded) + tokenizer (one token per character of `alphabet`) to
+    `out_dir`; return it."""
     from transformers import AutoModelForCausalLM
 
-    tok = make_tokenizer()
+    tok = make_tokenizer(alphabet)
     cfg = make_config(model, tok)
     torch.manual_seed(seed)
     net = AutoModelForCausalLM.from_config(cfg)
