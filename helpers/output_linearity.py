@@ -273,3 +273,13 @@ def plot_activation_r2(result: OutputLinearity):
     ax.set(ylim=(0, 1.02), xlabel="embeddings, then output of block i",
            title="Hidden-state R² vs step per layer")
     return fig
+
+
+def token_r2(traj, probes, section, device="cpu") -> dict:
+    """`OutputLinearity.summary()` of token log-prob R² on `traj` with the knobs of an `output_linearity` section
+    (no activations): the per-seed headline of notebook 02."""
+    from .probes import over_trajectory
+
+    forced = over_trajectory(traj, probes, batch_size=int(section["batch_size"]), device=device)
+    return analyse(forced, probes, min_change=float(section["min_change"]),
+                   r2_threshold=float(section["r2_threshold"])).summary()

@@ -1,0 +1,127 @@
+"""Seeds are part of the embedded default: one RL run is an anecdote, so notebook 00 trains `rl.seeds` runs (RL seeds
+rl.seed, rl.seed + 1, …, all from the same base model and task split) and notebooks 01 and 02 report their headline
+numbers per seed. The same seed on the same machine reproduces bit for bit; another CPU rounds differently and gives
+other numbers, inside the spread these runs show.
+
+    dirs = run_dirs(cfg)                         # {seed: run directory}, missing seeds trained side by side
+    r2 = per_seed(cfg, lambda traj: ...)         # {seed: what the function measured on that seed's trajectory}
+
+A user's run (`trajectory.dir`) is a single run whatever `rl.seeds` says: its seed is reported as `rl.seed`.
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import copy
+import multiprocessing
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+
+def seed_list(cfg) -> list[int]:
+    """The RL seeds of the config: rl.seed … rl.seed + rl.seeds − 1 (just rl.seed for a user's run)."""
+    n = 1 if cfg.trajectory.dir else int(cfg.rl.get("seeds", 1))
+    if n < 1:
+        raise ValueError(f"{cfg.source}: rl.seeds must be at least 1, got {n}")
+    return [int(cfg.rl.seed) + i for i in range(n)]
+
+
+def config_for(cfg, seed: int):
+    """A copy of `cfg` whose RL run uses `seed` (base model, split and every other knob unchanged)."""
+    out = copy.deepcopy(cfg)
+    out.rl["seed"] = int(seed)
+    return out
+
+
+def _train(cfg) -> str:
+    import torch
+
+    from .training import embedded_trajectory
+
+    torch.set_num_threads(1)
+    return str(embedded_trajectory(cfg))
+
+
+def run_dirs(cfg, workers: int = 2) -> dict[int, Path]:
+    """{seed: run directory} of every seed. Seeds not yet cached are trained `workers` at a time, each in its own
+    single-threaded process (the base model is built first, once); a user's run is returned as it is."""
+    from .trajectory import run_dir
+    from .training import base_model, cached_trajectory
+
+    seeds = seed_list(cfg)
+    if cfg.trajectory.dir:
+        return {seeds[0]: run_dir(cfg)}
+    out = {s: cached_trajectory(config_for(cfg, s)) for s in seeds}
+    missing = [s for s, d in out.items() if d is None]
+    if len(missing) > 1 and workers > 1:
+        base_model(cfg)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        ctx = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(min(workers, len(missing)), mp_context=ctx) as pool:
+            done = dict(zip(missing, pool.map(_train, [config_for(cfg, s) for s in missing])))
+        out |= {s: Path(d) for s, d in done.items()}
+    return {s: d if d is not None else run_dir(config_for(cfg, s)) for s, d in out.items()}
+
+
+def per_seed(cfg, measure: Callable[[Any], Any]) -> dict[int, Any]:
+    """{seed: measure(trajectory)} over every seed's trajectory (`trajectory.from_config` of that seed)."""
+    from .trajectory import from_config
+
+    run_dirs(cfg)
+    return {s: measure(from_config(config_for(cfg, s))) for s in seed_list(cfg)}
+
+
+def spread(values: Sequence[float]) -> dict:
+    """mean, sd (sample; 0 for one value), min, max and n of per-seed values."""
+    v = [float(x) for x in values]
+    return {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "min": min(v),
+            "max": max(v), "n": len(v)}
+
+
+def describe(values: Sequence[float], fmt: str = ".3f") -> str:
+    """'0.712 ± 0.015 (min 0.695, max 0.730; 3 seeds)', or the value alone for one seed."""
+    s = spread(values)
+    if s["n"] == 1:
+        return f"{s['mean']:{fmt}} (1 seed)"
+    return (f"{s['mean']:{fmt}} ± {s['sd']:{fmt}} (min {s['min']:{fmt}}, max {s['max']:{fmt}}; "
+            f"{s['n']} seeds)")
+
+
+def plot_accuracy(runs: Mapping[int, Path]):
+    """Held-out greedy accuracy at every checkpoint of each run (`log.csv`), one line per seed."""
+    import matplotlib.pyplot as plt
+
+    from .training import read_log
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for seed, run_dir in runs.items():
+        d = read_log(run_dir, required=False)[["step", "heldout_accuracy"]].dropna()
+        ax.plot(d["step"], d["heldout_accuracy"], "o-", ms=3, label=f"RL seed {seed}")
+    ax.set(xlabel="step", ylabel="held-out accuracy (greedy)", title="Every seed's run")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def endpoints(cfg) -> dict[str, Path]:
+    """{"base": the shared step-0 model, "seed N": each seed's last checkpoint} for
+    `evaluation.evaluate_checkpoints`."""
+    from .trajectory import from_config
+
+    trajs = {s: from_config(config_for(cfg, s)) for s in run_dirs(cfg)}
+    first = next(iter(trajs.values()))
+    return {"base": first.path(first.steps[0])} | {f"seed {s}": t.path(t.steps[-1]) for s, t in trajs.items()}
+
+
+def table(by_seed: Mapping[int, Mapping[str, float]], columns: Mapping[str, str]):
+    """One row per seed of the `columns` (key → label) of each seed's measurements, then mean and sd rows."""
+    import pandas as pd
+
+    t = pd.DataFrame({f"seed {s}": {label: m[key] for key, label in columns.items()} for s, m in by_seed.items()}).T
+    return pd.concat([t, t.agg(["mean", "std"]).rename(index={"std": "sd"})]) if len(t) > 1 else t
+
+
+def results(by_seed: Mapping[int, Mapping[str, float]], keys: Mapping[str, str]) -> dict:
+    """{results key: [value per seed]} for the `keys` (measurement key → results key), plus `seeds`."""
+    return {"seeds": list(by_seed)} | {out: [float(m[key]) for m in by_seed.values()] for key, out in keys.items()}
