@@ -441,7 +441,17 @@ class Study:
         return {"steps": self.steps, "save_every": self.save_every,
                 "lr": float(s.lr if s.lr is not None else rl.lr),
                 "batch": int(s.batch if s.batch is not None else int(rl.batch) * int(rl.rollouts)),
-                "optimizer": rl.optimizer}
+                "optimizer": rl.optimizer, "demonstrations": s.demonstrations}
+
+    def sft_task_cfg(self):
+        """The config SFT runs read their demonstrations from: `correct` = the task's reference solutions without the
+        slips the base learned (`task.slip` 0: the same problems, every solution right, the behaviour RL is rewarded
+        for); `task` = the base's own demonstrations, slips included."""
+        kind = self.cfg.origin.sft.demonstrations
+        if kind not in ("correct", "task"):
+            raise ValueError(f"{self.cfg.source}: origin.sft.demonstrations must be correct or task, not {kind!r}")
+        return variant(self.cfg, "task", slip=0.0) if kind == "correct" and self.cfg.task.kind == "arithmetic" \
+            else self.cfg
 
     def _sft_run(self, level) -> Path:
         cfg = self.cfg
@@ -455,7 +465,7 @@ class Study:
         loss = NoisyLoss(level, int(cfg.origin.noise_seed)) if level is not None else None
         t0 = time.time()
         with atomic_dir(final) as tmp:
-            training.train_sft(variant(cfg, "sft", optimizer=p["optimizer"]), base, tmp, steps=p["steps"],
+            training.train_sft(variant(self.sft_task_cfg(), "sft", optimizer=p["optimizer"]), base, tmp, steps=p["steps"],
                                save_every=p["save_every"], lr=p["lr"], batch=p["batch"], compute_loss_func=loss)
             atomic_write_json(tmp / "build.json", {"train_seconds": round(time.time() - t0, 2), **p, **noise})
         return final

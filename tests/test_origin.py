@@ -217,3 +217,23 @@ def test_verdicts_follow_the_numbers():
     assert "cannot be judged" in v[0] and "cannot be judged" in v[1] and "cannot be judged" in v[2]
     rows = dict((claim, measured) for claim, _, measured in O.paper_rows(_res(sft_weight_r2_median=math.nan)))
     assert rows["SFT weight / token R² median"] == "n/a / 0.35"
+
+
+def test_sft_demonstrations_rule():
+    """`correct`: SFT learns the same problems with every solution right (the slips the base learned removed);
+    `task`: the base's own demonstrations; anything else is an error naming the knob."""
+    from helpers import tasks
+
+    over = {"task.slip": 0.3, "task.train_size": 200, "task.heldout_size": 8}
+    cfg = config.load("params/default.yaml", "default", overrides=over)
+    clean = O.Study(cfg, probes=None).sft_task_cfg()
+    assert clean.task.slip == 0.0 and cfg.task.slip == 0.3
+    mixed, right = tasks.split(cfg.task)[0], tasks.split(clean.task)[0]
+    assert [it.prompt for it in mixed] == [it.prompt for it in right]
+    assert all(tasks.parse_answer(it.solution) == it.answer for it in right)
+    assert any(tasks.parse_answer(it.solution) != it.answer for it in mixed)
+    own = config.load("params/default.yaml", "default", overrides={**over, "origin.sft.demonstrations": "task"})
+    assert O.Study(own, probes=None).sft_task_cfg().task.slip == 0.3
+    bad = config.load("params/default.yaml", "default", overrides={**over, "origin.sft.demonstrations": "x"})
+    with pytest.raises(ValueError, match="origin.sft.demonstrations"):
+        O.Study(bad, probes=None).sft_task_cfg()
