@@ -430,6 +430,20 @@ class Study:
                 self._runs[setting] = self._sft_run(setting.snr)
         return self._runs[setting]
 
+    def cached(self, setting: Setting) -> bool:
+        """Whether the run of `setting` is built (`run` would not train)."""
+        if setting.kind == "rl":
+            return training.cached_trajectory(self._rl_cfg(setting)) is not None
+        return (self._sft_dir(setting.snr) / "build.json").is_file()
+
+    def build(self, workers: int = 2) -> None:
+        """Train every missing run of `experiments()`, `workers` at a time, each in its own single-threaded process
+        (`training.in_processes`). The AdamW run at rl.lr comes first: the SGD lr is derived from it."""
+        self.run(self.adamw_at(1))
+        todo = list(dict.fromkeys(s for v in self.experiments().values() for s in v))
+        missing = [s for s in todo if not self.cached(s)]
+        training.in_processes(_build, [(self.cfg, s) for s in missing], workers)
+
     def sgd_lr(self) -> float:
         if self._sgd_lr is None:
             self._sgd_lr = sgd_lr(self.cfg, self.run(self.adamw_at(1)))
@@ -453,12 +467,17 @@ class Study:
         return variant(self.cfg, "task", slip=0.0) if kind == "correct" and self.cfg.task.kind == "arithmetic" \
             else self.cfg
 
+    def _noise(self, level) -> dict:
+        return {"snr_db": level_key(level), "noise_seed": int(self.cfg.origin.noise_seed)} if level is not None else {}
+
+    def _sft_dir(self, level) -> Path:
+        made_from = training.run_key(self.cfg, ("task", "model", "sft", "eval")) | self.sft_params() | self._noise(level)
+        return cache_dir("sft-run", made_from)
+
     def _sft_run(self, level) -> Path:
         cfg = self.cfg
-        p = self.sft_params()
-        noise = {"snr_db": level_key(level), "noise_seed": int(cfg.origin.noise_seed)} if level is not None else {}
-        made_from = training.run_key(cfg, ("task", "model", "sft", "eval")) | p | noise
-        final = cache_dir("sft-run", made_from)
+        p, noise = self.sft_params(), self._noise(level)
+        final = self._sft_dir(level)
         if (final / "build.json").is_file():
             return final
         base = training.base_model(cfg)
@@ -493,6 +512,11 @@ class Study:
                 else:
                     rows[s.label] = {"setting": s.label, "experiment": name, **self.measure(s)}
         return pd.DataFrame(list(rows.values())).set_index("setting")
+
+
+def _build(cfg, setting: Setting) -> Path:
+    """One run of the study, for `Study.build`'s worker processes."""
+    return Study(cfg, probes=None).run(setting)
 
 
 def distance(traj, a: int, b: int) -> float:

@@ -290,6 +290,16 @@ def plan(cfg) -> list[dict]:
     return runs
 
 
+def run_dir(cfg, m: int, n: int, optimizer: str) -> Path:
+    """Where `train_run` caches the RL-Extra(m, n) run of `cfg` (built when it holds build.json)."""
+    from . import training
+    from .paths import cache_dir
+
+    made_from = training.run_key(cfg, ("task", "model", "sft", "rl", "eval")) | {
+        "m": int(m), "n": int(n), "norms": cfg.rl_extra.norms, "optimizer": optimizer}
+    return cache_dir("rl_extra", made_from)
+
+
 def train_run(cfg, m: int, n: int, optimizer: str) -> Path:
     """One RL-Extra(m, n) run with the rl section's settings from `base_model(cfg)`, cached under
     outputs/cache/rl_extra-<hash>/ (key: task, model, sft, rl, eval, seed, device, m, n, norms, optimizer);
@@ -297,12 +307,10 @@ def train_run(cfg, m: int, n: int, optimizer: str) -> Path:
     import time
 
     from . import training
-    from .paths import atomic_dir, cache_dir
+    from .paths import atomic_dir
 
     base = training.base_model(cfg)
-    made_from = training.run_key(cfg, ("task", "model", "sft", "rl", "eval")) | {
-        "m": int(m), "n": int(n), "norms": cfg.rl_extra.norms, "optimizer": optimizer}
-    final = cache_dir("rl_extra", made_from)
+    final = run_dir(cfg, m, n, optimizer)
     if (final / "build.json").is_file():
         return final
     t0 = time.time()
@@ -321,6 +329,9 @@ def train_all(cfg):
     from . import training
 
     std = training.embedded_trajectory(cfg)
+    missing = [(cfg, r["m"], r["n"], r["optimizer"]) for r in plan(cfg)
+               if not (run_dir(cfg, r["m"], r["n"], r["optimizer"]) / "build.json").is_file()]
+    training.in_processes(train_run, missing)           # two at a time, one thread each
     rows = [{"label": STANDARD, "m": None, "n": 0, "optimizer": None, "beta": 1.0, "dir": std}]
     rows += [{**r, "dir": train_run(cfg, r["m"], r["n"], r["optimizer"])} for r in plan(cfg)]
     for r in rows:

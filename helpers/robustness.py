@@ -156,6 +156,8 @@ def run_overrides(setting: Setting, ref, params_file: str, base: Mapping[str, An
     from . import origin
 
     over = dict(base or {})
+    if not setting.is_reference:
+        over["rl.seeds"] = 1                    # one run per setting, as in LIN v3 Fig. 2 (the reference has its seeds)
     over |= {k: origin.significant(_knob(ref, k) * f) for k, f in setting.scale.items()}
     over |= setting.overrides
     if over.get("rl.lr") == SGD_LR:
@@ -226,6 +228,46 @@ def _kernel_threads(n: int | None) -> Iterator[None]:
         os.environ.pop("OMP_NUM_THREADS", None)
 
 
+def pretrain(settings: Sequence[Setting], ref, params_file: str, overrides: Mapping[str, Any] | None = None,
+             workers: int = 2) -> None:
+    """Train the RL runs of the settings that are not cached yet, `workers` at a time in single-threaded processes
+    (`training.in_processes`; new base models first), so the notebooks then only analyse. A setting whose overrides
+    cannot be built is left to `run_settings`, which reports it."""
+    from . import training
+
+    cfgs = []
+    for s in settings:
+        if s.trajectory != "rl":
+            continue
+        try:
+            cfgs.append(config_mod.load(params_file, ref.profile, run_overrides(s, ref, params_file, overrides)))
+        except Exception:  # noqa: BLE001 - reported by run_settings with the setting's name
+            continue
+    missing = [c for c in cfgs if training.cached_trajectory(c) is None]
+    bases = {c.hash("task", "model", "sft", "seed"): c for c in missing if training.cached_base(c) is None}
+    training.in_processes(_base, [(c,) for c in bases.values()], workers)
+    training.in_processes(_train, [(c,) for c in missing], workers)
+
+
+def _base(cfg) -> None:
+    from . import training
+
+    try:
+        training.base_model(cfg)
+    except Exception:  # noqa: BLE001 - as in _train
+        pass
+
+
+def _train(cfg) -> None:
+    """One setting's RL run for `pretrain`; a failure is left for the setting's notebook 00 to report in place."""
+    from . import training
+
+    try:
+        training.embedded_trajectory(cfg)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def run_dir_of(cfg, out: str | Path | None = None) -> Path:
     """The reference run directory: `<out or outputs/>/<params name>[-<profile>]`."""
     return (Path(out) if out else outputs_root()) / cfg.run_name
@@ -247,6 +289,7 @@ def run_settings(params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "a
     selected = [batch_mod.select(nbs, str(n)) for n in ref.robustness.notebooks]
     params_arg = batch_mod._portable(params_file)
     out = Batch(run_dir, run_dir / "robustness", [nb.stem for nb in selected], [])
+    pretrain(settings, ref, params_file, overrides)
     for i, s in enumerate(settings, 1):
         entry = Entry(s, run_dir if s.is_reference else out.dir / s.dirname, {})
         out.entries.append(entry)

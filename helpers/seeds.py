@@ -10,10 +10,7 @@ A user's run (`trajectory.dir`) is a single run whatever `rl.seeds` says: its se
 """
 from __future__ import annotations
 
-import concurrent.futures as futures
 import copy
-import multiprocessing
-import os
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -34,34 +31,26 @@ def config_for(cfg, seed: int):
     return out
 
 
-def _train(cfg) -> str:
-    import torch
-
+def _train(cfg) -> Path:
     from .training import embedded_trajectory
 
-    torch.set_num_threads(1)
-    return str(embedded_trajectory(cfg))
+    return embedded_trajectory(cfg)
 
 
 def run_dirs(cfg, workers: int = 2) -> dict[int, Path]:
     """{seed: run directory} of every seed. Seeds not yet cached are trained `workers` at a time, each in its own
     single-threaded process (the base model is built first, once); a user's run is returned as it is."""
     from .trajectory import run_dir
-    from .training import base_model, cached_trajectory
+    from .training import base_model, cached_trajectory, in_processes
 
     seeds = seed_list(cfg)
     if cfg.trajectory.dir:
         return {seeds[0]: run_dir(cfg)}
-    out = {s: cached_trajectory(config_for(cfg, s)) for s in seeds}
-    missing = [s for s, d in out.items() if d is None]
-    if len(missing) > 1 and workers > 1:
+    missing = [s for s in seeds if cached_trajectory(config_for(cfg, s)) is None]
+    if missing:
         base_model(cfg)
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        ctx = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(min(workers, len(missing)), mp_context=ctx) as pool:
-            done = dict(zip(missing, pool.map(_train, [config_for(cfg, s) for s in missing])))
-        out |= {s: Path(d) for s, d in done.items()}
-    return {s: d if d is not None else run_dir(config_for(cfg, s)) for s, d in out.items()}
+        in_processes(_train, [(config_for(cfg, s),) for s in missing], workers)
+    return {s: run_dir(config_for(cfg, s)) for s in seeds}
 
 
 def per_seed(cfg, measure: Callable[[Any], Any]) -> dict[int, Any]:

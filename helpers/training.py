@@ -186,6 +186,26 @@ def cpu_threads():
         torch.set_num_threads(before)
 
 
+def _one_thread_call(fn: Callable, args: tuple):
+    torch.set_num_threads(1)
+    return fn(*args)
+
+
+def in_processes(fn: Callable, arg_lists: Sequence[tuple], workers: int = 2) -> list:
+    """[fn(*args) for args in arg_lists], each call in its own spawned process with one torch thread, `workers` at a
+    time: two single-threaded trainings side by side use a 2-core machine best. With one call or `workers` ≤ 1 the
+    calls run here, one after the other. `fn` must be importable (a module-level function)."""
+    import concurrent.futures as futures
+    import multiprocessing
+
+    arg_lists = [tuple(a) for a in arg_lists]
+    if len(arg_lists) <= 1 or workers <= 1:
+        return [fn(*a) for a in arg_lists]
+    ctx = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(min(workers, len(arg_lists)), mp_context=ctx) as pool:
+        return list(pool.map(_one_thread_call, [fn] * len(arg_lists), arg_lists))
+
+
 def problems(cfg, tokenizer) -> tuple[list, list, Callable]:
     """(train problems, held-out problems, TRL reward function) of the config's task: the arithmetic split and
     `tasks.reward`, or on `task.kind: math` the `math.train_dataset` / `math.dataset` problems (prompts through the
@@ -336,8 +356,7 @@ def base_model(cfg) -> Path:
         if not (base / "config.json").is_file():
             raise FileNotFoundError(f"{cfg.source}: trajectory.base {base} is not a model directory (no config.json)")
         return base
-    made_from = run_key(cfg, ("task", "model", "sft"))
-    final = cache_dir("base", made_from)
+    final = _base_dir(cfg)
     if (final / "build.json").is_file():
         return final
     t0 = time.time()
@@ -362,6 +381,16 @@ def embedded_trajectory(cfg) -> Path:
         train_rl(cfg, tmp, base_dir=base)
         _record(tmp, time.time() - t0, base_seconds=_read_seconds(base))
     return final
+
+
+def _base_dir(cfg) -> Path:
+    return cache_dir("base", run_key(cfg, ("task", "model", "sft")))
+
+
+def cached_base(cfg) -> Path | None:
+    """The arithmetic task's SFT base of `cfg` when it is already built (`base_model` would not train), else None."""
+    final = _base_dir(cfg)
+    return final if (final / "build.json").is_file() else None
 
 
 def _trajectory_dir(cfg) -> Path:

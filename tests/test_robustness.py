@@ -66,11 +66,11 @@ def test_bad_designs_name_the_file_and_the_setting(tmp_path, settings, message):
 def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
     ref = config.load("params/default.yaml", "default", {"origin.sgd_lr": 0.123456, "rl.lr": 2e-4})
     scaled = R.run_overrides(R.Setting("lr", "3x", scale={"rl.lr": 3}), ref, "params/default.yaml", {"seed": 5})
-    assert scaled == {"seed": 5, "rl.lr": 6e-4}
+    assert scaled == {"seed": 5, "rl.seeds": 1, "rl.lr": 6e-4}     # one run per setting
     third = R.run_overrides(R.Setting("lr", "0.33x", scale={"rl.lr": 0.333333}), ref, "params/default.yaml")
-    assert third == {"rl.lr": pytest.approx(6.667e-5, rel=1e-12)}
+    assert third == {"rl.seeds": 1, "rl.lr": pytest.approx(6.667e-5, rel=1e-12)}
     sgd = R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd", "rl.lr": R.SGD_LR})
-    assert R.run_overrides(sgd, ref, "params/default.yaml") == {"rl.optimizer": "sgd", "rl.lr": 0.123456}  # as notebook 03 uses it
+    assert R.run_overrides(sgd, ref, "params/default.yaml") == {"rl.seeds": 1, "rl.optimizer": "sgd", "rl.lr": 0.123456}  # as notebook 03 uses it
 
 
 # ------------------------------------------------------------------------------- hand-written run directories
@@ -198,6 +198,9 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
                                {"factor": "algorithm", "value": "bad", "overrides": {"rl.algorithm": "dpo"}}])
     calls = []
 
+    pretrained = []
+    monkeypatch.setattr(R, "pretrain", lambda settings, *a, **k: pretrained.append([s.label for s in settings]))
+
     def fake_run(notebooks, selected, params_file, cfg, overrides, run_dir, force=False):
         calls.append((run_dir.name, [nb.stem for nb in selected], overrides))
         assert len(notebooks) == (4 if run_dir.name == "grid" else 3)  # the reference run keeps the whole set
@@ -215,8 +218,9 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
     b = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
     assert [(e.setting.label, e.status) for e in b.entries] == [
         ("reference=default", "complete"), ("rollouts=4", "ran"), ("algorithm=bad", "failed")]
-    assert calls == [("rollouts=4", list(NOTEBOOKS), {"rl.rollouts": 4}),
-                     ("algorithm=bad", list(NOTEBOOKS), {"rl.algorithm": "dpo"})]
+    assert calls == [("rollouts=4", list(NOTEBOOKS), {"rl.seeds": 1, "rl.rollouts": 4}),
+                     ("algorithm=bad", list(NOTEBOOKS), {"rl.seeds": 1, "rl.algorithm": "dpo"})]
+    assert pretrained[0] == ["reference=default", "rollouts=4", "algorithm=bad"]   # trained ahead, two at a time
     assert b.entries[1].dir == run_dir / "robustness" / "rollouts=4" and "OMP_NUM_THREADS" not in os.environ
     manifest = json.loads((run_dir / "robustness" / "robustness.json").read_text())
     assert [s["run"] for s in manifest["settings"]] == ["..", "rollouts=4", "algorithm=bad"]

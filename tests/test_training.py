@@ -163,3 +163,10 @@ def test_rl_args_pass_use_vllm(tmp_path):
     assert not training.rl_args(micro_cfg(), tmp_path).use_vllm
     args = training.rl_args(micro_cfg(**{"rl.use_vllm": True}), tmp_path)
     assert args.use_vllm and args.vllm_mode == "colocate"
+
+
+def test_in_processes_keeps_the_order_of_calls():
+    import math
+
+    assert training.in_processes(math.pow, [(2, 3), (3, 2), (5, 0)], workers=2) == [8.0, 9.0, 1.0]
+    assert training.in_processes(math.pow, [(2, 1)], workers=2) == [2.0]
