@@ -1,9 +1,9 @@
 """The regime search behind the embedded default: which CPU-scale RLVR setting learns on every seed, moves in straight
 lines, and is cheap enough for `make run`?
 
-    python -m helpers.regime params/regime_search.yaml [--workers 2] [--only NAME ...] [--payoffs NAME ...]
+    python -m helpers.regime params/sweeps/regime_search.yaml [--workers 2] [--only NAME ...] [--payoffs NAME ...]
 
-A sweep file (`params/regime_search.yaml`) names a params file (`base`), the RL seeds, the selection criteria (written
+A sweep file (`params/sweeps/regime_search.yaml`) names a params file (`base`), the RL seeds, the selection criteria (written
 down before any setting was run) and the settings (dotted overrides of `base`). Stage 1 measures every setting on every
 seed; stage 2 (`--payoffs`) adds the extrapolation payoffs of the finalists. Each (setting, seed) is one job in its own
 single-threaded process (`--workers` side by side), written to `<out>/<setting>/seed-<s>.json` and skipped when
@@ -43,7 +43,8 @@ CRITERIA = ("min_gain", "max_end_drop", "min_weight_frac", "min_token_median", "
 # ------------------------------------------------------------------------------------------------------------ the sweep
 
 def load_sweep(path) -> dict:
-    """The sweep file: {name, base, seeds, common, criteria, settings: [{name, overrides, note}]}, checked."""
+    """The sweep file: {name, base, seeds, baseline, common, criteria, settings: [{name, overrides, note}]}, checked.
+    `baseline` (the regime the settings start from) and `common` (measurement knobs) apply to every setting."""
     path = resolve(path)
     data = config_mod.parse_yaml(path.read_text())
     for key in ("base", "seeds", "criteria", "settings"):
@@ -57,6 +58,7 @@ def load_sweep(path) -> dict:
         raise config_mod.ConfigError(f"{path}: setting names must be unique, got {names}")
     data.setdefault("name", path.stem)
     data.setdefault("common", {})
+    data.setdefault("baseline", {})
     data["source"] = str(path)
     for s in data["settings"]:
         setting_config(data, s["name"], data["seeds"][0])     # every override must name a knob of `base`
@@ -64,11 +66,11 @@ def load_sweep(path) -> dict:
 
 
 def setting_config(sweep: Mapping, name: str, seed: int):
-    """The config of one setting at one RL seed: `base` + `common` + the setting's overrides + rl.seed."""
+    """The config of one setting at one RL seed: `base` + `baseline` + `common` + the setting's overrides + rl.seed."""
     setting = next((s for s in sweep["settings"] if s["name"] == name), None)
     if setting is None:
         raise KeyError(f"{sweep['source']}: no setting {name!r}")
-    overrides = {**sweep["common"], **(setting.get("overrides") or {}), "rl.seed": int(seed)}
+    overrides = {**sweep["baseline"], **sweep["common"], **(setting.get("overrides") or {}), "rl.seed": int(seed)}
     return config_mod.load(sweep["base"], profile="default", overrides=overrides)
 
 
@@ -245,8 +247,8 @@ def markdown(sweep: Mapping, rows: Sequence[dict]) -> str:
     c = sweep["criteria"]
     yes = lambda v: "✓" if v else "✗"  # noqa: E731
     lines = [f"# Regime search `{sweep['name']}`", "",
-             f"Base params `{sweep['base']}`, RL seeds {sweep['seeds']}, overrides shared by every setting: "
-             f"`{json.dumps(sweep['common'])}`.", "",
+             f"Base params `{sweep['base']}` with the baseline regime `{json.dumps(sweep['baseline'])}`, RL seeds "
+             f"{sweep['seeds']}, measurement overrides shared by every setting: `{json.dumps(sweep['common'])}`.", "",
              "Criteria (fixed before the search): (a) held-out greedy gain ≥ "
              f"{c['min_gain']} on every seed and final ≥ peak − {c['max_end_drop']}; (b) weight R² > 0.7 for ≥ "
              f"{c['min_weight_frac']:.0%} of entries and token R² median ≥ {c['min_token_median']} on every seed; "
@@ -288,7 +290,7 @@ def markdown(sweep: Mapping, rows: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description="Run the regime search of a sweep file and write its tables.")
-    p.add_argument("sweep", help="sweep file, e.g. params/regime_search.yaml")
+    p.add_argument("sweep", help="sweep file, e.g. params/sweeps/regime_search.yaml")
     p.add_argument("--workers", type=int, default=2, help="single-threaded jobs side by side")
     p.add_argument("--only", nargs="+", help="stage 1 for these settings only")
     p.add_argument("--payoffs", nargs="+", default=[], help="stage 2 (payoffs) for these settings")
