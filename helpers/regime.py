@@ -56,6 +56,8 @@ def load_sweep(path) -> dict:
     names = [s["name"] for s in data["settings"]]
     if len(set(names)) != len(names):
         raise config_mod.ConfigError(f"{path}: setting names must be unique, got {names}")
+    if data.get("chosen") is not None and data["chosen"] not in names:
+        raise config_mod.ConfigError(f"{path}: chosen: {data['chosen']!r} is not one of the settings")
     data.setdefault("name", path.stem)
     data.setdefault("common", {})
     data.setdefault("baseline", {})

@@ -70,3 +70,15 @@ def test_collect_applies_every_criterion_to_every_seed(tmp_path):
     assert (rows["b"]["a"], rows["b"]["b"]) == (True, False) and rows["b"]["weight_frac_min"] == 0.6
     text = regime.markdown(sweep, list(rows.values()))
     assert "| a | 2 |" in text and "| b | 1 | 0.300 → 0.600" in text
+
+
+def test_the_default_is_the_searchs_chosen_setting():
+    """params/default.yaml and the sweep's `chosen` setting train the same run (same cache key sections)."""
+    from helpers import training
+
+    sweep = regime.load_sweep("params/sweeps/regime_search.yaml")
+    chosen = regime.setting_config(sweep, sweep["chosen"], 0)
+    default = config.load("params/default.yaml", profile="default")
+    for section in ("task", "model", "sft", "eval"):
+        assert chosen[section] == default[section], section
+    assert training.run_key(chosen, ("rl",)) == training.run_key(default, ("rl",))
