@@ -82,3 +82,25 @@ def test_the_default_is_the_searchs_chosen_setting():
     for section in ("task", "model", "sft", "eval"):
         assert chosen[section] == default[section], section
     assert training.run_key(chosen, ("rl",)) == training.run_key(default, ("rl",))
+
+
+def test_measure_and_payoffs_on_a_micro_run(tmp_path, monkeypatch, one_thread):
+    """Stage 1 and stage 2 of one micro config: the numbers come from the run's own log and checkpoints."""
+    from helpers import training
+    from tests.test_training import micro_cfg
+
+    from helpers import tasks
+
+    monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path))   # reward that varies within a group (as tests/test_training)
+    monkeypatch.setattr(tasks, "reward", lambda prompts, completions, **kw: [float(len(c) % 2) for c in completions])
+    cfg = micro_cfg(**{"rl.steps": 4, "rl.save_every": 1, "output_linearity.prompts": 2,
+                       "output_linearity.samples_per_prompt": 2, "weight_linearity.entries.min_samples": 50})
+    m = regime.measure(cfg)
+    log = training.read_log(training.embedded_trajectory(cfg)).dropna(subset=["heldout_accuracy"])
+    assert m["base"] == log["heldout_accuracy"].iloc[0] and m["final"] == log["heldout_accuracy"].iloc[-1]
+    assert m["heldout_items"] == 8 and 0 <= m["weight_r2_frac_above_0_7"] <= 1
+    p = regime.payoffs(cfg)
+    assert p["final"] == m["final"] and p["weight_t1"] == 1 and p["rl_extra"] == "(1,1)"
+    for key in ("weight_extrapolated", "relex_15", "relex_25", "rl_extra_final"):
+        assert 0 <= p[key] <= 1
+    assert p["standard_steps_to_final"] <= 4
