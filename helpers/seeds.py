@@ -11,6 +11,7 @@ A user's run (`trajectory.dir`) is a single run whatever `rl.seeds` says: its se
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -62,19 +63,26 @@ def per_seed(cfg, measure: Callable[[Any], Any]) -> dict[int, Any]:
 
 
 def spread(values: Sequence[float]) -> dict:
-    """mean, sd (sample; 0 for one value), min, max and n of per-seed values."""
-    v = [float(x) for x in values]
+    """mean, sd (sample; 0 for one value), min and max of the defined per-seed values; n of them, and how many were
+    undefined (NaN, e.g. a run where no token moved enough to get an R²)."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    undefined = len(values) - len(v)
+    if not v:
+        return {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan, "n": 0, "undefined": undefined}
     return {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "min": min(v),
-            "max": max(v), "n": len(v)}
+            "max": max(v), "n": len(v), "undefined": undefined}
 
 
 def describe(values: Sequence[float], fmt: str = ".3f") -> str:
-    """'0.712 ± 0.015 (min 0.695, max 0.730; 3 seeds)', or the value alone for one seed."""
+    """'0.712 ± 0.015 (min 0.695, max 0.730; 3 seeds)', or the value alone for one seed; undefined seeds are counted."""
     s = spread(values)
+    missing = f"; {s['undefined']} undefined" if s["undefined"] else ""
+    if s["n"] == 0:
+        return f"undefined on every seed ({s['undefined']})"
     if s["n"] == 1:
-        return f"{s['mean']:{fmt}} (1 seed)"
+        return f"{s['mean']:{fmt}} (1 seed{missing})"
     return (f"{s['mean']:{fmt}} ± {s['sd']:{fmt}} (min {s['min']:{fmt}}, max {s['max']:{fmt}}; "
-            f"{s['n']} seeds)")
+            f"{s['n']} seeds{missing})")
 
 
 def plot_accuracy(runs: Mapping[int, Path]):

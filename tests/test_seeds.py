@@ -45,6 +45,9 @@ def test_spread_describe_table_results():
     assert s["mean"] == pytest.approx(0.2) and s["sd"] == pytest.approx(0.1) and (s["min"], s["max"]) == (0.1, 0.3)
     assert seeds.describe([0.5]) == "0.500 (1 seed)"
     assert seeds.describe([0.1, 0.2, 0.3]) == "0.200 ± 0.100 (min 0.100, max 0.300; 3 seeds)"
+    assert seeds.describe([float("nan"), 0.2, 0.4]) == "0.300 ± 0.141 (min 0.200, max 0.400; 2 seeds; 1 undefined)"
+    assert seeds.describe([float("nan"), 0.5]) == "0.500 (1 seed; 1 undefined)"
+    assert seeds.describe([float("nan")]) == "undefined on every seed (1)"
     by_seed = {0: {"median": 0.8, "frac_above": 0.6}, 1: {"median": 0.9, "frac_above": 0.8}}
     t = seeds.table(by_seed, {"median": "R² median"})
     assert list(t.index) == ["seed 0", "seed 1", "mean", "sd"]
