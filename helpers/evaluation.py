@@ -228,6 +228,13 @@ def evaluate(sampler: Sampler, items: Sequence[tasks.Item], k: int = 8, temperat
     return res
 
 
+def greedy_accuracy(model, tokenizer, items: Sequence[tasks.Item], max_new_tokens: int, batch_size: int = 512) -> float:
+    """Share of `items` the model answers right greedily (the held-out curve of a training log)."""
+    outs = HFSampler(model, tokenizer, batch_size).generate([it.prompt for it in items], n=1, temperature=0.0,
+                                                            max_new_tokens=max_new_tokens)
+    return sum(it.is_correct(o[0]) for it, o in zip(items, outs)) / max(len(items), 1)
+
+
 def evaluate_model(path: str | Path, items: Sequence[tasks.Item], eval_cfg, device: str = "auto",
                    backend: str | None = None) -> dict:
     """`evaluate` of one model directory with the knobs of the `eval` params section (backend: `eval.backend`

@@ -22,10 +22,7 @@ pair (scaled, optimizer reset): real RL steps to the standard run's final accura
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import json
-import multiprocessing
-import os
 import statistics
 import sys
 import time
@@ -103,13 +100,9 @@ def linearity_stats(cfg, run_dir: Path) -> dict:
 
     traj = Trajectory(run_dir)
     w = weight_r2(traj, seed=cfg.seed, progress=False, **cfg.weight_linearity.entries).summary()
-    o = cfg.output_linearity
-    pr = probes.for_run(cfg, traj)
-    forced = probes.over_trajectory(traj, pr, batch_size=int(o.batch_size), device=pick(cfg.device))
-    tok = output_linearity.analyse(forced, pr, min_change=float(o.min_change), r2_threshold=float(o.r2_threshold))
-    s = tok.summary()
+    tok = output_linearity.token_r2(traj, probes.for_run(cfg, traj), cfg.output_linearity, pick(cfg.device))
     return {"weight_r2_median": w["median"], "weight_r2_frac_above_0_7": w["frac_above"],
-            "token_r2_median": s["median"], "tokens_kept": s["kept"]}
+            "token_r2_median": tok["median"], "tokens_kept": tok["kept"]}
 
 
 def measure(cfg) -> dict:
@@ -126,15 +119,13 @@ def measure(cfg) -> dict:
 def greedy_accuracy(cfg, model_dir) -> float:
     """Greedy held-out accuracy of a model directory on the `eval.heldout_during_training` problems (the items
     `log.csv` scores), so it compares directly with the run's curve."""
-    from .evaluation import HFSampler, heldout_items, load_model
+    from . import evaluation
     from .training import cpu_threads
 
-    items = heldout_items(cfg)[:int(cfg.eval.heldout_during_training)]
+    items = evaluation.heldout_items(cfg)[:int(cfg.eval.heldout_during_training)]
     with cpu_threads():
-        model, tok = load_model(model_dir, cfg.device)
-        outs = HFSampler(model, tok, int(cfg.eval.batch_size)).generate(
-            [it.prompt for it in items], n=1, temperature=0.0, max_new_tokens=int(cfg.eval.max_new_tokens))
-    return sum(it.is_correct(o[0]) for it, o in zip(items, outs)) / len(items)
+        model, tok = evaluation.load_model(model_dir, cfg.device)
+        return evaluation.greedy_accuracy(model, tok, items, int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
 
 
 def payoffs(cfg) -> dict:
@@ -170,43 +161,40 @@ def payoffs(cfg) -> dict:
 
 # -------------------------------------------------------------------------------------------------------------- jobs
 
-def _job(sweep_file: str, name: str, seed: int, stage: str, dest: str) -> str:
-    """One (setting, seed, stage) in a fresh single-threaded process; writes `dest` atomically."""
-    import torch
+def _record(out: Path, name: str, seed: int, stage: str) -> Path:
+    return out / name / f"{'seed' if stage == 'measure' else 'payoffs'}-{seed}.json"
 
-    torch.set_num_threads(1)
-    sweep = load_sweep(sweep_file)
-    cfg = setting_config(sweep, name, seed)
-    t0 = time.time()
-    if stage == "base":
-        from .training import base_model
-        base_model(cfg)
-        return dest
-    result = measure(cfg) if stage == "measure" else payoffs(cfg)
-    atomic_write_json(dest, {"setting": name, "seed": seed, "stage": stage, "seconds": round(time.time() - t0, 1),
-                             **result})
-    return dest
+
+def _job(sweep_file: str, name: str, seed: int, stage: str, dest: str) -> str:
+    """One (setting, seed, stage); writes `dest` atomically. Returns a progress line: a failed setting must not stop
+    the sweep (it shows in the table as missing seeds)."""
+    try:
+        sweep = load_sweep(sweep_file)
+        cfg = setting_config(sweep, name, seed)
+        t0 = time.time()
+        if stage == "base":
+            from .training import base_model
+            base_model(cfg)
+        else:
+            result = measure(cfg) if stage == "measure" else payoffs(cfg)
+            atomic_write_json(dest, {"setting": name, "seed": seed, "stage": stage,
+                                     "seconds": round(time.time() - t0, 1), **result})
+        return f"{stage:8s} {name} seed {seed}: done ({time.strftime('%H:%M:%S')})"
+    except Exception as e:  # noqa: BLE001
+        return f"{stage:8s} {name} seed {seed}: FAILED {type(e).__name__}: {e}"
 
 
 def run_jobs(sweep: Mapping, out: Path, names: Sequence[str], stage: str, workers: int) -> None:
-    """Bases first (one per setting, so seeds never build the same base twice), then every (setting, seed)."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    ctx = multiprocessing.get_context("spawn")
-    todo = [(n, s) for n in names for s in sweep["seeds"]
-            if not (out / n / f"{'seed' if stage == 'measure' else 'payoffs'}-{s}.json").is_file()]
-    with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        phases = [[(n, sweep["seeds"][0], "base", "") for n in dict.fromkeys(n for n, _ in todo)],
-                  [(n, s, stage, str(out / n / f"{'seed' if stage == 'measure' else 'payoffs'}-{s}.json"))
-                   for n, s in todo]]
-        for phase in phases:
-            jobs = {pool.submit(_job, sweep["source"], *j): j for j in phase}
-            for done in futures.as_completed(jobs):
-                n, s, st, _ = jobs[done]
-                try:
-                    done.result()
-                    print(f"{st:8s} {n} seed {s}: done ({time.strftime('%H:%M:%S')})", flush=True)
-                except Exception as e:  # one failed setting must not stop the sweep; it shows in the table
-                    print(f"{st:8s} {n} seed {s}: FAILED {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    """Bases first (one per setting, so seeds never build the same base twice), then every (setting, seed), each in
+    its own single-threaded process (`training.in_processes`)."""
+    from .training import in_processes
+
+    todo = [(n, s) for n in names for s in sweep["seeds"] if not _record(out, n, s, stage).is_file()]
+    bases = [(sweep["source"], n, sweep["seeds"][0], "base", "") for n in dict.fromkeys(n for n, _ in todo)]
+    runs = [(sweep["source"], n, s, stage, str(_record(out, n, s, stage))) for n, s in todo]
+    for phase in (bases, runs):
+        for line in in_processes(_job, phase, workers):
+            print(line, file=sys.stderr if "FAILED" in line else sys.stdout, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------------ tables

@@ -245,25 +245,14 @@ def pretrain(settings: Sequence[Setting], ref, params_file: str, overrides: Mapp
             continue
     missing = [c for c in cfgs if training.cached_trajectory(c) is None]
     bases = {c.hash("task", "model", "sft", "seed"): c for c in missing if training.cached_base(c) is None}
-    training.in_processes(_base, [(c,) for c in bases.values()], workers)
-    training.in_processes(_train, [(c,) for c in missing], workers)
+    training.in_processes(_tolerant, [(training.base_model, c) for c in bases.values()], workers)
+    training.in_processes(_tolerant, [(training.embedded_trajectory, c) for c in missing], workers)
 
 
-def _base(cfg) -> None:
-    from . import training
-
+def _tolerant(build, cfg) -> None:
+    """`build(cfg)` for `pretrain`; a failure is left for the setting's notebook 00 to report in place."""
     try:
-        training.base_model(cfg)
-    except Exception:  # noqa: BLE001 - as in _train
-        pass
-
-
-def _train(cfg) -> None:
-    """One setting's RL run for `pretrain`; a failure is left for the setting's notebook 00 to report in place."""
-    from . import training
-
-    try:
-        training.embedded_trajectory(cfg)
+        build(cfg)
     except Exception:  # noqa: BLE001
         pass
 

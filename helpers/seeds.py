@@ -32,17 +32,11 @@ def config_for(cfg, seed: int):
     return out
 
 
-def _train(cfg) -> Path:
-    from .training import embedded_trajectory
-
-    return embedded_trajectory(cfg)
-
-
 def run_dirs(cfg, workers: int = 2) -> dict[int, Path]:
     """{seed: run directory} of every seed. Seeds not yet cached are trained `workers` at a time, each in its own
     single-threaded process (the base model is built first, once); a user's run is returned as it is."""
     from .trajectory import run_dir
-    from .training import base_model, cached_trajectory, in_processes
+    from .training import base_model, cached_trajectory, embedded_trajectory, in_processes
 
     seeds = seed_list(cfg)
     if cfg.trajectory.dir:
@@ -50,7 +44,7 @@ def run_dirs(cfg, workers: int = 2) -> dict[int, Path]:
     missing = [s for s in seeds if cached_trajectory(config_for(cfg, s)) is None]
     if missing:
         base_model(cfg)
-        in_processes(_train, [(config_for(cfg, s),) for s in missing], workers)
+        in_processes(embedded_trajectory, [(config_for(cfg, s),) for s in missing], workers)
     return {s: run_dir(config_for(cfg, s)) for s in seeds}
 
 

@@ -59,11 +59,9 @@ class TrajectoryLog(TrainerCallback):
     def _accuracy(self, model) -> float:
         was_training = model.training
         model.eval()
-        sampler = evaluation.HFSampler(model, self.tokenizer, self.batch_size)
-        outs = sampler.generate([it.prompt for it in self.heldout], n=1, temperature=0.0,
-                                max_new_tokens=self.max_new_tokens)
+        acc = evaluation.greedy_accuracy(model, self.tokenizer, self.heldout, self.max_new_tokens, self.batch_size)
         model.train(was_training)
-        return sum(it.is_correct(o[0]) for it, o in zip(self.heldout, outs)) / max(len(self.heldout), 1)
+        return acc
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.t0 = time.time()
