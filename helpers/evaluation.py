@@ -12,6 +12,7 @@ A backend may also set `last_entropy` (mean token entropy of the distributions i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -210,7 +211,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def evaluate(sampler: Sampler, items: Sequence[tasks.Item], k: int = 8, temperature: float = 0.6,
              top_p: float = 0.95, max_new_tokens: int = 16, seed: int = 0, greedy: bool = True) -> dict:
     """avg@k, pass@j (j = 1, 2, 4, .. k), mean token entropy of the sampled distributions, mean completion length
-    (characters) and — with `greedy` — greedy accuracy, over `items`."""
+    (characters) and — with `greedy` — greedy accuracy, over `items`; `per_item` / `greedy_per_item` hold each item's
+    score (share of its k samples correct / greedy 0 or 1), from which `helpers.claims` makes intervals."""
     prompts = [it.prompt for it in items]
     res: dict[str, Any] = {"n_items": len(items), "k": k}
     if k > 0:
@@ -218,13 +220,16 @@ def evaluate(sampler: Sampler, items: Sequence[tasks.Item], k: int = 8, temperat
                                    max_new_tokens=max_new_tokens, seed=seed)
         correct = np.array([[it.is_correct(c) for c in row] for row, it in zip(samples, items)])
         res[f"avg@{k}"] = float(correct.mean())
+        res["per_item"] = correct.mean(1).tolist()      # each item's share of correct samples (for intervals)
         for j in sorted({2 ** i for i in range(int(math.log2(k)) + 1)} | {k}):
             res[f"pass@{j}"] = float(np.mean([pass_at_k(k, int(c), j) for c in correct.sum(1)]))
         res["entropy"] = getattr(sampler, "last_entropy", None)
         res["completion_length"] = float(np.mean([len(c) for row in samples for c in row]))
     if greedy:
         outs = sampler.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
-        res["greedy_accuracy"] = sum(it.is_correct(o[0]) for o, it in zip(outs, items)) / max(len(items), 1)
+        hits = [int(it.is_correct(o[0])) for o, it in zip(outs, items)]
+        res["greedy_accuracy"] = sum(hits) / max(len(items), 1)
+        res["greedy_per_item"] = hits
     return res
 
 
@@ -266,6 +271,18 @@ def heldout_items(cfg) -> list:
     return tasks.split(cfg.task)[1]
 
 
+SCORES_FORMAT = 2  # cached `evaluate` dicts of an older format (no per-item scores) are not reused
+
+
+@dataclass(frozen=True, eq=False)
+class PerItem:
+    """One model's per-item held-out scores, kept in a table cell next to its mean (shown as its size)."""
+    values: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"<{len(self.values)} items>"
+
+
 class CachedScorer:
     """Held-out scores (`evaluate` with the `eval` section's knobs) of models on the first `n_items` problems of
     `heldout_items(cfg)` (all when falsy), each cached on disk under `outputs/cache/scores-<hash>/scores.json` keyed
@@ -291,7 +308,7 @@ class CachedScorer:
         from .paths import atomic_write_json, cache_dir
         from .training import cpu_threads
 
-        made_from = {**identity, "items": len(self.items),
+        made_from = {**identity, "items": len(self.items), "format": SCORES_FORMAT,
                      **{k: self.cfg.get(k) for k in ("task", "math", "eval", "device")}}
         file = cache_dir("scores", made_from) / "scores.json"
         key = str(file)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -50,9 +50,3 @@ def load(run_dir: str | Path, notebook: str) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt results file ({e})") from e
 
-
-def comparison(rows: Iterable[tuple[str, Any, Any]]):
-    """A 'paper vs measured' table from (claim, paper, measured) rows, as a pandas DataFrame."""
-    import pandas as pd
-
-    return pd.DataFrame(list(rows), columns=["claim", "paper", "measured here"]).set_index("claim")

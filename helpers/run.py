@@ -4,7 +4,9 @@ Every notebook starts with
 
     run = helpers.run.start("01_weight_linearity", params_file, profile, run_dir, overrides)
 
-and ends with `run.save_results({...})`. The run directory defaults to `outputs/<params name>[-<profile>]/`.
+and ends with `run.compare(claims)` (the paper-vs-measured table and verdicts, `helpers.claims`) and
+`run.save_results({...})`, which stores the claims beside the measured numbers. The run directory defaults to
+`outputs/<params name>[-<profile>]/`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from . import claims as claims_mod
 from . import config as config_mod
 from . import plots, results
 from .paths import outputs_root
@@ -26,22 +29,33 @@ class Run:
     cfg: config_mod.Config
     dir: Path
     started: float = field(default_factory=time.time)
+    claims: list = field(default_factory=list)
 
     def savefig(self, fig, name: str) -> Path:
         return plots.save(fig, self.dir, self.notebook, name)
 
     def save_results(self, measured: Mapping[str, Any]) -> Path:
+        """`results/<notebook>.json`: the measured numbers, the claims of `compare` (`claims`: id, paper, measured,
+        ci_low, ci_high, verdict, rule, ...) and their verdict sentences (`verdicts`)."""
         meta = {"notebook": self.notebook, "params": self.cfg.source, "profile": self.cfg.profile,
                 "params_hash": self.cfg.hash(), "seconds": round(time.time() - self.started, 1)}
-        return results.save(self.dir, self.notebook, measured, meta)
+        payload = {**measured, "claims": [c.record() for c in self.claims],
+                   "verdicts": [c.sentence() for c in self.claims]}
+        return results.save(self.dir, self.notebook, payload, meta)
 
     def results_of(self, notebook: str) -> dict:
         """What another notebook of this run measured (its results file must exist)."""
         return results.load(self.dir, notebook)
 
-    @staticmethod
-    def compare(rows: Iterable[tuple[str, Any, Any]]):
-        return results.comparison(rows)
+    def compare(self, claims: Iterable[claims_mod.Claim]):
+        """Print every claim's verdict sentence, keep the claims for `save_results`, return the paper-vs-measured
+        table."""
+        self.claims = list(claims)
+        ids = [c.id for c in self.claims]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{self.notebook}: claim ids used twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+        print("\n".join(c.sentence() for c in self.claims))
+        return claims_mod.table(self.claims)
 
 
 def start(notebook: str, params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "auto",
