@@ -29,7 +29,8 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}
 th,td{border:1px solid #ccc;padding:.35em .6em;vertical-align:top;text-align:left}
 th{background:#f3f3f3}td.num{text-align:right}code{background:#f6f8fa;padding:0 .2em}
-.complete{color:#1a7f37}.failed{color:#c62828;font-weight:bold}.stale,.incomplete,.not-run{color:#9a6700}
+.complete,.holds{color:#1a7f37}.fails{color:#c62828}.inconclusive{color:#9a6700}
+.failed{color:#c62828;font-weight:bold}.stale,.incomplete,.not-run{color:#9a6700}
 dl{margin:0;display:grid;grid-template-columns:auto auto;gap:0 .8em}dt{color:#555}
 dd{margin:0;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:.4em}figure img{width:260px;border:1px solid #ddd}
@@ -106,6 +107,7 @@ class NotebookEntry:
     more: int = 0                                 # scalar results not shown
     files: dict[str, Path] = field(default_factory=dict)   # "html" / "ipynb" -> path, when present
     figures: list[Path] = field(default_factory=list)
+    claims: list[dict] = field(default_factory=list)  # the `claims` records of its results file
 
 
 @dataclass
@@ -125,6 +127,11 @@ class RunSummary:
             return f"failed: {', '.join(failed)}"
         done = sum(n.status == "complete" for n in self.notebooks)
         return f"{'complete' if done == len(self.notebooks) else 'incomplete'} {done}/{len(self.notebooks)}"
+
+    @property
+    def claims(self) -> list[tuple[str, dict]]:
+        """(notebook, claim record) of every claim every notebook stored, in notebook order."""
+        return [(n.name, c) for n in self.notebooks for c in n.claims]
 
 
 def _entry(run_dir: Path, name: str, params_hash: str | None) -> NotebookEntry:
@@ -147,6 +154,7 @@ def _entry(run_dir: Path, name: str, params_hash: str | None) -> NotebookEntry:
         entry.status = "incomplete"
     if results is not None:
         entry.headlines, entry.more = headlines(results)
+        entry.claims = [c for c in results.get("claims", []) if isinstance(c, Mapping)]
     return entry
 
 
@@ -161,6 +169,47 @@ def summarize(run_dir: str | Path) -> RunSummary:
 
 
 # ---------------------------------------------------------------- HTML / markdown rendering
+
+VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "inconclusive": "inconclusive"}
+
+
+def measured_text(claim: Mapping) -> str:
+    """`0.620 [0.600, 0.640]` of a stored claim record (`not measured` when undefined)."""
+    if claim.get("measured") is None:
+        return "not measured"
+    lo, hi = claim.get("ci_low"), claim.get("ci_high")
+    return f"{claim['measured']:.3f} [{fmt(lo) if lo is None else f'{lo:.3f}'}, {fmt(hi) if hi is None else f'{hi:.3f}'}]"
+
+
+def tally(claims: Iterable[Mapping]) -> str:
+    """'5 hold, 3 do not hold, 2 inconclusive'."""
+    verdicts = [c.get("verdict") for c in claims]
+    return ", ".join(f"{verdicts.count(v)} {label}" for v, label in
+                     (("holds", "hold"), ("does not hold", "do not hold"), ("inconclusive", "inconclusive")))
+
+
+def _scoreboard_html(run: RunSummary) -> str:
+    if not run.claims:
+        return "<p>No claims stored yet.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(nb)}</td><td>{html.escape(c.get('claim', c['id']))}</td>"
+        f"<td>{html.escape(c.get('paper', ''))}<br><small>{html.escape(c.get('source', ''))}</small></td>"
+        f"<td class='num'>{html.escape(measured_text(c))}</td>"
+        f"<td class='{VERDICT_CLASS.get(c.get('verdict'), '')}'>{html.escape(str(c.get('verdict')))}</td></tr>"
+        for nb, c in run.claims)
+    return (f"<p>{html.escape(tally(c for _, c in run.claims))} (intervals and rules in each notebook's "
+            "results file)</p>\n<table><tr><th>notebook</th><th>claim</th><th>paper</th><th>measured [interval]</th>"
+            f"<th>verdict</th></tr>\n{rows}</table>")
+
+
+def _scoreboard_md(run: RunSummary) -> list[str]:
+    if not run.claims:
+        return ["No claims stored yet."]
+    lines = [tally(c for _, c in run.claims), "", "| notebook | claim | paper | measured [interval] | verdict |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {nb} | {_md_cell(c.get('claim', c['id']))} | {_md_cell(c.get('paper', ''))} ({_md_cell(c.get('source', ''))}) "
+              f"| {measured_text(c)} | {c.get('verdict')} |" for nb, c in run.claims]
+    return lines
 
 def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -215,7 +264,9 @@ def render_run_html(run: RunSummary) -> str:
         if e.figures:
             gallery.append(f"<h3>{html.escape(e.name)}</h3>\n" + "".join(_figure(f, here) for f in e.figures))
     figures = "<h2>Figures</h2>\n" + "\n".join(gallery) if gallery else ""
-    return _page(f"Run {run.name}", f"<ul>{info}</ul>\n<p>Status: {html.escape(run.status)}</p>\n{table}\n{figures}")
+    return _page(f"Run {run.name}", f"<ul>{info}</ul>\n<p>Status: {html.escape(run.status)}</p>\n"
+                                    f"<h2>Claims: paper vs measured</h2>\n{_scoreboard_html(run)}\n"
+                                    f"<h2>Notebooks</h2>\n{table}\n{figures}")
 
 
 def _md_cell(text: str) -> str:
@@ -225,7 +276,8 @@ def _md_cell(text: str) -> str:
 def render_run_md(run: RunSummary) -> str:
     lines = [f"# Run {run.name}", ""]
     lines += [f"- {k}: `{v}`" for k, v in _params_line(run.manifest)]
-    lines += ["", f"Status: {run.status}", "", "| notebook | status | time | headline numbers |",
+    lines += ["", f"Status: {run.status}", "", "## Claims: paper vs measured", "", *_scoreboard_md(run), "",
+              "## Notebooks", "", "| notebook | status | time | headline numbers |",
               "| --- | --- | --- | --- |"]
     for e in run.notebooks:
         name = f"[{e.name}]({_href(e.files['html'], run.dir)})" if "html" in e.files else e.name
@@ -272,6 +324,27 @@ def _notebook_link(entry: NotebookEntry, here: Path) -> str:
     target = entry.files.get("html") or entry.files.get("ipynb")
     name = html.escape(entry.name)
     return f"<a href='{_href(target, here)}'>{name}</a>" if target else name
+
+
+def _claims_matrix(summaries: Sequence[RunSummary], names: Sequence[str]) -> tuple[str, list[str]]:
+    """The claims scoreboard per run: one row per claim id, one column per run, cells = verdict and measured
+    [interval] (HTML and markdown); empty when no run stored claims."""
+    ids = list(dict.fromkeys(c["id"] for s in summaries for _, c in s.claims))
+    if not ids:
+        return "", []
+    by_run = [{c["id"]: c for _, c in s.claims} for s in summaries]
+    label = {c["id"]: c.get("claim", c["id"]) for s in summaries for _, c in s.claims}
+    head = "<th>claim</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows, md = [], ["", "## Claims per run", "", "| claim | " + " | ".join(names) + " |",
+                    "|" + " --- |" * (len(names) + 1)]
+    for i in ids:
+        cells = [by_run_i.get(i) for by_run_i in by_run]
+        rows.append(f"<tr><td>{html.escape(label[i])}<br><small>{html.escape(i)}</small></td>" + "".join(
+            f"<td class='{VERDICT_CLASS.get(c.get('verdict'), '')}'>{html.escape(str(c.get('verdict')))}<br>"
+            f"<small>{html.escape(measured_text(c))}</small></td>" if c else "<td></td>" for c in cells) + "</tr>")
+        md.append(f"| {_md_cell(label[i])} | " + " | ".join(
+            f"{c.get('verdict')}: {measured_text(c)}" if c else "" for c in cells) + " |")
+    return f"\n<h2>Claims per run</h2>\n<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>", md
 
 
 def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path | None = None,
@@ -336,6 +409,10 @@ def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path |
                                                             f"[{s.name}]({link})", *(str(over.get(k, "")) for k in keys),
                                                             s.status, *md_nb]) + " |")
     body = f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
+    names = ["=".join(str(v) for v in lab.values()) or s.name for s, lab in zip(summaries, labels)]
+    matrix_html, matrix_md = _claims_matrix(summaries, names)
+    body += matrix_html
+    md += matrix_md
     if figures:
         body += "\n<h2>Figures</h2>\n" + "".join(
             _figure(Path(f), here).replace("<figure>", "<figure class='wide'>", 1) for f in figures)

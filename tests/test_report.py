@@ -92,3 +92,44 @@ def test_batch_index_from_a_directory_a_list_and_with_figures(tmp_path):
     (out / "b.json").write_text(json.dumps({"runs": ["r_seed=2"]}))
     assert report.build_batch_index(out / "b.json") == out / "b-index.html"
     assert (out / "b-index.html").read_text().count("r_seed%3D") == 1
+
+
+def stored_claims(run_dir, notebook, verdicts):
+    """Claims records as `run.save_results` stores them, one per verdict."""
+    from helpers import claims as C
+    from helpers import paper
+
+    rules = {"holds": (0.8, 0.9), "does not hold": (0.5, 0.6), "inconclusive": (0.6, 0.8)}
+    recs = [C.Claim(f"{notebook}.c{i}", f"claim {i} of {notebook}", paper.get("weight_r2_share"),
+                    sum(rules[v]) / 2, rules[v], C.above(0.7), "test").record() for i, v in enumerate(verdicts)]
+    path = run_dir / "results" / f"{notebook}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"_meta": {"params_hash": "h1"}}
+    path.write_text(json.dumps(data | {"claims": recs}))
+    return recs
+
+
+def test_run_index_opens_with_a_scoreboard_of_exactly_the_stored_claims(tmp_path):
+    run = make_run(tmp_path / "r")
+    recs = stored_claims(run, "01_a", ["holds", "does not hold"]) + stored_claims(run, "04_d", ["inconclusive"])
+    summary = report.summarize(run)
+    assert [c["id"] for _, c in summary.claims] == [r["id"] for r in recs]
+    page = report.build_run_index(run).read_text()
+    assert page.index("Claims: paper vs measured") < page.index("<h2>Notebooks</h2>")
+    assert re.findall(r"claim \d of \w+", page) == ["claim 0 of 01_a", "claim 1 of 01_a", "claim 0 of 04_d"]
+    assert "1 hold, 1 do not hold, 1 inconclusive" in page and "0.850 [0.800, 0.900]" in page
+    md = (run / "index.md").read_text()
+    assert re.findall(r"\| (\w+) \| claim \d", md) == ["01_a", "01_a", "04_d"]
+
+
+def test_batch_index_shows_the_claims_per_run(tmp_path):
+    out = tmp_path / "out"
+    a, b = make_run(out / "a"), make_run(out / "b")
+    stored_claims(a, "01_a", ["holds", "inconclusive"])
+    stored_claims(b, "01_a", ["does not hold"])
+    page = report.build_batch_index([a, b], out=out / "i.html", labels=[{"factor": "lr", "value": "1x"},
+                                                                        {"factor": "lr", "value": "3x"}]).read_text()
+    assert "<th>lr=1x</th><th>lr=3x</th>" in page
+    row = page[page.index("01_a.c1"):].split("</tr>")[0]
+    assert "inconclusive" in row and row.count("<td></td>") == 1  # run b has no claim c1
+    assert "| claim 0 of 01_a | holds: 0.850 [0.800, 0.900] | does not hold: 0.550 [0.500, 0.600] |" in (
+        out / "i.md").read_text()
