@@ -106,9 +106,7 @@ class Claim:
         return self.rule.decide(self.ci_low, self.ci_high)
 
     def measured_text(self) -> str:
-        if not _finite(self.measured):
-            return "not measured"
-        return f"{self.measured:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+        return measured_text(self.measured, self.ci_low, self.ci_high)
 
     def sentence(self) -> str:
         """The verdict sentence: what was measured, against what, and what the rule concludes."""
@@ -127,14 +125,21 @@ class Claim:
                 "verdict": self.verdict, "rule": str(self.rule), "how": self.how, "detail": self.detail}
 
 
+def measured_text(measured, lo, hi) -> str:
+    """`0.620 [0.600, 0.640]`; `not measured` without a point, `[undefined]` without an interval."""
+    if not _finite(measured):
+        return "not measured"
+    interval = f"[{lo:.3f}, {hi:.3f}]" if _finite(lo) and _finite(hi) else "[interval undefined]"
+    return f"{measured:.3f} {interval}"
+
+
 def table(claims: Iterable[Claim | Mapping]):
     """The "paper vs measured" table (a pandas DataFrame) of claims or of their stored records."""
     import pandas as pd
 
     recs = [c.record() if isinstance(c, Claim) else dict(c) for c in claims]
     rows = [{"claim": r["claim"], "paper": f"{r['paper']} ({r['source']})",
-             "measured [interval]": ("not measured" if r["measured"] is None else
-                                     f"{r['measured']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"),
+             "measured [interval]": measured_text(r["measured"], r["ci_low"], r["ci_high"]),
              "verdict": r["verdict"], "interval": r["how"] + (f"; {r['detail']}" if r.get("detail") else "")}
             for r in recs]
     return pd.DataFrame(rows, columns=["claim", "paper", "measured [interval]", "verdict", "interval"]
@@ -258,12 +263,12 @@ def difference(a: float, a_interval: tuple[float, float], b: float, b_interval: 
 
 def across_seeds(points: Sequence[float], intervals: Sequence[tuple[float, float]]
                  ) -> tuple[float, tuple[float, float]]:
-    """Mean over seeds and the hull of the seeds' intervals (it covers every seed's interval)."""
-    pts = [p for p in points if _finite(p)]
-    ivs = [iv for iv in intervals if _finite(iv[0]) and _finite(iv[1])]
-    if not pts or not ivs:
+    """Mean over seeds and the hull of the seeds' intervals (it covers every seed's interval); undefined (NaN) when
+    any seed's value or interval is, since a hull that leaves a seed out does not cover it."""
+    if not points or len(points) != len(intervals) or not all(
+            _finite(p) and _finite(lo) and _finite(hi) for p, (lo, hi) in zip(points, intervals)):
         return math.nan, (math.nan, math.nan)
-    return float(np.mean(pts)), (min(lo for lo, _ in ivs), max(hi for _, hi in ivs))
+    return float(np.mean(points)), (min(lo for lo, _ in intervals), max(hi for _, hi in intervals))
 
 
 def split(n_items: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -330,14 +330,6 @@ class CachedScorer:
         """avg@k of one model directory (whatever a subclass's `checkpoint` reports)."""
         return float(CachedScorer.checkpoint(self, path)[self.metric])
 
-    def margin(self, p: float) -> float:
-        """Two binomial standard errors of ONE accuracy near `p` over items × k samples (`p` kept at least one
-        sample away from 0 and 1, where the binomial error vanishes). The noise band of a difference between two
-        accuracies is √2 × this."""
-        n = len(self.items) * self.k
-        p = min(max(p, 1 / n), 1 - 1 / n)
-        return 2 * math.sqrt(p * (1 - p) / n)
-
 
 def evaluate_checkpoints(paths: Mapping[Any, str | Path], cfg, items: Sequence[tasks.Item] | None = None,
                          backend: str | None = None):

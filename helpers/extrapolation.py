@@ -13,19 +13,27 @@ A tied lm_head follows the extrapolated embedding. Command line::
                                     [--from-step t0 --to-step t1] [--overwrite]
 
 The steps of A and B come from their trainer_state.json or directory names unless given. The second half of the module
-holds notebook 04's scoring, curves and paper-vs-measured claims.
+holds notebook 04's scoring, curves and claims (`Measured`, `claims`, `results`).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
 import torch
 
-from .evaluation import CachedScorer, make_sampler
+from . import claims as claims_mod
+from . import paper
+from .evaluation import CachedScorer, PerItem, make_sampler
 from .paths import dir_fingerprint
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NORM_POLICIES = ("copy-from-t1", "extrapolate")
 _NORM_MODULE = re.compile(r"(norm|^ln(_|$)|^ln\d)", re.IGNORECASE)
@@ -130,9 +138,11 @@ class Scorer(CachedScorer):
         super().__init__(cfg, cfg.extrapolation.eval_items)
 
     def metrics(self, res: dict) -> dict:
-        """The notebook's columns of an `evaluate` dict."""
+        """The notebook's columns of an `evaluate` dict, plus `per_item` (each item's share of its k samples correct,
+        an `evaluation.PerItem`) for the claims' intervals."""
         return {"avg_at_k": res[f"avg@{self.k}"], "pass_at_k": res[f"pass@{self.k}"], "entropy": res["entropy"],
-                "greedy_accuracy": res["greedy_accuracy"], "completion_length": res["completion_length"]}
+                "greedy_accuracy": res["greedy_accuracy"], "completion_length": res["completion_length"],
+                "per_item": PerItem(np.asarray(res["per_item"], dtype=np.float64))}
 
     def checkpoint(self, path) -> dict:
         """Scores of one model directory (`eval.backend` sampler)."""
@@ -205,126 +215,148 @@ def plot_weight_curve(curve, real):
     return fig
 
 
-def _vs(diff: float, margin: float) -> str:
-    if diff != diff:
-        return "not measured"
-    return "higher than" if diff > margin else "lower than" if diff < -margin else "within noise of"
+@dataclass(frozen=True, eq=False)
+class Measured:
+    """Notebook 04's measurements: the scorer and the real, weight-extrapolated (`weight_curve`) and logit-extrapolated
+    (`logit_extrapolation.logit_table`) score tables, each row with its `per_item` scores on `scorer.items`."""
+    scorer: Scorer
+    real: pd.DataFrame
+    curve: pd.DataFrame
+    logit: pd.DataFrame
+
+    @property
+    def settings(self) -> claims_mod.Settings:
+        return claims_mod.Settings.of(self.scorer.cfg)
+
+    @property
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """(select, report) item indices: a best α / target is chosen on `select`, its score reported on `report`."""
+        return claims_mod.split(len(self.scorer.items), self.settings.split_seed)
+
+    def selected(self, rows) -> int:
+        """Position in `rows` (a table's rows) of the best mean per-item score on the select half (earliest on a tie)."""
+        sel = self.halves[0]
+        return int(np.argmax([_scores(r)[sel].mean() for r in rows.per_item]))
+
+    def paired(self, a, b) -> tuple[float, tuple[float, float]]:
+        """mean(a − b) of two rows' per-item scores on the report half, with its paired bootstrap interval."""
+        rep, st = self.halves[1], self.settings
+        return claims_mod.paired_difference(_scores(a)[rep], _scores(b)[rep], st.level, st.bootstrap)
+
+    def split_text(self, chosen: str) -> str:
+        """`how` of a difference whose `chosen` setting was picked on the select half."""
+        (sel, rep), st = self.halves, self.settings
+        return (f"{chosen} chosen on {len(sel)} selection items, split seed {st.split_seed}; scored on the other "
+                f"{len(rep)} items with a {st.level:.0%} paired bootstrap")
 
 
-def _weight_claims(real, curve, margin: float) -> tuple[list, list, dict]:
-    real_at = dict(zip(real.step, real.avg_at_k))
-    rows, verdicts, peaks = [], [], []
-    for (t0, t1), g in curve.groupby(["t0", "t1"]):
+def _scores(cell) -> np.ndarray:
+    return np.asarray(cell.values if isinstance(cell, PerItem) else cell.per_item.values, dtype=np.float64)
+
+
+def _logit_best(m: Measured):
+    """The α > 1 row chosen on the select half (None when `logit_alphas` has no α > 1)."""
+    extra = m.logit[m.logit.alpha > 1]
+    return None if extra.empty else extra.iloc[m.selected(extra)]
+
+
+def _weight_peaks(m: Measured) -> list[dict]:
+    """Per (t0, t1): the peak target chosen on the select half; peak − θ_t1 and peak − farthest target on the report
+    half (the latter only when the peak is not the farthest target)."""
+    rule = claims_mod.above(0)
+    real_at = m.real.set_index("step")
+    peaks = []
+    for (t0, t1), g in m.curve.groupby(["t0", "t1"]):
         g = g.sort_values("target_step")
-        peak = g.loc[g.avg_at_k.idxmax()]
-        at_t1, far = real_at[t1], g.iloc[-1]
-        rises = peak.avg_at_k - at_t1 > margin
-        falls = peak.target_step < far.target_step and peak.avg_at_k - far.avg_at_k > margin
+        peak, far, at_t1 = g.iloc[m.selected(g)], g.iloc[-1], real_at.loc[t1]
+        rise, rise_iv = m.paired(peak, at_t1)
+        interior = peak.target_step < far.target_step
+        fall, fall_iv = m.paired(peak, far) if interior else (math.nan, (math.nan, math.nan))
         peaks.append({"t0": int(t0), "t1": int(t1), "peak_step": int(peak.target_step), "peak_beta": float(peak.beta),
-                      "peak_avg_at_k": float(peak.avg_at_k), "t1_avg_at_k": float(at_t1),
+                      "peak_avg_at_k": float(peak.avg_at_k), "t1_avg_at_k": float(at_t1.avg_at_k),
                       "farthest_step": int(far.target_step), "farthest_avg_at_k": float(far.avg_at_k),
-                      "inverted_u": bool(rises and falls)})
-    n_u = sum(p["inverted_u"] for p in peaks)
-    rows.append(("Accuracy vs target step is an inverted U (Fig. 5)",
-                 "t1 = 300 / 600 / 1400: peaks at t' ≈ 900 / 1100 / 1800 (0.357 / 0.373 / 0.415), then declines",
-                 "; ".join(f"t1 = {p['t1']}: peak t' = {p['peak_step']} ({p['peak_avg_at_k']:.3f}, θ_t1 "
-                           f"{p['t1_avg_at_k']:.3f}, t' = {p['farthest_step']}: {p['farthest_avg_at_k']:.3f})"
-                           for p in peaks)))
-    verdicts.append(f"Weight extrapolation traces an inverted U (rises above θ_t1, then falls, both beyond the noise "
-                    f"margin {margin:.3f}) for {n_u} of {len(peaks)} (t0, t1) pairs: "
-                    + ("as in the paper." if n_u == len(peaks) else "partly as in the paper." if n_u else
-                       "not reproduced here."))
-    ratios = [p["peak_step"] / p["t1"] for p in peaks]
-    rows.append(("The best target moves closer to t1 as t1 grows (t'/t1 ≈ 3 → 1.8 → 1.3)", "3.0 / 1.8 / 1.3",
-                 " / ".join(f"{r:.2f}" + ("" if p["inverted_u"] else " (no interior peak)")
-                            for r, p in zip(ratios, peaks))))
-    u_ratios = [r for r, p in zip(ratios, peaks) if p["inverted_u"]]
-    verdicts.append("The peak's position can only be compared for pairs with an inverted U: "
-                    + ("there are none here (accuracy is highest at the first target or keeps rising)." if not u_ratios
-                       else "only one pair has one." if len(u_ratios) == 1 else
-                       f"t'/t1 = {' → '.join(f'{r:.2f}' for r in u_ratios)} as t1 grows, "
-                       + ("shrinking, as in the paper." if all(a >= b for a, b in zip(u_ratios, u_ratios[1:]))
-                          else "not shrinking monotonically, unlike the paper.")))
-    inside = curve[curve.real_avg_at_k.notna()]
-    if len(inside):
-        diff = float((inside.avg_at_k - inside.real_avg_at_k).mean())
-        rows.append(("Extrapolated checkpoints vs real ones at the same step", "not reported (Fig. 5 has no overlay)",
-                     f"mean difference {diff:+.3f} over {len(inside)} targets within the run"))
-        verdicts.append(f"Within the run, extrapolated checkpoints are on average {_vs(diff, margin)} the real "
-                        f"checkpoints at the same steps ({diff:+.3f}).")
-    best = max(peaks, key=lambda p: p["peak_avg_at_k"])
-    return rows, verdicts, {"weight_extrapolation_peaks": peaks, "weight_extrapolation_peak_step": best["peak_step"],
-                            "weight_extrapolation_peak_avg_at_k": best["peak_avg_at_k"]}
+                      "peak_minus_t1": rise, "peak_minus_t1_interval": list(rise_iv),
+                      "peak_minus_farthest": fall, "peak_minus_farthest_interval": list(fall_iv),
+                      "inverted_u": rule.decide(*rise_iv) == "holds" and rule.decide(*fall_iv) == "holds"})
+    return peaks
 
 
-def _logit_claims(real, logit, margin: float) -> tuple[list, list, dict]:
-    final, last = float(real.avg_at_k.iloc[-1]), int(real.step.iloc[-1])
-    extra = logit[logit.alpha > 1] if (logit.alpha > 1).any() else logit
-    best = extra.loc[extra.avg_at_k.idxmax()]
-    diff = float(best.avg_at_k) - final
-    rows = [("Logit extrapolation beats standard RL (Table 1)",
-             "+4.2 % on average; AIME24 avg@64 0.419 → 0.446 (t0 = 200, t1 = 1400, α = 1.5)",
-             f"best α = {best.alpha:g} (t' = {best.target_step:g}): avg@k {best.avg_at_k:.3f} vs RL step {last} "
-             f"{final:.3f} ({diff:+.3f})")]
-    verdicts = [f"The best logit-extrapolated sampler (α = {best.alpha:g}) is {_vs(diff, margin)} the last RL "
-                f"checkpoint ({diff:+.3f}, noise margin {margin:.3f}): "
-                + ("agrees with the paper." if diff > margin else "a tie, not the paper's gain." if diff >= -margin
-                   else "contradicts the paper.")]
-    s = {"logit_extrapolation_best_avg_at_k": float(best.avg_at_k), "logit_extrapolation_best_alpha": float(best.alpha),
-         "logit_extrapolation_best_target_step": float(best.target_step)}
-    with_real = extra[extra.real_avg_at_k.notna()]
-    if len(with_real):
-        d = with_real.avg_at_k - with_real.real_avg_at_k
-        rows.append(("Logit extrapolation to t' vs the real checkpoint at t'", "not reported (no real t' = 2000)",
-                     "; ".join(f"α = {a:g} (t' = {t:g}): {x:+.3f}" for a, t, x in zip(with_real.alpha,
-                                                                                     with_real.target_step, d))))
-        verdicts.append(f"Logit extrapolation to t' is on average {_vs(float(d.mean()), margin)} the real checkpoint "
-                        f"at t' ({float(d.mean()):+.3f}).")
-    e_final, e_first = float(real.entropy.iloc[-1]), float(real.entropy.iloc[0])
-    real_e = dict(zip(real.step, real.entropy))
-    same_t = real_e.get(best.target_step, float("nan"))
-    rows.append(("It avoids the late entropy collapse of RL (§4.2.1)", "claimed cause of the gain (no number)",
-                 f"entropy: RL step 0 {e_first:.3f} → step {last} {e_final:.3f}; best extrapolated (α = "
-                 f"{best.alpha:g}) {best.entropy:.3f}" + (f", real at t' {same_t:.3f}" if same_t == same_t else "")))
-    fall = 1 - e_final / float(real.entropy.max())
-    keeps = best.entropy > (same_t if same_t == same_t else e_final)
-    verdicts.append(f"RL entropy ends {fall:.0%} below its maximum ({e_first:.3f} at step 0, {e_final:.3f} at step "
-                    f"{last}); the best extrapolated sampler's entropy ({best.entropy:.3f}) is "
-                    + ("above" if keeps else "not above")
-                    + (f" the real checkpoint's at t' = {best.target_step:g} ({same_t:.3f})" if same_t == same_t else
-                       " the final RL checkpoint's")
-                    + (": consistent with the claim." if keeps and fall > 0.1 else
-                       ": but RL's own entropy barely falls, so there is little collapse to avoid." if keeps else
-                       ": extrapolation does not keep entropy higher here."))
-    s.update(rl_final_entropy=e_final, logit_extrapolation_best_entropy=float(best.entropy))
-    return rows, verdicts, s
+def _diff_text(d: float, iv) -> str:
+    return f"{d:+.3f} [{iv[0]:+.3f}, {iv[1]:+.3f}]"
 
 
-def claims(real, curve, logit, scorer: Scorer) -> tuple[list[tuple[str, str, str]], list[str], dict]:
-    """(paper-vs-measured rows, verdict sentences, summary numbers) for LIN §4.2 (SPEC §4). A difference counts only
-    beyond the noise margin of two accuracies near the final one (√2 × `scorer.margin`)."""
-    import math
+def claims(m: Measured) -> list[claims_mod.Claim]:
+    """Notebook 04's claims (LIN §4.2): logit extrapolation beats standard RL; the weight-extrapolation curve rises
+    above θ_t1 and then declines. Every best α / peak target is chosen on one half of the held-out items and scored
+    on the other. (The entropy explanation is no claim: entropy is one number per model, with no interval; its
+    numbers are in `results`.)"""
+    st, last = m.settings, m.real.iloc[-1]
+    margin = claims_mod.above(0, tolerance=st.accuracy_margin)
+    best = _logit_best(m)
+    if best is None:
+        gain, gain_iv, how = math.nan, (math.nan, math.nan), "no α > 1 in extrapolation.logit_alphas"
+    else:
+        gain, gain_iv = m.paired(best, last)
+        n_alpha = int((m.logit.alpha > 1).sum())
+        how = m.split_text(f"best of {n_alpha} α > 1, α = {best.alpha:g},")
+    peaks = _weight_peaks(m)
+    rise, rise_iv = claims_mod.across_seeds([p["peak_minus_t1"] for p in peaks],
+                                            [p["peak_minus_t1_interval"] for p in peaks])
+    fall, fall_iv = claims_mod.across_seeds([p["peak_minus_farthest"] for p in peaks],
+                                            [p["peak_minus_farthest_interval"] for p in peaks])
+    if any(p["peak_step"] == p["farthest_step"] for p in peaks):  # a pair with no decline to measure decides nothing
+        fall, fall_iv = math.nan, (math.nan, math.nan)
+    per_pair = m.split_text("per (t0, t1) pair the peak target t'") + "; mean over pairs, hull of their intervals"
+    return [
+        claims_mod.Claim("nb04.logit_gain", f"logit extrapolation beats the last RL checkpoint (step {int(last.step)}) "
+                         "in avg@k (difference)", paper.get("logit_gain"), gain, gain_iv, margin, how),
+        claims_mod.Claim("nb04.weight_peak", "the weight-extrapolation peak rises above θ_t1 in avg@k (difference)",
+                         paper.get("weight_peak"), rise, rise_iv, margin, per_pair,
+                         "; ".join(f"t1 = {p['t1']}: peak t' = {p['peak_step']} "
+                                   f"{_diff_text(p['peak_minus_t1'], p['peak_minus_t1_interval'])}" for p in peaks)),
+        claims_mod.Claim("nb04.weight_declines", "beyond its peak, weight extrapolation declines (peak − farthest "
+                         "target t', avg@k)", paper.get("weight_peak"), fall, fall_iv, margin,
+                         per_pair + "; not measured when a pair peaks at its farthest target (no decline to see)",
+                         "; ".join(f"t1 = {p['t1']}: " + (
+                             f"peak t' = {p['peak_step']} vs t' = {p['farthest_step']} "
+                             f"{_diff_text(p['peak_minus_farthest'], p['peak_minus_farthest_interval'])}"
+                             if p["peak_step"] < p["farthest_step"] else
+                             f"peak at the farthest target t' = {p['farthest_step']}") for p in peaks)),
+    ]
 
-    final = float(real.avg_at_k.iloc[-1])
-    margin = math.sqrt(2) * scorer.margin(final)
-    summary = {"rl_final_step": int(real.step.iloc[-1]), "rl_final_avg_at_k": final, "noise_margin": margin,
-               "eval_items": len(scorer.items), "k": scorer.k}
-    rows, verdicts = [], []
-    for part in (_logit_claims(real, logit, margin), _weight_claims(real, curve, margin)):
-        rows += part[0]
-        verdicts += part[1]
-        summary.update(part[2])
-    return rows, verdicts, summary
 
-
-def results(summary: dict, real, curve, logit, verdicts: list[str]) -> dict:
-    """The notebook's results.json: the summary numbers plus every measured curve and table."""
-    return {**summary,
-            "weight_extrapolation_curve": curve[["t0", "t1", "target_step", "beta", *METRICS, "real_avg_at_k"]]
+def results(m: Measured) -> dict:
+    """The notebook's results.json: headline numbers (the best α and the peaks as chosen on the select half), the
+    split, and every measured table without its per-item scores."""
+    real, last = m.real, m.real.iloc[-1]
+    sel, rep = m.halves
+    peaks = _weight_peaks(m)
+    top = max(peaks, key=lambda p: p["peak_avg_at_k"]) if peaks else {}
+    best = _logit_best(m)
+    real_entropy = dict(zip(real.step, real.entropy))
+    out = {"rl_final_step": int(last.step), "rl_final_avg_at_k": float(last.avg_at_k),
+           "rl_final_entropy": float(last.entropy), "eval_items": len(m.scorer.items), "k": m.scorer.k,
+           "split_seed": m.settings.split_seed, "select_items": len(sel), "report_items": len(rep),
+           "weight_extrapolation_peaks": peaks, "weight_extrapolation_peak_step": top.get("peak_step"),
+           "weight_extrapolation_peak_avg_at_k": top.get("peak_avg_at_k"),
+           "logit_extrapolation_best_alpha": None, "logit_extrapolation_best_avg_at_k": None,
+           "logit_extrapolation_best_target_step": None, "logit_extrapolation_best_entropy": None,
+           "logit_extrapolation_best_real_entropy": None}
+    if best is not None:
+        out.update(logit_extrapolation_best_alpha=float(best.alpha),
+                   logit_extrapolation_best_avg_at_k=float(best.avg_at_k),
+                   logit_extrapolation_best_target_step=float(best.target_step),
+                   logit_extrapolation_best_entropy=float(best.entropy),
+                   logit_extrapolation_best_real_entropy=real_entropy.get(best.target_step))
+    return {**out,
+            "weight_extrapolation_curve": m.curve[["t0", "t1", "target_step", "beta", *METRICS, "real_avg_at_k"]]
             .to_dict("records"),
-            "logit_extrapolation": logit.to_dict("records"),
-            "real_curve": real.to_dict("records"),
-            "verdicts": verdicts}
+            "logit_extrapolation": _records(m.logit),
+            "real_curve": _records(real)}
+
+
+def _records(table) -> list[dict]:
+    return table.drop(columns=["per_item"], errors="ignore").to_dict("records")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

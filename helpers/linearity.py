@@ -21,15 +21,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import claims as claims_mod
+from . import paper, seeds
 from .paths import stable_hash
 
-R2_THRESHOLD = 0.7      # the papers' line for "linear"
 AUTO_RANGE_ULPS = 2     # min_range="auto": an entry must move by at least this many steps of its dtype's resolution
 
 # Module types in display order; `parse_name` maps tensor names onto them.
@@ -177,19 +178,25 @@ class WeightLinearity:
     def values(self) -> np.ndarray:
         return self.entries["r2"].to_numpy()
 
-    def summary(self, threshold: float = R2_THRESHOLD) -> dict:
-        """Global distribution of R² and the filter counts."""
+    def summary(self, threshold: float = paper.R2_BAR, level: float = 0.95) -> dict:
+        """Global distribution of R², the share above `threshold` (`frac_above`) and above the papers' 0.7
+        (`frac_above_bar`), the filter counts, and `level` intervals of the median and of the share above `threshold`
+        (exact bootstraps over the kept entries, `helpers.claims`)."""
         v = self.values
         q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
+        above = int((v > threshold).sum())
         sampled = int(self.tensors["sampled"].sum())
         return {"median": float(med), "q1": float(q1), "q3": float(q3),
                 "mean": float(v.mean()) if v.size else np.nan,
-                "frac_above": float((v > threshold).mean()) if v.size else np.nan, "threshold": threshold,
+                "frac_above": above / v.size if v.size else np.nan, "threshold": threshold, "level": level,
+                "frac_above_bar": float((v > paper.R2_BAR).mean()) if v.size else np.nan,
+                "median_ci": claims_mod.median_interval(v, level),
+                "frac_above_ci": claims_mod.share_interval(above, v.size, level),
                 "kept": int(v.size), "sampled": sampled, "dropped": sampled - int(v.size),
                 "dropped_range": int(self.tensors["dropped_range"].sum()),
                 "dropped_distinct": int(self.tensors["dropped_distinct"].sum())}
 
-    def by_module(self, threshold: float = R2_THRESHOLD) -> pd.DataFrame:
+    def by_module(self, threshold: float = paper.R2_BAR) -> pd.DataFrame:
         """Per module type: entries sampled / dropped (by reason) / kept, median and mean R², share above
         `threshold` (module types in `MODULES` order)."""
         counts = self.tensors.groupby("module")[["sampled", "dropped_range", "dropped_distinct", "kept"]].sum()
@@ -219,13 +226,19 @@ class WeightLinearity:
         medians = self.by_module()["median"].dropna()
         return str(medians.idxmin()) if len(medians) else "none"
 
-    def results(self) -> dict:
-        """The numbers notebook 01 saves (`weight_r2_*`, `entries_*`), measured."""
-        s = self.summary()
-        mods = self.by_module()
+    def results(self, threshold: float = paper.R2_BAR, level: float = 0.95) -> dict:
+        """The numbers notebook 01 saves (`weight_r2_*`, `entries_*`), measured: `weight_r2_frac_above_0_7` is the
+        share above the papers' 0.7, `weight_r2_frac_above_threshold` the share above `threshold` (the
+        `claims.r2_threshold` knob, stored as `r2_threshold`), `weight_r2_median_ci` the `level` interval of the
+        median."""
+        s = self.summary(threshold, level)
+        mods = self.by_module(threshold)
         layers = self.by_layer()["median"]
         return {"weight_r2_median": s["median"], "weight_r2_q1": s["q1"], "weight_r2_q3": s["q3"],
-                "weight_r2_frac_above_0_7": s["frac_above"], "weight_r2_mean": s["mean"],
+                "weight_r2_median_ci": list(s["median_ci"]),
+                "weight_r2_frac_above_0_7": s["frac_above_bar"],
+                "weight_r2_frac_above_threshold": s["frac_above"], "r2_threshold": threshold,
+                "weight_r2_mean": s["mean"],
                 "entries_kept": s["kept"], "entries_dropped": s["dropped"], "entries_sampled": s["sampled"],
                 "entries_dropped_range": s["dropped_range"], "entries_dropped_distinct": s["dropped_distinct"],
                 "weight_r2_median_by_module": mods["median"].to_dict(),
@@ -238,44 +251,6 @@ class WeightLinearity:
         """Kept entries and median R² of all norm weights together (LIN Fig. 8: the least linear)."""
         v = self.entries.loc[self.entries["module"].map(is_norm), "r2"]
         return {"kept": int(len(v)), "median": float(v.median()) if len(v) else np.nan}
-
-    def _least_linear_text(self) -> str:
-        least, norms = self.least_linear_module(), self.norm_summary()
-        if least == "none":
-            return "nothing kept"
-        text = f"{least} (median {self.by_module().loc[least, 'median']:.2f})"
-        if is_norm(least):
-            return text + ", a norm as in the paper"
-        if not norms["kept"]:
-            return text + "; no norm entry moved enough to be kept"
-        return text + f", not a norm (norms: median {norms['median']:.2f}), unlike the paper"
-
-    def paper_rows(self) -> list[tuple[str, str, str]]:
-        """(claim, paper, measured) rows for `run.compare` (SPEC §1)."""
-        s = self.summary()
-        layers = self.by_layer()["median"]
-        layer_span = f"{layers.min():.2f} – {layers.max():.2f}" if len(layers) else "no layers"
-        return [
-            ("share of moved weights with R² > 0.7", "v1: > 80 %; v3 (DeepScaleR): > 70 %", f"{s['frac_above']:.1%}"),
-            ("where the R² distribution sits", "concentrated around 0.9",
-             f"median {s['median']:.2f} (IQR {s['q1']:.2f} – {s['q3']:.2f})"),
-            ("least linear module type", "LayerNorm weights (Fig. 8)", self._least_linear_text()),
-            ("linearity across depth", "consistent across layers (Fig. 8)", f"per-layer medians {layer_span}"),
-            ("entries analysed", "0.1 % per tensor (≥ 50), moved ones only",
-             f"{self.settings.get('fraction', float('nan')):.2%} per tensor (≥ {self.settings.get('min_samples')}): "
-             f"{s['kept']:,} kept of {s['sampled']:,} ({s['dropped_range']:,} moved too little, "
-             f"{s['dropped_distinct']:,} too few distinct values)"),
-        ]
-
-    def verdict(self) -> str:
-        """One sentence, computed from the measured numbers."""
-        s = self.summary()
-        if not s["kept"]:
-            return "No sampled weight entry moved enough to be analysed, so weight linearity cannot be assessed here."
-        holds = s["frac_above"] > 0.7
-        return (f"{s['frac_above']:.0%} of the {s['kept']:,} moved weight entries have R² > {s['threshold']} "
-                f"(median {s['median']:.2f}), so weight linearity {'holds' if holds else 'does not hold'} on this run "
-                f"by the paper's > 70 % bar; least linear module type: {self._least_linear_text()}.")
 
 
 def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range: float | str = "auto",
@@ -335,3 +310,45 @@ def examples(traj, result: WeightLinearity, n: int = 6, seed: int = 0) -> list[d
                     "steps": steps, "values": y, "r2": float(r2(y[:, None], steps)[0]),
                     "slope": float(slope), "intercept": float(intercept)})
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------ claims
+def claims(wl: WeightLinearity, by_seed: Mapping[int, dict], cfg) -> list[claims_mod.Claim]:
+    """Notebook 01's claims: the share of moved entries above the R² bar and their median R² on every seed
+    (`by_seed` = {seed: `summary(threshold, level)`} at the config's `claims` bar and level), and whether norm
+    weights are the least linear (`wl`: the run of rl.seed)."""
+    st = claims_mod.Settings.of(cfg)
+    seeds.check_made_at(by_seed, threshold=st.r2_threshold, level=st.level)
+    thr, pct, n = st.r2_threshold, f"{st.level * 100:g} %", len(by_seed)
+    share, share_iv, share_detail = seeds.across(by_seed, "frac_above", "frac_above_ci")
+    med, med_iv, med_detail = seeds.across(by_seed, "median", "median_ci")
+    share_paper = paper.get("weight_r2_share")
+    return [
+        claims_mod.Claim("nb01.weight_r2_share", f"share of moved weight entries with R² > {thr:g}", share_paper,
+                         share, share_iv, claims_mod.above(share_paper.value),
+                         seeds.hull_how(f"{pct} exact bootstrap interval of the share over moved entries", n),
+                         share_detail),
+        claims_mod.Claim("nb01.weight_r2_median", f"median R² of moved weight entries is above {thr:g}",
+                         paper.get("weight_r2_median"), med, med_iv, claims_mod.above(thr),
+                         seeds.hull_how(f"{pct} exact bootstrap interval of the median over moved entries", n),
+                         med_detail),
+        _norms_claim(wl, st.level, cfg.rl.seed),
+    ]
+
+
+def _norms_claim(wl: WeightLinearity, level: float, rl_seed: int) -> claims_mod.Claim:
+    """Median R² of norm entries minus that of the other entries (< 0: norms are the least linear)."""
+    r = wl.entries["r2"].to_numpy()
+    norm = wl.entries["module"].map(is_norm).to_numpy(dtype=bool)
+    norms, rest = r[norm], r[~norm]
+    med = lambda v: float(np.median(v)) if v.size else math.nan  # noqa: E731
+    d, iv = claims_mod.difference(med(norms), claims_mod.median_interval(norms, level),
+                                  med(rest), claims_mod.median_interval(rest, level))
+    detail = (f"RL seed {rl_seed}: norms {med(norms):.3f} over {norms.size:,} entries, other modules "
+              f"{med(rest):.3f} over {rest.size:,}" if norms.size else
+              f"RL seed {rl_seed}: no norm entry moved enough to be kept")
+    return claims_mod.Claim("nb01.norms_least_linear", "median R² of norm weights minus that of the other weights",
+                            paper.get("norms_least_linear"), d, iv, claims_mod.below(0),
+                            f"{level * 100:g} % exact bootstrap intervals of the two medians, combined in quadrature",
+                            detail)
+

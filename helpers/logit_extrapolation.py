@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .evaluation import HFSampler, ModelLogits, load_model
@@ -92,8 +93,9 @@ def logit_table(traj, cfg, scorer, real):
 
 
 def table1(real, logit):
-    """The paper's Table 1 analogue: standard RL (last checkpoint), θ_t1, each logit-extrapolated sampler, and the
-    real checkpoint at each t' the run has."""
+    """The paper's Table 1 analogue: standard RL (last checkpoint), each logit-extrapolated sampler, and under it the
+    real checkpoint at its t' when the run has one (for α = 1: θ_t1, which the α = 1 row must equal —
+    `check_alpha_one`)."""
     import pandas as pd
 
     cols = ["avg_at_k", "pass_at_k", "entropy", "greedy_accuracy"]
@@ -101,12 +103,50 @@ def table1(real, logit):
     rows = [{"model": f"standard RL (last checkpoint, step {int(last.step)})", "step": int(last.step),
              **last[cols].to_dict()}]
     for _, r in logit.iterrows():
-        rows.append({"model": f"logit extrapolation α = {r.alpha:g} (t0 = {r.t0:g}, t1 = {r.t1:g})",
-                     "step": r.target_step, **r[cols].to_dict()})
-        if r.real_avg_at_k == r.real_avg_at_k and r.alpha != 1:
+        rows.append({"model": _row_name(r), "step": r.target_step, **r[cols].to_dict()})
+        if r.real_avg_at_k == r.real_avg_at_k:
             rows.append({"model": f"  real checkpoint at t' = {r.target_step:g}", "step": r.target_step,
                          **real[real.step == r.target_step].iloc[0][cols].to_dict()})
     return pd.DataFrame(rows).set_index("model").astype({"step": "float"})
+
+
+CHECKED = ("avg_at_k", "pass_at_k", "greedy_accuracy")
+
+
+def check_alpha_one(real, logit, backend: str) -> dict:
+    """The α = 1 row against the real θ_t1 checkpoint: α = 1 mixes to the t1 logits bit for bit and decodes through
+    the hf loop, so with `eval.backend` "hf" (same loop, same seed) avg@k, pass@k, greedy accuracy and every item's
+    score must be equal — a ValueError naming both rows otherwise. With another backend the real checkpoint was
+    sampled differently: the differences (α = 1 − real) are printed and returned instead. Returns {} when
+    `extrapolation.logit_alphas` has no α = 1."""
+    one = logit[logit.alpha == 1]
+    if one.empty:
+        print("no α = 1 row (extrapolation.logit_alphas): the check against the real θ_t1 is not made")
+        return {}
+    row = one.iloc[0]
+    t1 = real[real.step == row.t1]
+    if t1.empty:
+        raise ValueError(f"{_row_name(row)}: the real curve has no checkpoint at t1 = {row.t1:g}")
+    t1 = t1.iloc[0]
+    a, b = np.asarray(row.per_item.values), np.asarray(t1.per_item.values)
+    diff = {c: float(row[c]) - float(t1[c]) for c in CHECKED}
+    diff["per_item_mean_abs"] = float(np.abs(a - b).mean()) if a.shape == b.shape else float("nan")
+    names = f"'{_row_name(row)}' vs 'real checkpoint θ_t1 (step {int(t1.step)})'"
+    if backend != "hf":
+        print(f"α = 1 check ({backend} backend, not the hf loop of the logit sampler, so not asserted): {names}: "
+              + ", ".join(f"{k} {v:+.4f}" for k, v in diff.items()))
+        return diff
+    unequal = [c for c in CHECKED if row[c] != t1[c]] + ([] if np.array_equal(a, b) else ["per-item scores"])
+    if unequal:
+        raise ValueError(f"α = 1 check failed: {names} differ in {', '.join(unequal)} (α = 1 − real: "
+                         + ", ".join(f"{k} {v:+.4f}" for k, v in diff.items()) + "); the same hf decode loop and "
+                         "seed should give identical samples")
+    print(f"α = 1 check passed: {names} are equal ({', '.join(CHECKED)} and every item's score)")
+    return diff
+
+
+def _row_name(r) -> str:
+    return f"logit extrapolation α = {r.alpha:g} (t0 = {r.t0:g}, t1 = {r.t1:g})"
 
 
 def plot_logit(real, logit, curve):

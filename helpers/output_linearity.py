@@ -10,20 +10,24 @@ the kept tokens (ranks, because neither quantity is near-normal).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-from .linearity import R2_THRESHOLD, fit_line, r2
+from . import claims as claims_mod
+from . import paper, seeds
+from .linearity import fit_line, r2
 
 MIN_CHANGE = 0.2          # LIN's |Δ log-prob| filter
 CATEGORIES = ("behaviour", "erratic", "stable")
 
 
-def categorize(change, r2_values, min_change: float = MIN_CHANGE, r2_threshold: float = R2_THRESHOLD) -> np.ndarray:
+def categorize(change, r2_values, min_change: float = MIN_CHANGE, r2_threshold: float = paper.R2_BAR
+               ) -> np.ndarray:
     """Category of each token from its log-prob change and R² alone.
 
     |change| > min_change and R² ≥ r2_threshold -> "behaviour"; |change| > min_change otherwise (including an
@@ -63,14 +67,21 @@ class OutputLinearity:
     def kept(self) -> pd.DataFrame:
         return self.tokens[self.tokens["kept"]]
 
-    def summary(self) -> dict:
-        """Distribution of token R² over the kept tokens, and of logit R²."""
+    def summary(self, level: float = 0.95) -> dict:
+        """Distribution of token R² over the kept tokens: the share above the R² bar of `analyse` (`frac_above`) and
+        above the papers' 0.7 (`frac_above_bar`), `level` intervals of the median and of `frac_above` (exact
+        bootstraps over the kept tokens, `helpers.claims`); and of logit R²."""
         v = self.kept["r2"].to_numpy()
         q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
         lg = self.kept["logit_r2"].dropna().to_numpy()
+        thr = self.settings["r2_threshold"]
+        above = int((v > thr).sum())
         return {"median": float(med), "q1": float(q1), "q3": float(q3),
                 "mean": float(v.mean()) if v.size else np.nan,
-                "frac_above": float((v > self.settings["r2_threshold"]).mean()) if v.size else np.nan,
+                "frac_above": above / v.size if v.size else np.nan, "threshold": thr, "level": level,
+                "frac_above_bar": float((v > paper.R2_BAR).mean()) if v.size else np.nan,
+                "median_ci": claims_mod.median_interval(v, level),
+                "frac_above_ci": claims_mod.share_interval(above, v.size, level),
                 "kept": int(v.size), "total": len(self.tokens),
                 "logit_median": float(np.median(lg)) if lg.size else np.nan}
 
@@ -139,12 +150,16 @@ class OutputLinearity:
                         "r2": float(row["r2"])})
         return out
 
-    def results(self) -> dict:
-        """The numbers notebook 02 saves, measured."""
-        s, c, lay = self.summary(), self.correlation(), self.layers()
+    def results(self, level: float = 0.95) -> dict:
+        """The numbers notebook 02 saves, measured: `token_r2_frac_above_0_7` is the share of kept tokens above the
+        papers' 0.7, `token_r2_frac_above_threshold` the share above the R² bar of `analyse` (stored as
+        `r2_threshold`), `token_r2_median_ci` the `level` interval of the median."""
+        s, c, lay = self.summary(level), self.correlation(), self.layers()
         cats = self.categories(top=5)
         return {"token_r2_median": s["median"], "token_r2_q1": s["q1"], "token_r2_q3": s["q3"],
-                "token_r2_frac_above_0_7": s["frac_above"], "token_r2_mean": s["mean"],
+                "token_r2_median_ci": list(s["median_ci"]), "token_r2_frac_above_0_7": s["frac_above_bar"],
+                "token_r2_frac_above_threshold": s["frac_above"], "r2_threshold": s["threshold"],
+                "token_r2_mean": s["mean"],
                 "tokens_kept": s["kept"], "tokens_total": s["total"], "logit_r2_median": s["logit_median"],
                 "change_r2_correlation": c["kept"], "change_r2_correlation_method": c["method"],
                 "change_r2_correlation_p": c["kept_p"], "change_r2_correlation_all_tokens": c["all"],
@@ -156,63 +171,9 @@ class OutputLinearity:
                 "activation_layers": lay["layer"].tolist(),
                 "n_checkpoints": len(self.steps), "steps": [int(x) for x in self.steps], "settings": self.settings}
 
-    def paper_rows(self) -> list[tuple[str, str, str]]:
-        """(claim, paper, measured) rows for `run.compare` (SPEC §2)."""
-        s, c, lay = self.summary(), self.correlation(), self.layers()
-        cats = self.categories(top=3)
-        rows = [
-            ("where the token log-prob R² distribution sits", "centred ≈ 0.9 (Fig. 1b)",
-             f"median {s['median']:.2f} (IQR {s['q1']:.2f} – {s['q3']:.2f})"),
-            ("token-level R² across settings", "> 0.7 in every setting (Fig. 2)",
-             f"median {s['median']:.2f}; {s['frac_above']:.0%} of kept tokens > 0.7"),
-            ("tokens analysed", "|Δ log-prob| > 0.2 between first and last checkpoint",
-             f"{s['kept']:,} of {s['total']:,} response tokens"),
-            ("magnitude of change vs R²", "positive: bigger movers are more linear",
-             f"Spearman ρ = {c['kept']:+.2f} over kept tokens (p = {c['kept_p']:.1g})"),
-            ("high-change tokens", "mostly high R² ('behaviour'); erratic ones a small minority",
-             f"behaviour {cats.loc['behaviour', 'tokens']:,}, erratic {cats.loc['erratic', 'tokens']:,}"),
-            ("behaviour tokens", "reasoning connectors: 'wait', 'but', 'therefore'",
-             "over-represented: " + (cats.loc["behaviour", "over-represented"] or "none")),
-            ("stable tokens", "mostly arithmetic",
-             "over-represented: " + (cats.loc["stable", "over-represented"] or "none")),
-            ("raw chosen-token logit R²", "not reported", f"median {s['logit_median']:.2f} over kept tokens"),
-        ]
-        if len(lay):
-            blocks = lay.iloc[1:]
-            rows.append(("activation R² by layer", "all layers but the first strongly linear (Fig. 7)",
-                         f"embeddings {lay['median'].iloc[0]:.2f}; block 1 {blocks['median'].iloc[0]:.2f}; "
-                         f"blocks 2+ min {blocks['median'].iloc[1:].min():.2f}" if len(blocks) > 1 else
-                         f"embeddings {lay['median'].iloc[0]:.2f}; block 1 {blocks['median'].iloc[0]:.2f}"))
-        return rows
-
-    def verdict(self) -> str:
-        """A few sentences, computed from the measured numbers."""
-        s, c, lay = self.summary(), self.correlation(), self.layers()
-        thr = self.settings["r2_threshold"]
-        if s["kept"] == 0:
-            return (f"No response token changed its log-prob by more than {self.settings['min_change']} between the "
-                    f"first and last checkpoint, so output linearity cannot be assessed on this run.")
-        holds = s["median"] > thr
-        text = (f"Token log-probs {'do' if holds else 'do not'} evolve linearly on this run: median R² "
-                f"{s['median']:.2f} over {s['kept']:,} moved tokens (paper: ≈ 0.9, > {thr} everywhere), "
-                f"{s['frac_above']:.0%} above {thr}. ")
-        if c["kept_p"] < 0.05:
-            sign = "positively" if c["kept"] > 0 else "negatively"
-            text += (f"Magnitude of change and R² are {sign} related (Spearman ρ = {c['kept']:+.2f}, "
-                     f"p = {c['kept_p']:.1g}), {'as' if c['kept'] > 0 else 'unlike'} in the paper.")
-        else:
-            text += (f"Magnitude of change and R² show no significant relation (Spearman ρ = {c['kept']:+.2f}, "
-                     f"p = {c['kept_p']:.1g}; the paper finds a positive one).")
-        if len(lay) > 2:
-            later = lay["median"].iloc[2:]
-            text += (f" Hidden states after block 1 have per-layer median R² {later.min():.2f} – {later.max():.2f} "
-                     f"({'strongly linear' if later.min() > thr else 'not all above ' + str(thr)}); block 1: "
-                     f"{lay['median'].iloc[1]:.2f}, embeddings: {lay['median'].iloc[0]:.2f}.")
-        return text
-
 
 def analyse(forced, probes, tokenizer=None, min_change: float = MIN_CHANGE,
-            r2_threshold: float = R2_THRESHOLD) -> OutputLinearity:
+            r2_threshold: float = paper.R2_BAR) -> OutputLinearity:
     """Token and activation R² against step from `helpers.probes.over_trajectory` outputs on `probes`."""
     steps = np.asarray(forced.steps, dtype=np.float64)
     if len(steps) < 3:
@@ -275,11 +236,75 @@ def plot_activation_r2(result: OutputLinearity):
     return fig
 
 
-def token_r2(traj, probes, section, device="cpu") -> dict:
-    """`OutputLinearity.summary()` of token log-prob R² on `traj` with the knobs of an `output_linearity` section
-    (no activations): the per-seed headline of notebook 02."""
+def token_r2(traj, probes, cfg, device="cpu") -> dict:
+    """`OutputLinearity.summary()` of token log-prob R² on `traj` with the config's `output_linearity` knobs and
+    `claims` R² bar and level (no activations): the per-seed headline of notebook 02."""
     from .probes import over_trajectory
 
-    forced = over_trajectory(traj, probes, batch_size=int(section["batch_size"]), device=device)
-    return analyse(forced, probes, min_change=float(section["min_change"]),
-                   r2_threshold=float(section["r2_threshold"])).summary()
+    o, st = cfg.output_linearity, claims_mod.Settings.of(cfg)
+    forced = over_trajectory(traj, probes, batch_size=int(o["batch_size"]), device=device)
+    return analyse(forced, probes, min_change=float(o["min_change"]),
+                   r2_threshold=st.r2_threshold).summary(st.level)
+
+
+# ------------------------------------------------------------------------------------------------------------ claims
+
+def claims(result: OutputLinearity, by_seed: Mapping[int, dict], cfg) -> list[claims_mod.Claim]:
+    """Notebook 02's claims: the median token R² on every seed (`by_seed` = {seed: `token_r2(...)`}, made at the
+    config's `claims` bar and level), and on `result` (the run of rl.seed) the change-vs-R² correlation and the
+    linearity of the hidden states after the first block."""
+    st = claims_mod.Settings.of(cfg)
+    seeds.check_made_at(by_seed, threshold=st.r2_threshold, level=st.level)
+    med, med_iv, detail = seeds.across(by_seed, "median", "median_ci")
+    how = f"{st.level * 100:g} % exact bootstrap interval of the median over kept tokens"
+    return [
+        claims_mod.Claim("nb02.token_r2_median", f"median token log-prob R² is above {st.r2_threshold:g}",
+                         paper.get("token_r2_median"), med, med_iv, claims_mod.above(st.r2_threshold),
+                         seeds.hull_how(how, len(by_seed)), detail),
+        _change_claim(result, st.level, cfg.rl.seed),
+        _activations_claim(result, st.r2_threshold, st.level, cfg.rl.seed),
+    ]
+
+
+def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Interval of a Spearman ρ over n pairs: Fisher z transform with SE 1.03 / √(n − 3) (Fieller et al. 1957)."""
+    from scipy.stats import norm
+
+    if n <= 3 or not math.isfinite(rho):
+        return math.nan, math.nan
+    z, half = math.atanh(min(max(rho, -1 + 1e-12), 1 - 1e-12)), norm.ppf(1 - (1 - level) / 2) * 1.03 / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def _change_claim(result: OutputLinearity, level: float, rl_seed: int) -> claims_mod.Claim:
+    rho, n = result.correlation()["kept"], len(result.kept)
+    return claims_mod.Claim("nb02.change_vs_r2", "Spearman ρ between |Δ log-prob| and R² over kept tokens",
+                            paper.get("change_vs_r2"), rho, spearman_interval(rho, n, level), claims_mod.above(0),
+                            f"{level * 100:g} % Fisher z interval (SE 1.03/√(n−3)) over {n:,} kept tokens",
+                            f"RL seed {rl_seed}")
+
+
+def _activations_claim(result: OutputLinearity, threshold: float, level: float, rl_seed: int) -> claims_mod.Claim:
+    """The least linear layer after the first block: the minimum of the per-layer median hidden-state R² (NaN when
+    the model has fewer than 2 blocks or a layer has no R²)."""
+    a = result.activation_r2
+    later = [] if a is None else [row[np.isfinite(row)] for row in a[2:]]
+    meds = [float(np.median(v)) if v.size else math.nan for v in later]
+    ivs = [claims_mod.median_interval(v, level) for v in later]
+    if later:
+        measured = float(np.min(meds))
+        iv = (float(np.min([lo for lo, _ in ivs])), float(np.min([hi for _, hi in ivs])))
+        undefined = [f"block {i}" for i, m in enumerate(meds, start=2) if not math.isfinite(m)]
+        i = int(np.argmin(meds))
+        detail = f"RL seed {rl_seed}, blocks 2–{len(a) - 1}: " + (
+            f"no R² in {', '.join(undefined)}" if undefined else
+            f"least linear block {i + 2}: {meds[i]:.3f} [{ivs[i][0]:.3f}, {ivs[i][1]:.3f}]")
+    else:
+        measured, iv = math.nan, (math.nan, math.nan)
+        detail = ("no hidden states recorded" if a is None else
+                  f"the model has {len(a) - 1} block(s): no layer after the first")
+    return claims_mod.Claim("nb02.activations_linear",
+                            f"lowest per-layer median hidden-state R² after block 1 is above {threshold:g}",
+                            paper.get("activations_linear"), measured, iv, claims_mod.above(threshold),
+                            f"minimum over layers of {level * 100:g} % exact bootstrap intervals of each layer's "
+                            f"median (over sampled positions × dimensions)", detail)

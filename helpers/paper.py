@@ -52,8 +52,6 @@ NUMBERS: dict[str, Number] = {
     # notebook 04: direct extrapolation
     "logit_gain": Number("logit extrapolation (t0 = 200, t1 = 1400, α = 1.5) beats standard RL: +4.2 % on average; "
                          "AIME24 avg@64 0.4193 → 0.4458", "LIN v3 Table 1", 0.042),
-    "logit_entropy": Number("extrapolation sidesteps RL's late entropy collapse (claimed cause, no number)",
-                            "LIN §4.2.1"),
     "weight_peak": Number("accuracy vs target step is an inverted U: t1 = 300 / 600 / 1400 peak at t' ≈ 900 / 1100 / "
                           "1800 (AIME24 0.357 / 0.373 / 0.415), then decline", "LIN §4.2.2, Fig. 5"),
     # notebook 05: RL-Extra

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-R2_LINE = 0.7  # the papers' threshold for "linear"
+from . import paper
 
 
 def style() -> None:
@@ -28,16 +28,19 @@ def save(fig, run_dir: str | Path, notebook: str, name: str) -> Path:
     return path
 
 
-def r2_histogram(values, ax=None, title: str = "R² against training step", bins: int = 50):
-    """Histogram of R² values on [0, 1] with the papers' 0.7 line; the legend gives the median and the share above."""
+def r2_histogram(values, ax=None, title: str = "R² against training step", bins: int = 50,
+                 threshold: float = paper.R2_BAR):
+    """Histogram of R² values on [0, 1] with the R² bar `threshold` (the `claims.r2_threshold` knob; default the
+    papers' 0.7); the legend gives the median and the share above."""
     import numpy as np
 
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     fig, ax = plt.subplots() if ax is None else (ax.figure, ax)
     ax.hist(values, bins=np.linspace(0, 1, bins + 1), color=sns.color_palette()[0])
-    ax.axvline(R2_LINE, color="k", ls="--", lw=1,
-               label=f"R² = {R2_LINE}: {np.mean(values > R2_LINE):.0%} above" if values.size else f"R² = {R2_LINE}")
+    ax.axvline(threshold, color="k", ls="--", lw=1,
+               label=f"R² = {threshold:g}: {np.mean(values > threshold):.0%} above" if values.size
+               else f"R² = {threshold:g}")
     if values.size:
         ax.axvline(np.median(values), color=sns.color_palette()[3], lw=1.5, label=f"median {np.median(values):.2f}")
     ax.set(xlim=(0, 1), xlabel="R²", ylabel="count", title=title)

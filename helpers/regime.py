@@ -100,7 +100,7 @@ def linearity_stats(cfg, run_dir: Path) -> dict:
 
     traj = Trajectory(run_dir)
     w = weight_r2(traj, seed=cfg.seed, progress=False, **cfg.weight_linearity.entries).summary()
-    tok = output_linearity.token_r2(traj, probes.for_run(cfg, traj), cfg.output_linearity, pick(cfg.device))
+    tok = output_linearity.token_r2(traj, probes.for_run(cfg, traj), cfg, pick(cfg.device))
     return {"weight_r2_median": w["median"], "weight_r2_frac_above_0_7": w["frac_above"],
             "token_r2_median": tok["median"], "tokens_kept": tok["kept"]}
 

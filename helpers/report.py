@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
+from . import claims as claims_mod
 from .paths import atomic_write_text
 
 MANIFEST = "run.json"  # written by helpers.batch into each run directory
@@ -174,11 +175,8 @@ VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "inconclusive": "in
 
 
 def measured_text(claim: Mapping) -> str:
-    """`0.620 [0.600, 0.640]` of a stored claim record (`not measured` when undefined)."""
-    if claim.get("measured") is None:
-        return "not measured"
-    lo, hi = claim.get("ci_low"), claim.get("ci_high")
-    return f"{claim['measured']:.3f} [{fmt(lo) if lo is None else f'{lo:.3f}'}, {fmt(hi) if hi is None else f'{hi:.3f}'}]"
+    """`0.620 [0.600, 0.640]` of a stored claim record."""
+    return claims_mod.measured_text(claim.get("measured"), claim.get("ci_low"), claim.get("ci_high"))
 
 
 def tally(claims: Iterable[Mapping]) -> str:

@@ -41,8 +41,9 @@ import numpy as np
 import pandas as pd
 
 from . import batch as batch_mod
+from . import claims as C
 from . import config as config_mod
-from . import linearity, plots, report
+from . import paper, plots, report
 from .paths import atomic_write_json, outputs_root
 
 NOTEBOOK = "07_robustness"
@@ -55,21 +56,12 @@ METRICS = {                          # results key -> the notebook that writes i
     "token_r2_median": "02_output_linearity", "token_r2_q1": "02_output_linearity",
     "token_r2_q3": "02_output_linearity",
     "base_accuracy": "00_trajectory", "final_accuracy": "00_trajectory", "train_seconds": "00_trajectory"}
+SPACES = ("weight", "token")         # the R² spaces: weight entries (notebook 01), token log-probs (notebook 02)
+INTERVALS = {                        # results key ([lo, hi] of the median) -> the notebook that writes it
+    "weight_r2_median_ci": "01_weight_linearity", "token_r2_median_ci": "02_output_linearity"}
 HEADLINE = {"00_trajectory": ["base_accuracy", "final_accuracy"],     # batch index: numbers shown per notebook
             "01_weight_linearity": ["weight_r2_median", "weight_r2_frac_above_0_7"],
             "02_output_linearity": ["token_r2_median"]}
-PAPER_RL = (0.73, 0.87)              # LIN v3 Fig. 2: median R² of RL runs, weight and output space
-PAPER_SFT = (0.43, 0.34)             # ... of SFT: weight, output
-NOTABLE = 0.05                       # a difference of R² medians below this counts as "about the same"
-PAPER_BY_FACTOR = {                  # LIN v3 Fig. 2 rows, by the factor names of the default design
-    "reference": f"GRPO, R1-Distill-Qwen-1.5B, DeepScaleR: within {PAPER_RL[0]}–{PAPER_RL[1]}",
-    "algorithm": "GRPO, REINFORCE++, GSPO: all linear (0.73–0.87)",
-    "lr": "1e-6, 3e-6, 1e-5: all linear",
-    "rollouts": "8, 16: all linear",
-    "optimizer": "AdamW, SGD: linearity persists with SGD",
-    "model": "1.5B–8B, Qwen / Llama, dense / MoE: all linear",
-    "training": f"SFT ≈ {PAPER_SFT[0]} / {PAPER_SFT[1]} vs RL {PAPER_RL[0]}–{PAPER_RL[1]}",
-}
 
 
 # ------------------------------------------------------------------------------------------------------- the design
@@ -318,10 +310,11 @@ def run_settings(params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "a
 
 # ----------------------------------------------------------------------------------------------- reading the results
 
-def collect(b: Batch) -> pd.DataFrame:
-    """One row per setting: factor, value, trajectory, the numbers of `METRICS` read from its results files (NaN when
-    missing or from other params), `linear` (both R² medians above the 0.7 bar), seconds (its notebooks'
-    last execution times, training included when notebook 00 built the RL run), run directory and status."""
+def collect(b: Batch, cfg) -> pd.DataFrame:
+    """One row per setting: factor, value, trajectory, the numbers of `METRICS` and the (lo, hi) intervals of
+    `INTERVALS` read from its results files (NaN when missing or from other params), `linear` (both R² medians above
+    `cfg`'s bar, `claims.r2_threshold`), seconds (its notebooks' last execution times, training included when notebook
+    00 built the RL run), run directory and status."""
     rows = []
     for e in b.entries:
         row: dict[str, Any] = {"factor": e.setting.factor, "value": e.setting.value,
@@ -335,20 +328,24 @@ def collect(b: Batch) -> pd.DataFrame:
         for key, nb in METRICS.items():
             val = results.get(nb, {}).get(key)
             row[key] = float(val) if isinstance(val, (int, float)) else math.nan
+        for key, nb in INTERVALS.items():
+            row[key] = _interval(results.get(nb, {}).get(key))
         seconds = [n.seconds for n in report.summarize(e.dir).notebooks if n.name in results]
         row["seconds"] = sum(s or 0.0 for s in seconds) if results else math.nan
         row |= {"run": str(e.dir), "status": e.status, "measured": len(results) == len(b.notebooks)}
         rows.append(row)
     t = pd.DataFrame(rows)
-    thr = linearity.R2_THRESHOLD
+    thr = C.r2_threshold(cfg)
     t["linear"] = (t["weight_r2_median"] > thr) & (t["token_r2_median"] > thr)
     t.index = [f"{f}={v}" for f, v in zip(t["factor"], t["value"])]
     return t
 
 
-def _range(s: pd.Series, fmt: str = ".2f") -> str:
-    s = s.dropna()
-    return "n/a" if s.empty else (f"{s.min():{fmt}}" if len(s) == 1 else f"{s.min():{fmt}}–{s.max():{fmt}}")
+def _interval(value) -> tuple[float, float]:
+    """A stored [lo, hi] as floats; (NaN, NaN) when missing or not two numbers."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(x, (int, float)) for x in value):
+        return float(value[0]), float(value[1])
+    return math.nan, math.nan
 
 
 def _f(x, fmt: str = ".2f") -> str:
@@ -356,22 +353,22 @@ def _f(x, fmt: str = ".2f") -> str:
 
 
 def fig2_table(t: pd.DataFrame) -> pd.DataFrame:
-    """The numbers of the figure: median and IQR of weight and token R², share of weights above 0.7, held-out accuracy
-    base → final, the linear-regime verdict and the seconds each setting took."""
+    """The numbers of the figure: median and IQR of weight and token R², share of weights above the papers' bar,
+    held-out accuracy base → final, whether both medians clear the bar and the seconds each setting took."""
     iqr = lambda a, b: [f"{_f(x)} – {_f(y)}" for x, y in zip(t[a], t[b])]  # noqa: E731
     return pd.DataFrame({
         "factor": t["factor"], "value": t["value"],
         "weight R² median": t["weight_r2_median"].round(3), "weight R² IQR": iqr("weight_r2_q1", "weight_r2_q3"),
-        "weights R² > 0.7": [_f(x, ".0%") for x in t["weight_r2_frac_above_0_7"]],
+        f"weights R² > {paper.R2_BAR:g}": [_f(x, ".0%") for x in t["weight_r2_frac_above_0_7"]],
         "token R² median": t["token_r2_median"].round(3), "token R² IQR": iqr("token_r2_q1", "token_r2_q3"),
         "held-out acc": [f"{_f(a)} → {_f(b)}" for a, b in zip(t["base_accuracy"], t["final_accuracy"])],
         "linear": np.where(t["measured"], np.where(t["linear"], "yes", "no"), "not measured"),
         "seconds": t["seconds"].round(0)}, index=t.index)
 
 
-def plot(t: pd.DataFrame):
+def plot(t: pd.DataFrame, cfg):
     """LIN v3 Fig. 2 style: median (marker) and IQR (bar) of weight and token R² per setting, settings grouped by
-    factor, the 0.7 line, and the reference's medians as dotted lines."""
+    factor, `cfg`'s R² bar, the paper's lowest RL median, and the reference's medians as dotted lines."""
     import matplotlib.pyplot as plt
 
     factors = list(dict.fromkeys(t["factor"]))
@@ -390,8 +387,9 @@ def plot(t: pd.DataFrame):
                     label=f"{label} (median, IQR)")
         if len(ref) and math.isfinite(ref[f"{space}_r2_median"].iloc[0]):
             ax.axhline(ref[f"{space}_r2_median"].iloc[0], color=f"C{i}", ls=":", lw=1)
-    ax.axhline(linearity.R2_THRESHOLD, color="k", ls="--", lw=1, label=f"R² = {linearity.R2_THRESHOLD}")
-    ax.axhspan(*PAPER_RL, color="0.6", alpha=0.15, lw=0, label=f"paper: RL medians {PAPER_RL[0]}–{PAPER_RL[1]}")
+    thr, rl = C.r2_threshold(cfg), paper.get("robust_rl")
+    ax.axhline(thr, color="k", ls="--", lw=1, label=f"R² = {thr:g} (the bar)")
+    ax.axhline(rl.value, color="0.5", ls="-.", lw=1, label=f"paper: lowest RL median ({rl.source})")
     ax.grid(axis="x", visible=False)
     ax.set_xticks(pos, list(t["value"]), rotation=30, ha="right", fontsize=8)
     for centre, f in ticks:
@@ -406,97 +404,65 @@ def plot(t: pd.DataFrame):
     return fig
 
 
-# ------------------------------------------------------------------------------------------ verdicts, paper vs measured
+# -------------------------------------------------------------------------------------------------------- claims
 
-def _n(count: int) -> str:
-    return f"{count} setting{'' if count == 1 else 's'}"
-
-
-def _names(t: pd.DataFrame) -> str:
-    return ", ".join(t.index) or "none"
-
-
-def _above(r, thr: float) -> str:
-    """Which spaces of a row clear the bar: "both spaces", "weight space only", "output space only", "neither space"."""
-    w, k = r.weight_r2_median > thr, r.token_r2_median > thr
-    return "both spaces" if w and k else "weight space only" if w else "output space only" if k else "neither space"
+def claims(t: pd.DataFrame, cfg) -> list[C.Claim]:
+    """Notebook 07's claims (`helpers.claims`) from `collect`'s table: every RL setting linear, and SFT less linear
+    than the reference RL run in weight and token space."""
+    st = C.Settings.of(cfg)
+    rl, sft = t[t["trajectory"] == "rl"], t[t["trajectory"] == "sft"]
+    return [rl_settings_linear(rl, st), *sft_less_linear(rl[rl["reference"]], sft, st)]
 
 
-def _relation(gaps: tuple[float, float]) -> str:
-    """How a row compares with a baseline, from the (weight, token) gaps baseline − row."""
-    lower = [s for s, g in zip(("weight", "output"), gaps) if g >= NOTABLE]
-    if len(lower) == 2:
-        return "clearly less linear in both spaces"
-    if not lower and max(abs(g) for g in gaps) < NOTABLE:
-        return f"about as linear (both gaps under {NOTABLE})"
-    return f"less linear in {lower[0]} space only" if lower else "not less linear"
+def _ci(x: float, interval: tuple[float, float]) -> str:
+    return f"{_f(x, '.3f')} [{_f(interval[0], '.3f')}, {_f(interval[1], '.3f')}]"
 
 
-def verdicts(t: pd.DataFrame) -> list[str]:
-    """Sentences computed from the table: which settings are and are not in the linear regime, RL vs the paper's
-    range, which factor moves R² most, SFT vs RL, SGD."""
-    thr = linearity.R2_THRESHOLD
-    m = t[t["measured"]]
-    rl, sft = m[m["trajectory"] == "rl"], m[m["trajectory"] == "sft"]
-    detail = lambda r: f"{r.Index} (weight {_f(r.weight_r2_median)} / token {_f(r.token_r2_median)})"  # noqa: E731
-    out = [f"In the linear regime here (weight and token R² medians both above {thr}): {_names(m[m['linear']])}.",
-           "Not in it: " + (", ".join(detail(r) for r in m[~m["linear"]].itertuples()) or "none") + "."]
-    if len(m) < len(t):
-        out.append(f"Not measured (failed or incomplete): {_names(t[~t['measured']])}.")
-    if len(rl):
-        inside = rl["weight_r2_median"].between(*PAPER_RL) & rl["token_r2_median"].between(*PAPER_RL)
-        out.append(f"RL settings: weight R² medians {_range(rl['weight_r2_median'])}, token R² medians "
-                   f"{_range(rl['token_r2_median'])} over {_n(len(rl))}; the paper's RL runs lie in "
-                   f"{PAPER_RL[0]}–{PAPER_RL[1]} — {int(inside.sum())} of {len(rl)} here fall in that band in both "
-                   f"spaces, {int(rl['linear'].sum())} of {len(rl)} clear the {thr} bar in both.")
-    ref = rl[rl["reference"]]
-    spread = []
-    for f in dict.fromkeys(rl.loc[~rl["reference"], "factor"]):
-        g = pd.concat([ref, rl[rl["factor"] == f]])
-        spread.append((g["weight_r2_median"].max() - g["weight_r2_median"].min(),
-                       g["token_r2_median"].max() - g["token_r2_median"].min(), f))
-    if spread:
-        spread.sort(key=lambda s: -max(s[0], s[1]))
-        out.append("Spread of the weight / token R² medians within each factor" + (" (reference included)"
-                   if len(ref) else "") + ": " + ", ".join(f"{f} {_f(a)} / {_f(b)}" for a, b, f in spread) +
-                   f" — {spread[0][2]} moves linearity most here; the paper finds every factor within "
-                   f"{PAPER_RL[0]}–{PAPER_RL[1]}.")
-    base, who = (ref, "the reference RL run") if len(ref) else (rl, "the RL settings' median")
-    w, k = base["weight_r2_median"].median(), base["token_r2_median"].median()
-    for r in sft.itertuples():
-        gaps = (w - r.weight_r2_median, k - r.token_r2_median)
-        relation = _relation(gaps) if len(rl) else "no RL setting measured to compare with"
-        out.append(f"SFT: weight / token R² medians {_f(r.weight_r2_median)} / {_f(r.token_r2_median)} vs "
-                   f"{_f(w)} / {_f(k)} for {who}: {relation}, gaps {_f(gaps[0])} / {_f(gaps[1])}; above the "
-                   f"{thr} bar in {_above(r, thr)}. Paper: SFT ≈ {PAPER_SFT[0]} / {PAPER_SFT[1]} vs RL "
-                   f"{PAPER_RL[0]}–{PAPER_RL[1]}, clearly less linear and below the bar in both spaces.")
-    for r in rl[rl["optimizer"] == "sgd"].itertuples():
-        out.append(f"SGD (lr {_f(r.lr, '.3g')}): weight / token R² medians {_f(r.weight_r2_median)} / "
-                   f"{_f(r.token_r2_median)}, above the {thr} bar in {_above(r, thr)}; the paper finds linearity "
-                   f"persists with SGD" + (" — here it does" if r.linear else " — here only partly" if
-                                           _above(r, thr) != "neither space" else " — here it does not") + ".")
+def rl_settings_linear(rl: pd.DataFrame, st: C.Settings) -> C.Claim:
+    """The least linear RL setting's R² median (weight or token, whichever is lower) above the bar; interval [min of
+    lows, min of highs] over settings and spaces — NaN, so inconclusive, when a setting has no median or interval."""
+    names = [f"{label} ({space})" for label in rl.index for space in SPACES]
+    a = np.array([(r[f"{space}_r2_median"], *r[f"{space}_r2_median_ci"]) for _, r in rl.iterrows() for space in SPACES],
+                 dtype=np.float64).reshape(-1, 3)
+    missing = [n for n, row in zip(names, a) if not np.isfinite(row).all()]
+    known = np.isfinite(a[:, 0])
+    low = float(a[known, 0].min()) if known.any() else math.nan
+    interval = (float(a[:, 1].min()), float(a[:, 2].min())) if len(a) and not missing else (math.nan, math.nan)
+    detail = f"least linear: {names[int(np.nanargmin(a[:, 0]))]}" if known.any() else "no RL setting measured"
+    if missing:
+        detail += f"; no median or interval for {', '.join(missing)}"
+    return C.Claim("nb07.rl_settings_linear", f"every RL setting linear (least linear setting's weight / token R² "
+                   f"median above {st.r2_threshold:g})", paper.get("robust_rl"), low, interval,
+                   C.above(st.r2_threshold),
+                   f"exact bootstrap intervals of each setting's medians at {100 * st.level:.4g} % (notebooks 01 / "
+                   f"02); the least linear's [min of the lows, min of the highs] over {len(rl)} RL settings × 2 spaces",
+                   detail)
+
+
+def sft_less_linear(ref: pd.DataFrame, sft: pd.DataFrame, st: C.Settings) -> list[C.Claim]:
+    """Reference RL − SFT R² median in weight and in token space (the first row of each; NaN when one is empty)."""
+    def median(df: pd.DataFrame, space: str) -> tuple[str, float, tuple[float, float]]:
+        if df.empty:
+            return "none", math.nan, (math.nan, math.nan)
+        return str(df.index[0]), float(df[f"{space}_r2_median"].iloc[0]), tuple(df[f"{space}_r2_median_ci"].iloc[0])
+
+    out = []
+    for space in SPACES:
+        (ra, a, ai), (sb, b, bi) = median(ref, space), median(sft, space)
+        d, interval = C.difference(a, ai, b, bi)
+        out.append(C.Claim(f"nb07.sft_less_linear_{space}", f"SFT less linear than RL ({space} R² median, reference "
+                           "RL − SFT)", paper.get("robust_sft"), d, interval, C.above(0, tolerance=st.r2_margin),
+                           f"difference of two runs' exact bootstrap intervals of the median at "
+                           f"{100 * st.level:.4g} %, half-widths in quadrature",
+                           f"{ra} {_ci(a, ai)}, {sb} {_ci(b, bi)}"))
     return out
-
-
-def paper_rows(t: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(claim, paper, measured) rows: the RL range, then one row per factor."""
-    m = t[t["measured"]]
-    rl = m[m["trajectory"] == "rl"]
-    rows = [("RL settings: weight / token R² median",
-             f"{PAPER_RL[0]}–{PAPER_RL[1]} across models, algorithms and settings (LIN v3 Fig. 2)",
-             f"{_range(rl['weight_r2_median'])} / {_range(rl['token_r2_median'])} over {_n(len(rl))}")]
-    for f in dict.fromkeys(t["factor"]):
-        g = t[t["factor"] == f]
-        measured = "; ".join(f"{r.value}: {_f(r.weight_r2_median)} / {_f(r.token_r2_median)}" for r in g.itertuples())
-        rows.append((f"{f} (weight / token R² median)", PAPER_BY_FACTOR.get(f, "—"), measured))
-    return rows
 
 
 def results(b: Batch, t: pd.DataFrame) -> dict:
     """The keys notebook 07 saves: `settings` (one dict per setting) and summary numbers."""
     m = t[t["measured"]]
     rl, sft = m[m["trajectory"] == "rl"], m[m["trajectory"] == "sft"]
-    keep = ["factor", "value", "trajectory", *METRICS, "linear", "seconds", "status"]
+    keep = ["factor", "value", "trajectory", *METRICS, *INTERVALS, "linear", "seconds", "status"]
     settings = [{**{k: r[k] for k in keep}, "overrides": e.overrides,
                  "run": os.path.relpath(e.dir, b.run_dir)} for e, (_, r) in zip(b.entries, t.iterrows())]
     ref = rl[rl["reference"]]
@@ -544,11 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plots.style()
-    t = collect(b)
-    figure = plots.save(plot(t), b.run_dir, NOTEBOOK, "robustness")
+    t = collect(b, cfg)
+    figure = plots.save(plot(t, cfg), b.run_dir, NOTEBOOK, "robustness")
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(fig2_table(t).to_string())
-    print("\n".join(verdicts(t)))
+    print("\n".join(c.sentence() for c in claims(t, cfg)))
     print(f"batch index: {write_index(b, [figure])}  ({b.seconds:.0f} s)")
     for e in b.failed:
         print(f"FAILED {e.setting.label}: {e.error}", file=sys.stderr)

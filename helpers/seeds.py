@@ -79,6 +79,31 @@ def describe(values: Sequence[float], fmt: str = ".3f") -> str:
             f"{s['n']} seeds{missing})")
 
 
+def across(by_seed: Mapping[int, Mapping], point: str, interval: str) -> tuple[float, tuple[float, float], str]:
+    """The mean over seeds of each seed's `point`, the hull of their `interval`s (`claims.across_seeds`) and the
+    per-seed numbers as a claim's detail ("seed 0: 0.612 [0.598, 0.627]; seed 1: …")."""
+    from .claims import across_seeds
+
+    mean, hull = across_seeds([m[point] for m in by_seed.values()], [m[interval] for m in by_seed.values()])
+    detail = "; ".join(f"seed {s}: {m[point]:.3f} [{m[interval][0]:.3f}, {m[interval][1]:.3f}]"
+                       for s, m in by_seed.items())
+    return mean, hull, detail
+
+
+def hull_how(interval: str, n_seeds: int) -> str:
+    """How a claim's interval was made from each seed's `interval` (one seed: that interval itself)."""
+    return interval if n_seeds == 1 else f"{interval}; hull over {n_seeds} seeds"
+
+
+def check_made_at(by_seed: Mapping[int, Mapping], **settings) -> None:
+    """An error when a seed's measurements were made at other `settings` (e.g. threshold, level) than a claim uses."""
+    for seed, m in by_seed.items():
+        other = {k: m.get(k) for k, v in settings.items() if m.get(k) != v}
+        if other:
+            raise ValueError(f"seed {seed}: measured at {other}, the claims need {settings} "
+                             f"(measure with the config's claims settings, claims.Settings.of(cfg))")
+
+
 def plot_accuracy(runs: Mapping[int, Path]):
     """Held-out greedy accuracy at every checkpoint of each run (`log.csv`), one line per seed."""
     import matplotlib.pyplot as plt

@@ -438,18 +438,47 @@ def summarize(traj, scores, log, info: dict, seed: int) -> dict:
             "rl_seconds": info.get("train_seconds"), "base_seconds": info.get("base_seconds")}
 
 
-def paper_rows(res: dict) -> list[tuple[str, str, str]]:
-    """(claim, paper, measured) rows for the trajectory notebook."""
-    k = next(key.split("@")[1] for key in res if key.startswith("base_avg@"))
+def claims(scores, cfg) -> list:
+    """Notebook 00's claims from `scores` (`evaluation.evaluate_checkpoints` of `seeds.endpoints`: a row "base" and
+    one "seed N" per seed, with per-item greedy scores and the mean token entropy of the held-out samples): RL raises
+    held-out greedy accuracy on every seed, and token entropy falls."""
+    import numpy as np
+
+    from . import claims as claims_mod
+    from . import paper, seeds
+
+    st = claims_mod.Settings.of(cfg)
+    base, finals = scores.loc["base"], scores.drop(index="base")
+    base_items = _per_item(base["greedy_per_item"])
+    gains = {}
+    for label, row in finals.iterrows():
+        point, iv = claims_mod.paired_difference(_per_item(row["greedy_per_item"]), base_items, st.level,
+                                                 st.bootstrap)
+        gains[int(label.split()[-1])] = {"gain": point, "ci": iv}
+    gain, gain_iv, gain_detail = seeds.across(gains, "gain", "ci")
+    drops = np.array([_float(e) for e in finals["entropy"]]) - _float(base["entropy"])
+    n = len(finals)
+    drop, drop_iv = float(np.mean(drops)), (float(np.min(drops)), float(np.max(drops)))
     return [
-        ("RLVR raises held-out accuracy (greedy)", "yes: every LIN / RELEX run improves on its base",
-         f"{res['base_accuracy']:.3f} → {res['final_accuracy']:.3f}"),
-        (f"… avg@{k} (sampled)", "LIN Table 1: AIME24 avg@64 0.42 after standard RL (1.5B model)",
-         f"{res[f'base_avg@{k}']:.3f} → {res[f'final_avg@{k}']:.3f}"),
-        ("token entropy during RL", "falls (entropy collapse late in training, LIN §4.2)",
-         f"{res['base_entropy']:.3f} → {res['final_entropy']:.3f} (held-out samples)"),
-        ("RL learns on every seed (held-out greedy gain)", "every LIN / RELEX run improves on its base",
-         ", ".join(f"seed {s}: {g:+.3f}" for s, g in zip(res["seeds"], res["gain_by_seed"]))
-         + f" (min {res['gain_min_over_seeds']:+.3f}, {res['heldout_items']} problems)"),
-        ("checkpoints (base included)", "14 (LIN: steps 0–1300 every 100)", str(res["num_checkpoints"])),
+        claims_mod.Claim("nb00.rl_gain", "held-out greedy accuracy gain of the final checkpoint over the base",
+                         paper.get("rl_gain"), gain, gain_iv, claims_mod.above(0, tolerance=st.accuracy_margin),
+                         seeds.hull_how(f"{st.level * 100:g} % paired bootstrap over {len(base_items)} held-out items",
+                                        n), gain_detail),
+        claims_mod.Claim("nb00.entropy_falls", "final − base mean token entropy of held-out samples",
+                         paper.get("entropy_falls"), drop, drop_iv, claims_mod.below(0),
+                         f"mean over {n} seeds, interval = min–max over seeds" if n > 1 else
+                         "1 seed: a point, no interval (one mean entropy per model)",
+                         "; ".join(f"{label}: {d:+.3f}" for label, d in zip(finals.index, drops))),
     ]
+
+
+def _per_item(cell):
+    """A per-item score cell of a scores table (`evaluation.PerItem` or a list) as an array."""
+    import numpy as np
+
+    return np.asarray(getattr(cell, "values", cell), dtype=np.float64)
+
+
+def _float(x) -> float:
+    """A table cell as a float (None, e.g. an entropy the sampler did not report, as NaN)."""
+    return float("nan") if x is None else float(x)

@@ -92,9 +92,17 @@ def test_paired_difference_is_tighter_than_unpaired_on_correlated_items():
 
 
 def test_across_seeds_is_the_mean_and_the_hull():
-    m, (lo, hi) = C.across_seeds([0.2, 0.4, math.nan], [(0.1, 0.3), (0.35, 0.5), (math.nan, math.nan)])
+    m, (lo, hi) = C.across_seeds([0.2, 0.4], [(0.1, 0.3), (0.35, 0.5)])
     assert m == pytest.approx(0.3) and (lo, hi) == (0.1, 0.5)
+    m, (lo, hi) = C.across_seeds([0.2, 0.4, math.nan], [(0.1, 0.3), (0.35, 0.5), (math.nan, math.nan)])
+    assert math.isnan(lo) and math.isnan(hi)               # an undefined seed is not silently left out
     assert math.isnan(C.across_seeds([], [])[0])
+
+
+def test_a_point_without_an_interval_renders_and_is_inconclusive():
+    c = C.Claim("nb99.x", "x", paper.get("rl_gain"), 0.5, (math.nan, math.nan), C.above(0), "test")
+    assert c.verdict == "inconclusive" and "[interval undefined]" in c.sentence()
+    assert C.table([c.record()])["measured [interval]"].iloc[0] == "0.500 [interval undefined]"
 
 
 def test_bonferroni_widens_each_interval():

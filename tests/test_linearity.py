@@ -5,7 +5,9 @@ import pytest
 import torch
 from scipy import stats
 
+from helpers import config
 from helpers import linearity as L
+from helpers import plots
 from helpers import synthetic as S
 from helpers.trajectory import Trajectory
 
@@ -206,7 +208,8 @@ def test_bf16_norms_that_barely_move_are_dropped(tmp_path):
     mods = wl.by_module()
     assert mods.loc["final_norm", "dropped_range"] == mods.loc["final_norm", "sampled"] == 32
     assert np.isnan(mods.loc["final_norm", "median"]) and wl.least_linear_module() != "final_norm"
-    assert "no norm entry moved enough" in wl.verdict()
+    norms = verdicts(wl, {0: wl.summary(0.7, 0.95)})["nb01.norms_least_linear"]
+    assert norms.verdict == "inconclusive" and "no norm entry moved enough" in norms.detail
 
 
 def test_result_tables_and_saved_keys(linear):
@@ -222,7 +225,6 @@ def test_result_tables_and_saved_keys(linear):
                                   "final_norm", "head"]
     assert np.isnan(grid.loc["0", "embed"]) and grid.loc["—", "head"] == pytest.approx(1.0)
     assert list(wl.by_layer().index) == [0, 1]
-    assert len(wl.paper_rows()) == 5 and "100%" in wl.verdict() and "holds" in wl.verdict()
     ex = L.examples(linear, wl, n=4, seed=1)
     assert len(ex) == 4 and all(e["r2"] > 1 - 1e-9 and len(e["values"]) == len(STEPS) for e in ex)
 
@@ -230,11 +232,88 @@ def test_result_tables_and_saved_keys(linear):
 def test_nothing_moved(tmp_path):
     wl = L.weight_r2(tiny_run(tmp_path / "run", drift=0.0), progress=False)
     assert wl.summary()["kept"] == 0 and wl.summary()["dropped_range"] == wl.summary()["sampled"] > 0
-    assert "cannot be assessed" in wl.verdict() and wl.least_linear_module() == "none"
-    assert wl.results()["entries_kept"] == 0
+    assert wl.least_linear_module() == "none" and wl.results()["entries_kept"] == 0
+    got = verdicts(wl, {0: wl.summary(0.7, 0.95)})
+    assert {c.verdict for c in got.values()} == {"inconclusive"}
 
 
 def test_too_few_checkpoints_is_an_error(tmp_path):
     traj = tiny_run(tmp_path / "run", steps=[0, 10])
     with pytest.raises(ValueError, match="at least 3 checkpoints"):
         L.weight_r2(traj, progress=False)
+
+
+def test_saved_shares_are_above_the_papers_bar_and_the_knob(tmp_path):
+    wl = L.weight_r2(tiny_run(tmp_path / "run", drift=1e-2, noise=2e-3), fraction=0.1, progress=False)
+    v = wl.values
+    res = wl.results(threshold=0.5, level=0.9)
+    assert res["weight_r2_frac_above_0_7"] == pytest.approx(np.mean(v > 0.7))
+    assert res["weight_r2_frac_above_threshold"] == pytest.approx(np.mean(v > 0.5)) and res["r2_threshold"] == 0.5
+    assert res["weight_r2_frac_above_0_7"] < res["weight_r2_frac_above_threshold"]
+    lo, hi = res["weight_r2_median_ci"]
+    assert lo < res["weight_r2_median"] < hi and hi - lo < 0.05
+
+
+def test_histogram_draws_the_given_bar():
+    fig = plots.r2_histogram([0.1, 0.5, 0.9], threshold=0.4)
+    assert "R² = 0.4: 67% above" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+# ------------------------------------------------------------------------------------------------------------ claims
+def fake(r2_by_module: dict) -> L.WeightLinearity:
+    """A WeightLinearity whose kept entries have the given R² per module type."""
+    entries = pd.DataFrame([{"tensor": m, "layer": 0.0, "module": m, "index": i, "r2": float(x), "slope": 1.0}
+                            for m, xs in r2_by_module.items() for i, x in enumerate(xs)],
+                           columns=["tensor", "layer", "module", "index", "r2", "slope"])
+    tensors = pd.DataFrame([{"tensor": m, "layer": 0, "module": m, "sampled": len(xs), "dropped_range": 0,
+                             "dropped_distinct": 0, "kept": len(xs)} for m, xs in r2_by_module.items()])
+    return L.WeightLinearity([0, 1, 2], entries, tensors)
+
+
+def verdicts(wl, by_seed, threshold=0.7):
+    cfg = config.load("params/default.yaml", profile="default", overrides={"claims.r2_threshold": threshold})
+    return {c.id: c for c in L.claims(wl, by_seed, cfg)}
+
+
+def spread(n, centre, width, seed=0):
+    return np.clip(centre + width * np.random.default_rng(seed).uniform(-1, 1, n), 0, 1)
+
+
+@pytest.mark.parametrize("seeds_r2, verdict", [
+    ([spread(2000, 0.90, 0.05), spread(2000, 0.92, 0.05, 1)], "holds"),           # every entry above 0.7
+    ([spread(2000, 0.55, 0.30), spread(2000, 0.50, 0.30, 1)], "does not hold"),   # ~ 40 % above
+    ([spread(2000, 0.90, 0.05), spread(2000, 0.50, 0.30, 1)], "inconclusive"),    # the seeds disagree
+])
+def test_share_and_median_claims(seeds_r2, verdict):
+    by_seed = {s: fake({"q": r}).summary(0.7, 0.95) for s, r in enumerate(seeds_r2)}
+    got = verdicts(fake({"q": seeds_r2[0]}), by_seed)
+    assert got["nb01.weight_r2_share"].verdict == verdict and got["nb01.weight_r2_median"].verdict == verdict
+    share = got["nb01.weight_r2_share"]
+    assert share.measured == pytest.approx(np.mean([np.mean(r > 0.7) for r in seeds_r2]))
+    assert "hull over 2 seeds" in share.how
+
+
+def test_share_claim_is_inconclusive_on_few_entries():
+    r = spread(30, 0.75, 0.1)    # share ≈ 0.7 … 0.75 of 30 entries: the interval straddles the 0.7 share bar
+    got = verdicts(fake({"q": r}), {0: fake({"q": r}).summary(0.7, 0.95)})
+    assert got["nb01.weight_r2_share"].verdict == "inconclusive"
+
+
+@pytest.mark.parametrize("norms, rest, verdict", [
+    (spread(500, 0.3, 0.1), spread(2000, 0.9, 0.05), "holds"),
+    (spread(500, 0.95, 0.03), spread(2000, 0.5, 0.2), "does not hold"),
+    (spread(20, 0.85, 0.1), spread(2000, 0.85, 0.1), "inconclusive"),
+])
+def test_norms_claim(norms, rest, verdict):
+    wl = fake({"input_norm": norms, "q": rest})
+    c = verdicts(wl, {0: wl.summary(0.7, 0.95)})["nb01.norms_least_linear"]
+    assert c.verdict == verdict
+    assert c.measured == pytest.approx(np.median(norms) - np.median(rest))
+
+
+def test_claims_refuse_summaries_made_at_another_bar():
+    wl = fake({"q": spread(100, 0.9, 0.05)})
+    with pytest.raises(ValueError, match="seed 0: measured at"):
+        verdicts(wl, {0: wl.summary(0.5, 0.95)}, threshold=0.7)
+    assert verdicts(wl, {0: wl.summary(0.5, 0.95)}, threshold=0.5)["nb01.weight_r2_share"].claim.endswith("> 0.5")
+

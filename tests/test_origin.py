@@ -3,10 +3,13 @@ SFT / RL runs sharing one layout."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from helpers import claims as C
 from helpers import config, origin as O, probes as P, tiny, training
+from helpers.evaluation import PerItem
 from helpers.trajectory import Trajectory
 
 TINY = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=2, intermediate_size=64, max_positions=32,
@@ -164,7 +167,6 @@ def test_decompose_trajectory_closes_exactly_and_is_quadratic_in_the_step(traj):
     assert q0.loc[2, "norm_second"] / q0.loc[1, "norm_second"] == pytest.approx(4.0, rel=0.15)
     s = dec.summary()
     assert s["second_order_share_max"] == t["share_second"].max() and s["decomposition_rows"] == 16
-    assert "input" in dec.verdict() and len(dec.paper_rows()) == 2
 
 
 def test_sft_and_rl_runs_share_training_checkpointing_and_log(tmp_path, monkeypatch):
@@ -183,57 +185,149 @@ def test_sft_and_rl_runs_share_training_checkpointing_and_log(tmp_path, monkeypa
     assert {p.name for p in sft.path(2).iterdir()} == {p.name for p in rl.path(2).iterdir()}
     assert O.Study(cfg, probes=None).run(study.noisy(-10)) == sft_dir          # cached
     assert study.sft_params()["batch"] == 4 and study.sgd.rl_changes == {"lr": 0.5, "optimizer": "sgd"}
+    m = O.measure_run(cfg, rl_dir, _probes())      # medians with their intervals, values kept out of results
+    for space, n in (("weight", m["weight_entries"]), ("token", m["tokens_kept"])):
+        lo, hi = m[f"{space}_r2_median_ci"]
+        assert len(m[f"{space}_r2_values"].values) == n and (n == 0 or lo <= m[f"{space}_r2_median"] <= hi)
+    assert not any(isinstance(v, PerItem) for v in O._numbers(m).values())
 
 
-def _res(**kw):
-    res = {"rl_weight_r2_median": 0.8, "sft_weight_r2_median": 0.45, "rl_token_r2_median": 0.85,
-           "sft_token_r2_median": 0.35, "snr_weight_r2_median": {"0": 0.5, "-10": 0.6, "signal=0": 0.55},
-           "snr_token_r2_median": {"0": 0.4, "-10": 0.5, "signal=0": 0.3},
-           "sgd_weight_r2_median": 0.75, "adamw_weight_r2_median": 0.8, "sgd_lr": 0.1,
-           "lr_weight_r2_median": {"3e-05": 0.72, "0.0001": 0.8}}
-    for name in ("sgd", "adamw"):
-        res |= {f"{name}_displacement": 0.01, f"{name}_heldout_first": 0.2, f"{name}_heldout_last": 0.3,
-                f"{name}_reward_first": 0.3, f"{name}_reward_last": 0.4}
-    return {**res, **kw}
+# ------------------------------------------------------------------------------------------------------- claims
+
+ST = C.Settings(bootstrap=400)
 
 
-def test_verdicts_follow_the_numbers():
-    v = O.verdicts(_res())
-    assert "this run agrees" in v[0] and "0.60 at -10 dB" in v[1] and "does raise" in v[1]
-    assert "noise only it is 0.55" in v[1] and "token space the peak is 0.50 at -10 dB" in v[1]
-    v = O.verdicts(_res(rl_weight_r2_median=0.47, snr_weight_r2_median={"-10": 0.49}))   # within the margin
-    assert "about as linear" in v[0] and "disagrees" in v[0] and "does not raise" in v[1]
-    assert "SGD at lr 0.1 learns" in v[2] and "persists with SGD" in v[2] and "all above" in v[3]
-    assert "falls as lr grows" not in v[3] and "rises as lr grows" in v[3]
-    assert "does not learn" in O.verdicts(_res(sgd_reward_last=0.2))[2]
-    v = O.verdicts(_res(rl_token_r2_median=0.3, snr_weight_r2_median={"0": 0.4}, sgd_weight_r2_median=0.5,
-                        lr_weight_r2_median={"3e-05": 0.6, "0.0001": 0.8}))
-    assert "disagrees" in v[0] and "does not raise" in v[1] and "does not persist" in v[2] and "not all" in v[3]
-    assert "persists with SGD" in O.verdicts(_res(sgd_weight_r2_median=0.6, adamw_weight_r2_median=0.62))[2]
-    assert "falls as lr grows" in O.verdicts(_res(lr_weight_r2_median={"3e-05": 0.8, "0.0001": 0.72}))[3]
-    v = O.verdicts(_res(sft_token_r2_median=math.nan))     # token space undefined: judged on weights
-    assert "this run agrees" in v[0] and "not comparable in token space" in v[0] and "does raise" in v[1]
-    v = O.verdicts(_res(sft_weight_r2_median=math.nan, sgd_weight_r2_median=None))
-    assert "cannot be judged" in v[0] and "cannot be judged" in v[1] and "cannot be judged" in v[2]
-    rows = dict((claim, measured) for claim, _, measured in O.paper_rows(_res(sft_weight_r2_median=math.nan)))
-    assert rows["SFT weight / token R² median"] == "n/a / 0.35"
+def _dec(cells):
+    """A Decomposition of {module: [(input share, weight share), ...] per checkpoint}."""
+    rows = [{"module": mod, "step": step + 1, "share_input": i, "share_weight": w, "share_second": 1 - i - w,
+             "second_token_p99": 1 - i - w} for mod, shares in cells.items() for step, (i, w) in enumerate(shares)]
+    return O.Decomposition(pd.DataFrame(rows))
 
 
-def test_sft_demonstrations_rule():
-    """`correct`: SFT learns the same problems with every solution right (the slips the base learned removed);
-    `task`: the base's own demonstrations; anything else is an error naming the knob."""
-    from helpers import tasks
+def _run(median, lo, hi, token=(math.nan, math.nan, math.nan), values=None, **kw):
+    """A `Study.measure` dict with a weight (and token) R² median and interval."""
+    return {"weight_r2_median": median, "weight_r2_median_ci": (lo, hi), "token_r2_median": token[0],
+            "token_r2_median_ci": token[1:], "weight_entries": 100,
+            "weight_r2_values": PerItem(np.asarray(values if values is not None else [median])), **kw}
 
-    over = {"task.slip": 0.3, "task.train_size": 200, "task.heldout_size": 8}
-    cfg = config.load("params/default.yaml", "default", overrides=over)
-    clean = O.Study(cfg, probes=None).sft_task_cfg()
-    assert clean.task.slip == 0.0 and cfg.task.slip == 0.3
-    mixed, right = tasks.split(cfg.task)[0], tasks.split(clean.task)[0]
-    assert [it.prompt for it in mixed] == [it.prompt for it in right]
-    assert all(tasks.parse_answer(it.solution) == it.answer for it in right)
-    assert any(tasks.parse_answer(it.solution) != it.answer for it in mixed)
-    own = config.load("params/default.yaml", "default", overrides={**over, "origin.sft.demonstrations": "task"})
-    assert O.Study(own, probes=None).sft_task_cfg().task.slip == 0.3
-    bad = config.load("params/default.yaml", "default", overrides={**over, "origin.sft.demonstrations": "x"})
-    with pytest.raises(ValueError, match="origin.sft.demonstrations"):
-        O.Study(bad, probes=None).sft_task_cfg()
+
+def test_input_term_claim_bootstraps_over_modules():
+    steps = 10
+    holds = O.input_term_dominates(_dec({m: [(0.7, 0.25)] * steps for m in "abcd"}), ST)
+    assert holds.verdict == "holds" and holds.measured == pytest.approx(0.45) and "over the 4 modules" in holds.how
+    fails = O.input_term_dominates(_dec({m: [(0.2, 0.75)] * steps for m in "abcd"}), ST)
+    assert fails.verdict == "does not hold"
+    # input-dominant in two of three modules: the cell medians favour the input term, but a resample of modules may
+    # draw the weight-dominant one twice, so the module bootstrap cannot decide (a bootstrap over the 30 cells would)
+    mixed = O.input_term_dominates(_dec({"a": [(0.6, 0.35)] * steps, "b": [(0.35, 0.6)] * steps,
+                                         "c": [(0.55, 0.4)] * steps}), ST)
+    assert mixed.measured > 0 and mixed.verdict == "inconclusive" and mixed.ci_low < 0 < mixed.ci_high
+    still = O.input_term_dominates(_dec({"a": [(math.nan, math.nan)] * 2}), ST)   # Δy = 0 everywhere
+    assert still.verdict == "inconclusive" and math.isnan(still.measured)
+
+
+def test_second_order_claim_is_the_maximum_with_no_interval():
+    tiny = O.second_order_tiny(_dec({"a": [(0.6, 0.38), (0.6, 0.37)], "b": [(0.5, 0.49)]}))
+    assert tiny.verdict == "holds" and tiny.measured == pytest.approx(0.03) and tiny.interval == (tiny.measured,) * 2
+    assert "maximum over all 3" in tiny.how and "no sampling interval" in tiny.how
+    big = O.second_order_tiny(_dec({"a": [(0.6, 0.38), (0.5, 0.42)]}))
+    assert big.verdict == "does not hold" and big.measured == pytest.approx(0.08)
+    assert O.second_order_tiny(_dec({"a": [(math.nan, math.nan)]})).verdict == "inconclusive"   # Δy = 0
+
+
+@pytest.mark.parametrize("run, verdict", [(_run(0.8, 0.75, 0.85), "holds"), (_run(0.5, 0.45, 0.55), "does not hold"),
+                                          (_run(0.72, 0.65, 0.78), "inconclusive"),
+                                          (_run(math.nan, math.nan, math.nan), "inconclusive")])
+def test_rl_linear_claim(run, verdict):
+    c = O.rl_linear(run, ST)
+    assert c.verdict == verdict and c.id == "nb03.rl_linear" and c.rule.threshold == ST.r2_threshold
+
+
+def test_rl_vs_sft_claims_per_space():
+    rl, sft = _run(0.8, 0.78, 0.82, token=(0.4, 0.38, 0.42)), _run(0.45, 0.43, 0.47, token=(0.42, 0.4, 0.44))
+    weight, token = O.rl_more_linear_than_sft(rl, sft, ST)
+    assert (weight.id, weight.verdict) == ("nb03.rl_more_linear_than_sft_weight", "holds")
+    assert weight.measured == pytest.approx(0.35) and weight.ci_low == pytest.approx(0.35 - math.hypot(0.02, 0.02))
+    assert (token.id, token.verdict) == ("nb03.rl_more_linear_than_sft_token", "does not hold")   # −0.02: no effect
+    wide = O.rl_more_linear_than_sft(_run(0.6, 0.4, 0.8, token=(0.6, 0.4, 0.8)), sft, ST)
+    assert [c.verdict for c in wide] == ["inconclusive", "inconclusive"]
+
+
+def _levels(spread, centres, n):
+    """Noisy SFT runs at three SNR levels: weight R² values around each centre."""
+    rng = np.random.default_rng(0)
+    return {key: _run(float(np.median(v)), math.nan, math.nan, values=v)
+            for key, c in zip(("0", "-10", O.ZERO_SIGNAL), centres)
+            for v in [np.clip(c + spread * rng.standard_normal(n), -1, 1)]}
+
+
+def test_noise_peak_claim_uses_bonferroni_intervals():
+    sft = _run(0.45, 0.44, 0.46)
+    noisy = _levels(0.2, (0.5, 0.7, 0.6), 2000)
+    c = O.noise_raises_sft_linearity(sft, noisy, ST)
+    assert c.verdict == "holds" and "peak at -10 dB" in c.detail and "Bonferroni over 3 candidates" in c.how
+    level = C.bonferroni(ST.level, 3)
+    peak = noisy["-10"]
+    want = C.difference(peak["weight_r2_median"], C.median_interval(peak["weight_r2_values"].values, level),
+                        0.45, (0.44, 0.46))
+    assert (c.measured, c.interval) == (pytest.approx(want[0]), pytest.approx(want[1]))
+    plain = C.median_interval(peak["weight_r2_values"].values, ST.level)
+    assert C.difference(peak["weight_r2_median"], plain, 0.45, (0.44, 0.46))[1][0] > c.ci_low  # wider than 95 %
+    assert O.noise_raises_sft_linearity(sft, _levels(0.2, (0.4, 0.45, 0.42), 2000), ST).verdict == "does not hold"
+    wide = O.noise_raises_sft_linearity(sft, _levels(0.3, (0.5, 0.48, 0.47), 15), ST)
+    assert wide.verdict == "inconclusive" and wide.ci_low < 0 < wide.measured
+    none = O.noise_raises_sft_linearity(sft, {"0": _run(math.nan, math.nan, math.nan, values=[])}, ST)
+    assert none.verdict == "inconclusive" and "no noisy SFT run" in none.detail
+
+
+def test_noise_peak_correction_can_change_the_verdict():
+    """The same peak clears the margin as the only level, but not as the best of 7 (Bonferroni-wide interval)."""
+    sft = _run(0.45, 0.45, 0.45)                          # a point: the difference's low end is the peak's − 0.45
+    v = np.random.default_rng(1).normal(0.6, 0.3, 200)
+    lo95, lo7 = C.median_interval(v, ST.level)[0], C.median_interval(v, C.bonferroni(ST.level, 7))[0]
+    assert lo7 < lo95
+    v = v + 0.45 - (lo95 + lo7) / 2                       # plain SFT's 0.45 falls between the two low ends
+    peak = _run(float(np.median(v)), math.nan, math.nan, values=v)
+    assert O.noise_raises_sft_linearity(sft, {"-10": peak}, ST).verdict == "holds"
+    others = {str(k): _run(0.0, math.nan, math.nan, values=v - 1) for k in range(6)}
+    c = O.noise_raises_sft_linearity(sft, {**others, "-10": peak}, ST)
+    assert c.verdict == "inconclusive" and "peak at -10 dB" in c.detail and "best of 7" in c.how
+
+
+def _sgd(median, lo, hi):
+    return _run(median, lo, hi, heldout_first=0.2, heldout_last=0.3, reward_first=0.3, reward_last=0.4)
+
+
+@pytest.mark.parametrize("sgd, verdict", [(_sgd(0.78, 0.76, 0.80), "holds"), (_sgd(0.5, 0.48, 0.52), "does not hold"),
+                                          (_sgd(0.7, 0.55, 0.85), "inconclusive")])
+def test_sgd_claim_is_non_inferiority(sgd, verdict):
+    c = O.sgd_persists(sgd, _sgd(0.8, 0.78, 0.82), 0.1, ST)
+    assert c.verdict == verdict and c.rule.threshold == -ST.r2_margin and "SGD (lr 0.1)" in c.detail
+
+
+def test_lr_claim_takes_the_least_linear_lr():
+    c = O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(0.75, 0.72, 0.9)}, ST)
+    assert c.verdict == "holds" and c.measured == 0.75 and c.interval == (0.72, 0.84)
+    c = O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(0.6, 0.55, 0.65)}, ST)
+    assert c.verdict == "does not hold" and c.interval == (0.55, 0.65)
+    assert O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(0.72, 0.68, 0.76)}, ST).verdict == "inconclusive"
+    assert O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(math.nan, math.nan, math.nan)},
+                       ST).verdict == "inconclusive"
+
+
+def test_claims_of_a_study_in_order():
+    """`claims(study, dec)` reads every setting of the study once and returns notebook 03's claims in order."""
+    from types import SimpleNamespace
+
+    cfg = config.load("params/default.yaml", "smoke")
+    runs = {"rl": _sgd(0.8, 0.78, 0.82), "sft": _sgd(0.45, 0.43, 0.47), "sgd": _sgd(0.78, 0.76, 0.8)}
+    for r in runs.values():
+        r |= {"token_r2_median": r["weight_r2_median"], "token_r2_median_ci": r["weight_r2_median_ci"]}
+    study = SimpleNamespace(cfg=cfg, rl="rl", sft="sft", sgd="sgd", sgd_lr=lambda: 0.1, noisy=lambda x: "sft",
+                            adamw_at=lambda x: "rl", measure=runs.__getitem__)
+    got = O.claims(study, _dec({m: [(0.7, 0.25)] * 3 for m in "ab"}))
+    assert [c.id for c in got] == ["nb03.input_term_dominates", "nb03.second_order_tiny", "nb03.rl_linear",
+                                   "nb03.rl_more_linear_than_sft_weight", "nb03.rl_more_linear_than_sft_token",
+                                   "nb03.noise_raises_sft_linearity", "nb03.sgd_persists", "nb03.lr_linear"]
+    assert f"best of {len(cfg.origin.snr_db)} SNR levels" in got[5].how
+    assert all(c.paper.source for c in got)

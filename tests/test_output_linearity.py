@@ -3,7 +3,7 @@ import inspect
 import numpy as np
 import pytest
 
-from helpers import linearity, output_linearity as OL, probes as P
+from helpers import config, linearity, output_linearity as OL, probes as P
 
 
 def test_uses_the_one_r2_implementation():
@@ -81,9 +81,10 @@ def test_analyse_recovers_known_categories_and_numbers():
     assert res.settings["probes"] == 40 and res.settings["probes_distinct"] == 1   # 40 samples of one sequence
     assert res.categories().loc["behaviour", "tokens"] == 40
     assert len(res.movers(6)) == 2                   # one per distinct (sequence, position) that moved
-    assert ("do evolve linearly" in res.verdict()) == (out["token_r2_median"] > 0.7)
-    assert "positively related" in res.verdict() and "embeddings: 0.1" in res.verdict()
-    assert len(res.paper_rows()) >= 8
+    lo, hi = out["token_r2_median_ci"]
+    assert lo <= out["token_r2_median"] <= hi and out["r2_threshold"] == 0.7
+    assert out["token_r2_frac_above_threshold"] == out["token_r2_frac_above_0_7"]
+    assert verdicts(res)["nb02.activations_linear"].verdict == "holds"    # blocks 2+ drift linearly
 
 
 def test_change_r2_correlation_sign():
@@ -102,9 +103,11 @@ def test_change_r2_correlation_sign():
         res = OL.analyse(forced, probes)
         c = res.correlation()
         assert c["method"] == "spearman" and np.sign(c["kept"]) == sign and abs(c["kept"]) > 0.3
-        assert ("positively related" if sign > 0 else "negatively related") in res.verdict()
-    small = P.TrajectoryForced(t.astype(int), lp[:, :5], lp[:, :5], None, None)   # 5 tokens: not significant
-    assert "no significant relation" in OL.analyse(small, P.Probes([[0] * 6], [1], [0], [""], [""])).verdict()
+        claim = verdicts(res)["nb02.change_vs_r2"]
+        assert claim.verdict == ("holds" if sign > 0 else "does not hold") and claim.measured == c["kept"]
+    small = P.TrajectoryForced(t.astype(int), lp[:, :5], lp[:, :5], None, None)   # 5 tokens: too few to decide
+    res = OL.analyse(small, P.Probes([[0] * 6], [1], [0], [""], [""]))
+    assert verdicts(res)["nb02.change_vs_r2"].verdict == "inconclusive"
 
 
 def test_analyse_needs_three_checkpoints():
@@ -123,7 +126,62 @@ def test_a_trajectory_that_never_moves_is_reported_not_crashed():
     out = res.results()
     assert out["tokens_kept"] == 0 and np.isnan(out["token_r2_median"])
     assert np.isnan(out["activation_r2_median_by_layer"]).all()
-    assert res.verdict().startswith("No response token changed")
-    assert len(res.paper_rows()) >= 8 and res.categories().loc["stable", "tokens"] == probes.n_tokens
+    assert {c.verdict for c in verdicts(res).values()} == {"inconclusive"}
+    assert res.categories().loc["stable", "tokens"] == probes.n_tokens
     OL.plot_change_vs_r2(res)
     OL.plot_activation_r2(res)
+
+
+# ------------------------------------------------------------------------------------------------------------ claims
+def verdicts(result, by_seed=None, threshold=0.7):
+    """`OL.claims` by id; `by_seed` defaults to the result's own summary as the only seed."""
+    cfg = config.load("params/default.yaml", profile="default", overrides={"claims.r2_threshold": threshold})
+    return {c.id: c for c in OL.claims(result, by_seed or {0: result.summary(0.95)}, cfg)}
+
+
+def seed(median, lo, hi):
+    return {"median": median, "median_ci": (lo, hi), "threshold": 0.7, "level": 0.95}
+
+
+@pytest.mark.parametrize("by_seed, verdict", [
+    ({0: seed(0.90, 0.88, 0.92), 1: seed(0.85, 0.82, 0.87)}, "holds"),
+    ({0: seed(0.50, 0.45, 0.55), 1: seed(0.60, 0.58, 0.65)}, "does not hold"),
+    ({0: seed(0.90, 0.88, 0.92), 1: seed(0.60, 0.58, 0.65)}, "inconclusive"),   # the seeds disagree
+])
+def test_token_median_claim_covers_every_seed(by_seed, verdict):
+    probes, forced, _ = synthetic()
+    c = verdicts(OL.analyse(forced, probes), by_seed)["nb02.token_r2_median"]
+    assert c.verdict == verdict and "hull over 2 seeds" in c.how
+    assert c.interval == (min(s["median_ci"][0] for s in by_seed.values()),
+                          max(s["median_ci"][1] for s in by_seed.values()))
+
+
+def test_token_median_claim_refuses_another_level():
+    probes, forced, _ = synthetic()
+    res = OL.analyse(forced, probes)
+    with pytest.raises(ValueError, match="level"):
+        verdicts(res, {0: res.summary(0.9)})
+
+
+def test_spearman_interval_is_the_fisher_z_interval():
+    lo, hi = OL.spearman_interval(0.0, 103, 0.95)
+    assert hi == pytest.approx(np.tanh(1.959964 * 1.03 / 10)) and lo == pytest.approx(-hi)
+    assert OL.spearman_interval(0.5, 50, 0.9)[1] < OL.spearman_interval(0.5, 50, 0.99)[1]
+    assert np.isnan(OL.spearman_interval(0.9, 3)).all()
+
+
+@pytest.mark.parametrize("layer2, verdict, detail", [
+    ("drift", "holds", "least linear block 2"), ("noise", "does not hold", "least linear block 2"),
+    ("frozen", "inconclusive", "no R² in block 2"), (None, "inconclusive", "1 block"),
+])
+def test_activation_claim_takes_the_least_linear_layer_after_block_1(layer2, verdict, detail):
+    probes, forced, _ = synthetic()
+    if layer2 == "noise":
+        forced.hidden[:, 2] = np.random.default_rng(3).standard_normal(forced.hidden[:, 2].shape)
+    if layer2 == "frozen":
+        forced.hidden[:, 2] = forced.hidden[0, 2]
+    if layer2 is None:                                   # one block: no layer after the first
+        forced.hidden = forced.hidden[:, :2]
+    c = verdicts(OL.analyse(forced, probes))["nb02.activations_linear"]
+    assert c.verdict == verdict and detail in c.detail
+

@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
+import pandas as pd
 import pytest
 
-from helpers import batch, config, training
+from helpers import batch, claims, config, training
 from helpers import robustness as R
 
 NOTEBOOKS = ("00_trajectory", "01_weight_linearity", "02_output_linearity")
@@ -75,12 +76,16 @@ def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
 
 # ------------------------------------------------------------------------------- hand-written run directories
 
-def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed=True, acc=(0.2, 0.4)):
-    """Results of notebooks 00-02 as the notebooks write them (+ executed copies and a run.json)."""
+def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed=True, acc=(0.2, 0.4), ci=0.02):
+    """Results of notebooks 00-02 as the notebooks write them (+ executed copies and a run.json); the medians'
+    intervals are median ± `ci` (none when `ci` is None)."""
+    def interval(q):
+        return {} if ci is None or not q else {"median_ci": [q[1] - ci, q[1] + ci]}
     numbers = {"00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
                "01_weight_linearity": dict(zip(("weight_r2_q1", "weight_r2_median", "weight_r2_q3"), weight or ()))
-               | {"weight_r2_frac_above_0_7": 0.6},
-               "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))}
+               | {"weight_r2_frac_above_0_7": 0.6} | {f"weight_r2_{k}": v for k, v in interval(weight).items()},
+               "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))
+               | {f"token_r2_{k}": v for k, v in interval(token).items()}}
     (run_dir / "results").mkdir(parents=True, exist_ok=True)
     for nb, res in numbers.items():
         (run_dir / "results" / f"{nb}.json").write_text(json.dumps({**res, "_meta": {"params_hash": params_hash,
@@ -114,45 +119,82 @@ def fake_batch(tmp_path):
     return R.Batch(run_dir, run_dir / "robustness", list(NOTEBOOKS), entries, 1.0)
 
 
+CFG = config.load("params/default.yaml", "default")
+
+
 def test_table_reads_the_results_and_marks_the_linear_regime(fake_batch):
-    t = R.collect(fake_batch)
+    t = R.collect(fake_batch, CFG)
     assert list(t.index) == ["reference=default", "lr=3x", "optimizer=SGD", "training=SFT", "model=2 layers"]
     ref = t.loc["reference=default"]
     assert (ref.weight_r2_median, ref.weight_r2_q1, ref.token_r2_q3, ref.final_accuracy) == (0.85, 0.6, 0.97, 0.4)
     assert ref.seconds == 60.0 and ref.measured and ref.linear
+    assert ref.weight_r2_median_ci == pytest.approx((0.83, 0.87))
+    assert ref.token_r2_median_ci == pytest.approx((0.88, 0.92))
     assert list(t["linear"]) == [True, False, True, False, False]
     stale = t.loc["model=2 layers"]
     assert not stale.measured and math.isnan(stale.weight_r2_median) and math.isnan(stale.seconds)
+    assert all(math.isnan(x) for x in stale.weight_r2_median_ci)
     shown = R.fig2_table(t)
     assert shown.loc["lr=3x", "weight R² IQR"] == "0.30 – 0.80" and shown.loc["model=2 layers", "linear"] == \
         "not measured"
 
 
-def test_sentences_name_the_settings_and_compare_with_the_paper(fake_batch):
-    v = R.verdicts(R.collect(fake_batch))
-    assert v[0].endswith("reference=default, optimizer=SGD.")
-    assert v[1] == ("Not in it: lr=3x (weight 0.55 / token 0.88), training=SFT (weight 0.45 / token 0.35).")
-    assert v[2] == "Not measured (failed or incomplete): model=2 layers."
-    assert "weight R² medians 0.55–0.85, token R² medians 0.80–0.90 over 3 settings" in v[3]
-    assert "1 of 3 here fall in that band in both spaces, 2 of 3 clear the 0.7 bar in both" in v[3]
-    assert v[4].startswith("Spread of the weight / token R² medians within each factor (reference included): "
-                           "lr 0.30 / 0.02, optimizer 0.07 / 0.10 — lr moves linearity most here")
-    assert v[5].startswith("SFT: weight / token R² medians 0.45 / 0.35 vs 0.85 / 0.90 for the reference RL run: "
-                           "clearly less linear in both spaces, gaps 0.40 / 0.55; above the 0.7 bar in neither space")
-    assert v[6] == ("SGD (lr 0.4): weight / token R² medians 0.78 / 0.80, above the 0.7 bar in both spaces; the "
-                    "paper finds linearity persists with SGD — here it does.")
-    assert R._relation((0.01, -0.02)).startswith("about as linear") and R._relation((0.2, 0.01)) == \
-        "less linear in weight space only"
-    rows = R.paper_rows(R.collect(fake_batch))
-    assert rows[0][2] == "0.55–0.85 / 0.80–0.90 over 3 settings"
-    assert rows[2] == ("lr (weight / token R² median)", "1e-6, 3e-6, 1e-5: all linear", "3x: 0.55 / 0.88")
+def _table(*rows):
+    """A `collect`-like table of (label, trajectory, reference, weight (median, lo, hi), token (median, lo, hi))."""
+    return pd.DataFrame([{"trajectory": traj, "reference": ref, "weight_r2_median": w[0], "weight_r2_median_ci": w[1:],
+                          "token_r2_median": k[0], "token_r2_median_ci": k[1:]} for _, traj, ref, w, k in rows],
+                        index=[r[0] for r in rows])
+
+
+NAN3 = (math.nan,) * 3
+
+
+def test_claims_from_the_grid(fake_batch):
+    rl, sft_w, sft_k = R.claims(R.collect(fake_batch, CFG), CFG)
+    assert [c.id for c in (rl, sft_w, sft_k)] == ["nb07.rl_settings_linear", "nb07.sft_less_linear_weight",
+                                                   "nb07.sft_less_linear_token"]
+    # lr=3x is the least linear RL setting (weight 0.55 ± 0.02); model=2 layers has no results: no interval
+    assert rl.measured == 0.55 and "least linear: lr=3x (weight)" in rl.detail and rl.verdict == "inconclusive"
+    assert "no median or interval for model=2 layers (weight), model=2 layers (token)" in rl.detail
+    assert sft_w.measured == pytest.approx(0.4) and sft_w.verdict == "holds" and sft_k.verdict == "holds"
+    assert "reference=default 0.850 [0.830, 0.870], training=SFT 0.450" in sft_w.detail
+
+
+REF = ("ref", "rl", True, (0.85, 0.8, 0.9), (0.9, 0.85, 0.95))
+
+
+@pytest.mark.parametrize("rows, verdict", [
+    ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.8, 0.77, 0.85))], "holds"),
+    ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.6, 0.55, 0.65))], "does not hold"),
+    ([REF, ("lr", "rl", False, (0.72, 0.65, 0.8), (0.8, 0.77, 0.85))], "inconclusive"),
+    ([("ref", "rl", True, (0.85, 0.8, 0.9), (0.9, math.nan, math.nan))], "inconclusive"),   # an interval missing
+    ([("sft", "sft", False, (0.4, 0.35, 0.45), (0.3, 0.25, 0.35))], "inconclusive"),       # no RL setting
+])
+def test_rl_settings_claim_takes_the_least_linear_setting_and_space(rows, verdict):
+    c = R.claims(_table(*rows), CFG)[0]
+    assert c.verdict == verdict and c.rule.threshold == claims.r2_threshold(CFG)
+    if verdict == "holds":                                 # [min of the lows, min of the highs]
+        assert c.interval == (0.75, 0.8) and c.measured == 0.78 and c.detail == "least linear: lr (weight)"
+
+
+@pytest.mark.parametrize("sft, verdicts", [
+    (((0.45, 0.43, 0.47), (0.35, 0.3, 0.4)), ("holds", "holds")),
+    (((0.84, 0.82, 0.86), (0.84, 0.74, 0.94)), ("does not hold", "inconclusive")),  # no gap / a wide one
+    (None, ("inconclusive", "inconclusive")),                                        # no SFT setting
+])
+def test_sft_claims_compare_the_reference_with_sft(sft, verdicts):
+    rows = [("ref", "rl", True, (0.85, 0.84, 0.86), (0.9, 0.86, 0.94)), ("lr", "rl", False, (0.2, 0.1, 0.3), NAN3)]
+    if sft:
+        rows.append(("sft", "sft", False, *sft))
+    _, w, k = R.claims(_table(*rows), CFG)
+    assert (w.verdict, k.verdict) == verdicts and w.rule.tolerance == claims.Settings.of(CFG).r2_margin
 
 
 def test_results_hold_the_issue_keys(fake_batch):
-    res = R.results(fake_batch, R.collect(fake_batch))
+    res = R.results(fake_batch, R.collect(fake_batch, CFG))
     first = res["settings"][0]
     for key in ("factor", "value", "weight_r2_median", "weight_r2_q1", "weight_r2_q3", "token_r2_median",
-                "token_r2_q1", "token_r2_q3"):
+                "token_r2_q1", "token_r2_q3", "weight_r2_median_ci", "token_r2_median_ci"):
         assert key in first
     assert first["run"] == "." and res["settings"][1]["run"] == "robustness/lr=3x"
     assert (res["sft_weight_r2_median"], res["sft_token_r2_median"]) == (0.45, 0.35)

@@ -54,3 +54,15 @@ def test_spread_describe_table_results():
     assert t.loc["mean", "R² median"] == pytest.approx(0.85)
     assert t.loc["sd", "R² median"] == pytest.approx(math.sqrt(0.005))
     assert seeds.results(by_seed, {"frac_above": "share_by_seed"}) == {"seeds": [0, 1], "share_by_seed": [0.6, 0.8]}
+
+
+def test_across_seeds_mean_hull_detail_and_settings_check():
+    by_seed = {0: {"m": 0.8, "ci": (0.7, 0.9), "level": 0.95}, 3: {"m": 0.6, "ci": (0.5, 0.65), "level": 0.95}}
+    mean, hull, detail = seeds.across(by_seed, "m", "ci")
+    assert mean == pytest.approx(0.7) and hull == (0.5, 0.9)
+    assert detail == "seed 0: 0.800 [0.700, 0.900]; seed 3: 0.600 [0.500, 0.650]"
+    assert seeds.hull_how("exact interval", 1) == "exact interval"
+    assert seeds.hull_how("exact interval", 3) == "exact interval; hull over 3 seeds"
+    seeds.check_made_at(by_seed, level=0.95)
+    with pytest.raises(ValueError, match=r"seed 0: measured at \{'level': 0.95\}"):
+        seeds.check_made_at(by_seed, level=0.9)
