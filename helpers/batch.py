@@ -1,12 +1,13 @@
 """Execute the notebook set with papermill for every combination of a parameter grid, resuming what is done.
 
     python -m helpers.batch PARAMS.yaml [--grid KEY=V1,V2 ...] [--only NOTEBOOK] [--force] [--profile P] [--out DIR]
+                                        [--debug]
 
 Each combination gets `<out>/<run-name>/` (run-name = params name [-profile] [_key=value ...]) holding the executed
 notebooks (`NN_x.ipynb` + `NN_x.html`), `figures/`, `results/` (written by the notebooks), `run.json` and the
 `index.html` / `index.md` to open. A grid also gets `<out>/<batch-name>-index.html` with one row per combination.
 A notebook is skipped when its results for the same params hash and an executed copy newer than the notebook exist
-(unless --force).
+(unless --force). A cell running longer than `batch.cell_timeout` seconds fails its notebook.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 
+from . import cli, report
 from . import config as config_mod
-from . import report
 from .paths import REPO, atomic_write_json, atomic_write_text, outputs_root, resolve
 from .results import results_path
 
@@ -34,7 +35,7 @@ NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook raised; the message names the notebook, the cell and the error."""
+    """A notebook raised, timed out or lost its kernel; the message names the notebook, the cell and the error."""
 
 
 @dataclass
@@ -63,10 +64,14 @@ def discover(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
 
 def select(notebooks: Sequence[Path], only: str) -> Path:
     """The notebook `only` names: its file name, its stem (`01_weight_linearity`) or its number (`01`)."""
+    have = ", ".join(nb.stem for nb in notebooks)
+    if not only.strip():
+        raise ValueError(f"--only {only!r}: empty notebook name (an unset variable?); give a name, stem or number "
+                         f"(have: {have}), or leave --only out to run them all")
     for nb in notebooks:
         if only in (nb.name, nb.stem, nb.stem.split("_")[0]):
             return nb
-    raise ValueError(f"--only {only}: no such notebook (have: {', '.join(nb.stem for nb in notebooks)})")
+    raise ValueError(f"--only {only}: no such notebook (have: {have})")
 
 
 def parse_value(text: str) -> Any:
@@ -146,9 +151,11 @@ def _kernel_env() -> Iterator[None]:
             os.environ["MPLBACKEND"] = saved
 
 
-def execute(notebook: Path, run_dir: Path, parameters: dict, cwd: Path) -> float:
-    """Run `notebook` with papermill into `run_dir/<name>.ipynb` (kernel python3 of this venv); returns seconds."""
+def execute(notebook: Path, run_dir: Path, parameters: dict, cwd: Path, cell_timeout: float) -> float:
+    """Run `notebook` with papermill into `run_dir/<name>.ipynb` (kernel python3 of this venv), each cell for at
+    most `cell_timeout` seconds; returns seconds."""
     import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     out = run_dir / notebook.name
@@ -157,17 +164,49 @@ def execute(notebook: Path, run_dir: Path, parameters: dict, cwd: Path) -> float
         with _kernel_env():
             pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name="python3",
                                 language="python", cwd=str(cwd), progress_bar={"desc": f"  {notebook.stem}"},
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no TCP-transport warning
+                                execution_timeout=cell_timeout,
+                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # no kernel log noise
     except PapermillExecutionError as e:
-        where = report.failure_of(json.loads(out.read_text())) if out.is_file() else None
-        where = where or {"cell": e.cell_index, "line": next(iter((e.source or "").strip().splitlines()), ""),
-                          "error": f"{e.ename}: {e.evalue}"}
-        raise NotebookFailed(f"notebook {notebook.stem} failed in cell {where['cell']} (`{where['line']}`): "
-                             f"{where['error']}\n"
-                             f"  executed notebook kept for inspection: {out}") from e
-    except Exception as e:  # kernel died, bad notebook, missing kernel, ...
+        raise _failed(notebook, out, {"cell": e.cell_index, "line": _first_line(e.source),
+                                      "error": f"{e.ename}: {e.evalue}"}) from e
+    except (CellTimeoutError, DeadKernelError) as e:
+        evalue = (f"the cell ran longer than batch.cell_timeout = {cell_timeout:g} s (raise it in the params file "
+                  f"if the cell needs longer)" if isinstance(e, CellTimeoutError) else
+                  "the kernel died while the cell ran (out of memory, a crash, or an exit in the cell)")
+        if out.is_file():
+            _mark_running_cell(out, type(e).__name__, evalue)
+        raise _failed(notebook, out, None, f"{type(e).__name__}: {evalue}") from e
+    except Exception as e:  # bad notebook, missing kernel, ...
         raise NotebookFailed(f"notebook {notebook.stem} failed: {type(e).__name__}: {e}") from e
     return time.time() - start
+
+
+def _first_line(source: str | None) -> str:
+    return next((s.strip() for s in (source or "").splitlines() if s.strip()), "")
+
+
+def _mark_running_cell(executed: Path, ename: str, evalue: str) -> None:
+    """Record a timeout or dead kernel in the executed notebook as an error of the cell that was running (the last
+    one papermill started), as if it raised: `report.failure_of`, the run index and `is_complete` then see it."""
+    nb = json.loads(executed.read_text())
+    started = [c for c in nb.get("cells", []) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started or started[-1].get("cell_type") != "code":
+        return
+    cell = started[-1]
+    cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("output_type") != "error"] + [
+        {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": []}]  # the interrupt's error replaced
+    cell["metadata"]["papermill"].update(exception=True, status="failed")
+    nb["metadata"].setdefault("papermill", {})["exception"] = True
+    atomic_write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def _failed(notebook: Path, executed: Path, where: dict | None, error: str = "") -> NotebookFailed:
+    """The failure of `notebook`, at the cell the executed copy records (`report.failure_of`), else at `where`."""
+    where = (report.failure_of(json.loads(executed.read_text())) if executed.is_file() else None) or where
+    if where is None:
+        return NotebookFailed(f"notebook {notebook.stem} failed: {error}")
+    return NotebookFailed(f"notebook {notebook.stem} failed in cell {where['cell']} (`{where['line']}`): "
+                          f"{where['error']}\n  executed notebook kept for inspection: {executed}")
 
 
 _exporter = None
@@ -222,7 +261,7 @@ def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_
             continue
         results_path(run_dir, name).unlink(missing_ok=True)  # a stale file must never look like this run's
         try:
-            seconds = execute(nb, run_dir, parameters, nb.parent)
+            seconds = execute(nb, run_dir, parameters, nb.parent, cfg.batch.cell_timeout)
         except NotebookFailed as e:
             results_path(run_dir, name).unlink(missing_ok=True)
             outcome.status[name], outcome.error = "failed", str(e)
@@ -247,7 +286,7 @@ def run_batch(params_file: str | os.PathLike, grid: dict[str, list] | None = Non
     """
     grid = grid or {}
     notebooks = discover(notebooks_dir)
-    selected = [select(notebooks, only)] if only else notebooks
+    selected = notebooks if only is None else [select(notebooks, only)]
     out = Path(out) if out else outputs_root()
     params_arg = _portable(params_file)
     combos = [(c, config_mod.load(params_file, profile, c)) for c in combinations(grid)]
@@ -285,12 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where run directories go (default outputs/)")
     ap.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="notebook directory (default notebooks/)")
     args = ap.parse_args(argv)
-    try:
-        outcomes = run_batch(args.params, parse_grid(args.grid), args.only, args.force, args.profile, args.out,
-                             args.notebooks)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    outcomes = run_batch(args.params, parse_grid(args.grid), args.only, args.force, args.profile, args.out,
+                         args.notebooks)
     failed = [o for o in outcomes if not o.ok]
     for o in failed:
         print(f"FAILED run {o.name}:\n{o.error}", file=sys.stderr)
@@ -298,4 +333,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

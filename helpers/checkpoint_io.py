@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from .paths import atomic_dir, atomic_write_json
-from .trajectory import all_finite
+from .trajectory import RECORD_NAME, all_finite, read_json
 
 DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -27,22 +27,37 @@ DTYPE_NAMES = {
 COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
                 "chat_template.jinja", "chat_template.json")
-RECORD_NAME = "extrapolation.json"
 CHUNK = 16 << 20  # bytes copied at a time when assembling the final file
 
 
+def check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """An existing `out_dir` may be replaced only when `overwrite` is asked for and only if it is an earlier output
+    (a directory holding `RECORD_NAME`); anything else is a FileExistsError naming it."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if out_dir.is_symlink() or not (out_dir / RECORD_NAME).is_file():
+        raise FileExistsError(f"{out_dir}: exists and is not a checkpoint written by this tool (no {RECORD_NAME}); "
+                              "not replaced, choose a new output directory")
+    if not overwrite:
+        raise FileExistsError(f"{out_dir}: exists (an earlier extrapolation); pass overwrite=True (--overwrite) to "
+                              "replace it")
+
+
 def write_checkpoint(out_dir, tensors: Iterable[tuple[str, torch.Tensor]], like, record: dict | None = None,
-                     dtype_of: Callable[[str], torch.dtype] | Mapping[str, torch.dtype] | None = None) -> Path:
+                     dtype_of: Callable[[str], torch.dtype] | Mapping[str, torch.dtype] | None = None,
+                     overwrite: bool = False) -> Path:
     """Stream (name, tensor) pairs into out_dir/model.safetensors; copy config + tokenizer files from `like`.
 
     dtype_of: the dtype to store each tensor in (a function or a mapping of name -> dtype); default: as given.
     With tied embeddings in `like`'s config, `lm_head.weight` is skipped (it is the embedding).
     `record` (JSON-able) is written as out_dir/extrapolation.json. Atomic: out_dir appears only when complete.
+    An existing out_dir is replaced only with `overwrite` and only if it holds such a record (`check_replaceable`).
     """
     like, out_dir = Path(like), Path(out_dir)
+    check_replaceable(out_dir, overwrite)
     if not (like / "config.json").exists():
         raise FileNotFoundError(f"{like}: no config.json to copy")
-    tied = json.loads((like / "config.json").read_text()).get("tie_word_embeddings", False)
+    tied = read_json(like / "config.json").get("tie_word_embeddings", False)
     cast = dtype_of.get if isinstance(dtype_of, Mapping) else dtype_of
     with atomic_dir(out_dir) as tmp:
         entries = []  # (name, dtype, shape, start, stop) in the temp data file

@@ -30,15 +30,26 @@ class Sampler(Protocol):
         ...
 
 
-def load_model(path: str | Path, device: str | torch.device = "auto", dtype=torch.float32):
-    """(model in eval mode, tokenizer) of an HF model directory."""
+def load_model(path: str | Path, device: str | torch.device = "auto", dtype=torch.float32,
+               allow_pickle: bool = False):
+    """(model in eval mode, tokenizer) of an HF model directory; pickle (`.bin`) weights only with `allow_pickle`
+    (the params knob `trajectory.allow_pickle`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if not allow_pickle:
+        refuse_pickle_only(Path(path))
     hf_logging.disable_progress_bar()
     device = pick(device) if isinstance(device, str) else device
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def refuse_pickle_only(model_dir: Path) -> None:
+    """An error for a model directory whose weights are pickle (`.bin`) files only: unpickling can run code."""
+    if model_dir.is_dir() and not any(model_dir.glob("*.safetensors")) and any(model_dir.glob("*.bin")):
+        raise ValueError(f"{model_dir}: only pickle weights (.bin) found, and loading them can run code; convert them "
+                         f"to safetensors, or set trajectory.allow_pickle: true in the params file to load them")
 
 
 class ModelLogits:
@@ -163,9 +174,10 @@ class HFSampler:
         return [out[j * n:(j + 1) * n] for j in range(len(prompts))]
 
 
-def _hf(model_or_path, tokenizer=None, device: str = "auto", batch_size: int = 512, **_) -> HFSampler:
+def _hf(model_or_path, tokenizer=None, device: str = "auto", batch_size: int = 512, allow_pickle: bool = False,
+        **_) -> HFSampler:
     if isinstance(model_or_path, (str, Path)):
-        model, tokenizer = load_model(model_or_path, device)
+        model, tokenizer = load_model(model_or_path, device, allow_pickle=allow_pickle)
     else:
         model = model_or_path
         if tokenizer is None:
@@ -179,9 +191,11 @@ def _logit_extrapolation(models, **kwargs) -> Sampler:
     return make(models, **kwargs)
 
 
-def _vllm(model_or_path, **kwargs) -> Sampler:
+def _vllm(model_or_path, allow_pickle: bool = False, **kwargs) -> Sampler:
     from .vllm_backend import make
 
+    if not allow_pickle and isinstance(model_or_path, (str, Path)):
+        refuse_pickle_only(Path(model_or_path))  # vLLM would load .bin weights too
     return make(model_or_path, **kwargs)
 
 
@@ -241,11 +255,11 @@ def greedy_accuracy(model, tokenizer, items: Sequence[tasks.Item], max_new_token
 
 
 def evaluate_model(path: str | Path, items: Sequence[tasks.Item], eval_cfg, device: str = "auto",
-                   backend: str | None = None) -> dict:
+                   backend: str | None = None, allow_pickle: bool = False) -> dict:
     """`evaluate` of one model directory with the knobs of the `eval` params section (backend: `eval.backend`
     unless given); a sampler that holds an engine (vllm) is closed afterwards, freeing its memory."""
     sampler = make_sampler(backend or eval_cfg["backend"], path, device=device,
-                           batch_size=int(eval_cfg["batch_size"]))
+                           batch_size=int(eval_cfg["batch_size"]), allow_pickle=allow_pickle)
     return _evaluate_and_close(sampler, items, eval_cfg)
 
 
@@ -299,7 +313,8 @@ class CachedScorer:
         self._memo: dict[str, dict] = {}
 
     def sampler_kwargs(self) -> dict:
-        return {"device": self.cfg.device, "batch_size": int(self.cfg.eval.batch_size)}
+        return {"device": self.cfg.device, "batch_size": int(self.cfg.eval.batch_size),
+                "allow_pickle": bool(self.cfg.trajectory.allow_pickle)}
 
     def score(self, identity: Mapping, make: Callable[[], Sampler]) -> dict:
         """The `evaluate` dict of the sampler `make()` builds, from the cache when `identity` was scored before."""
@@ -338,6 +353,7 @@ def evaluate_checkpoints(paths: Mapping[Any, str | Path], cfg, items: Sequence[t
     import pandas as pd
 
     items = heldout_items(cfg) if items is None else items
-    rows = {label: evaluate_model(path, items, cfg.eval, device=cfg.device, backend=backend)
+    rows = {label: evaluate_model(path, items, cfg.eval, device=cfg.device, backend=backend,
+                                  allow_pickle=cfg.trajectory.allow_pickle)
             for label, path in paths.items()}
     return pd.DataFrame.from_dict(rows, orient="index")

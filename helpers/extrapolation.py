@@ -12,14 +12,17 @@ A tied lm_head follows the extrapolated embedding. Command line::
     python -m helpers.extrapolation --from A --to B --target-step T --out DIR [--norms extrapolate|copy-from-t1]
                                     [--from-step t0 --to-step t1] [--overwrite]
 
-The steps of A and B come from their trainer_state.json or directory names unless given. The second half of the module
-holds notebook 04's scoring, curves and claims (`Measured`, `claims`, `results`).
+The steps of A and B come from their trainer_state.json or directory names unless given. `--overwrite` replaces only
+an earlier extrapolation (a directory holding `extrapolation.json`), never an input or a directory holding one. The
+second half of the module holds notebook 04's scoring, curves and claims (`Measured`, `claims`, `results`).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import re
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from . import claims as claims_mod
-from . import paper
+from . import cli, paper
 from .evaluation import CachedScorer, PerItem, make_sampler
 from .paths import dir_fingerprint
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 NORM_POLICIES = ("copy-from-t1", "extrapolate")
+FP32_MAX = float(torch.finfo(torch.float32).max)  # the weights are extrapolated in float32
 _NORM_MODULE = re.compile(r"(norm|^ln(_|$)|^ln\d)", re.IGNORECASE)
 
 
@@ -43,7 +47,11 @@ def coefficient(t0: float, t1: float, target_step: float) -> float:
     """β = (t' − t0) / (t1 − t0): the multiple of the observed update (β > 1 extrapolates)."""
     if t1 == t0:
         raise ValueError(f"extrapolation needs two different steps (both are {t0})")
-    return (target_step - t0) / (t1 - t0)
+    beta = (target_step - t0) / (t1 - t0)
+    if not abs(beta) <= FP32_MAX:  # also NaN
+        raise ValueError(f"β = {beta:g} (t0 = {t0}, t1 = {t1}, target step {target_step:g}) is beyond float32's range "
+                         f"(|β| ≤ {FP32_MAX:.3g}), in which the weights are extrapolated; choose a nearer target step")
+    return beta
 
 
 def is_norm(name: str) -> bool:
@@ -75,28 +83,51 @@ def extrapolated_tensors(traj, t0: int, t1: int, beta: float, norms: str = "copy
             raise ValueError(f"{traj.path(t0)} vs {traj.path(t1)}: tensor {name}: {e}") from None
 
 
-def extrapolate(traj, t0: int, t1: int, target_step: float, out: str | Path, norms: str = "copy-from-t1") -> Path:
+def check_not_input(out: Path, traj) -> None:
+    """`out` is none of `traj`'s checkpoints and holds none of them (e.g. the run directory): a ValueError if it is."""
+    where = out.resolve()
+    for step in traj.steps:
+        ckpt = Path(traj.path(step)).resolve()
+        if where == ckpt or where in ckpt.parents:
+            what = "is the input checkpoint" if where == ckpt else f"holds the input checkpoint {ckpt}"
+            raise ValueError(f"{out}: {what} (step {step}); an extrapolation is never written over its inputs, "
+                             "choose another output directory")
+
+
+def extrapolate(traj, t0: int, t1: int, target_step: float, out: str | Path, norms: str = "copy-from-t1",
+                overwrite: bool = False) -> Path:
     """Write the checkpoint extrapolated from steps t0, t1 of `traj` to `target_step` into `out` (atomically), with
-    config and tokenizer of θ_{t1} and an `extrapolation.json` record of the inputs and β."""
+    config and tokenizer of θ_{t1} and an `extrapolation.json` record of the inputs and β. An existing `out` is
+    replaced only with `overwrite`, only if it is an earlier extrapolation, and never if it is or holds a checkpoint
+    of `traj`."""
     from .checkpoint_io import write_checkpoint
 
+    check_not_input(Path(out), traj)
     beta = coefficient(t0, t1, target_step)
     record = {"method": "two-point weight extrapolation", "from": str(traj.path(t0)), "to": str(traj.path(t1)),
               "t0": t0, "t1": t1, "target_step": target_step, "beta": beta, "norms": norms,
               "tied_embeddings": bool(traj.tied_embeddings),
               "copied_from_t1": [n for n in traj.names if norms == "copy-from-t1" and is_norm(n)]}
-    return write_checkpoint(out, extrapolated_tensors(traj, t0, t1, beta, norms), like=traj.path(t1), record=record)
+    return write_checkpoint(out, extrapolated_tensors(traj, t0, t1, beta, norms), like=traj.path(t1), record=record,
+                            overwrite=overwrite)
 
 
 def pair(src0: str | Path, src1: str | Path, t0: int | None = None, t1: int | None = None):
     """A two-checkpoint `Trajectory` of `src0`, `src1`; their steps are read from the directories (trainer_state.json /
-    names) unless given. Returns (trajectory, t0, t1)."""
-    from .trajectory import Trajectory, step_of
+    names) unless given. Returns (trajectory, t0, t1); warns when t0 > t1."""
+    from .trajectory import Trajectory, TrajectoryWarning, step_of
 
+    for src in (src0, src1):
+        if not Path(src).is_dir():
+            raise FileNotFoundError(f"{src}: no such checkpoint directory")
     t0 = step_of(src0) if t0 is None else int(t0)
     t1 = step_of(src1) if t1 is None else int(t1)
     if t0 == t1:
         raise ValueError(f"{src0} and {src1} are both at step {t0}; pass --from-step / --to-step")
+    if t0 > t1:
+        warnings.warn(f"--from {src0} (step {t0}) is newer than --to {src1} (step {t1}): t0 > t1, so config, tokenizer "
+                      "and copied norms come from the older checkpoint; swap --from and --to unless that is meant",
+                      TrajectoryWarning, stacklevel=2)
     return Trajectory({t0: Path(src0), t1: Path(src1)}), t0, t1
 
 
@@ -371,16 +402,21 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--norms", choices=NORM_POLICIES, default="copy-from-t1", help="norm-weight policy")
     p.add_argument("--from-step", type=int, help="step of --from (default: read from the directory)")
     p.add_argument("--to-step", type=int, help="step of --to (default: read from the directory)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is an earlier extrapolation (never an input or a directory holding one)")
     a = p.parse_args(argv)
     if Path(a.out).exists() and not a.overwrite:
         p.error(f"{a.out} exists; pass --overwrite to replace it")
-    traj, t0, t1 = pair(a.src0, a.src1, a.from_step, a.to_step)
+    with warnings.catch_warnings(record=True) as caught:  # shown as one line each
+        warnings.simplefilter("always")
+        traj, t0, t1 = pair(a.src0, a.src1, a.from_step, a.to_step)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     target = int(a.target_step) if float(a.target_step).is_integer() else a.target_step
-    out = extrapolate(traj, t0, t1, target, a.out, a.norms)
+    out = extrapolate(traj, t0, t1, target, a.out, a.norms, overwrite=a.overwrite)
     print(f"wrote {out} (t0={t0}, t1={t1}, target={target}, beta={coefficient(t0, t1, target):.4g}, norms={a.norms})")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -55,13 +55,13 @@ class LogitExtrapolationSampler(HFSampler):
 
 
 def make_sampler(models, alpha: float, tokenizer=None, device: str = "auto", batch_size: int = 512,
-                 **_) -> LogitExtrapolationSampler:
+                 allow_pickle: bool = False, **_) -> LogitExtrapolationSampler:
     """The sampler of a (t0, t1) pair of model directories, or of loaded models with `tokenizer=` (t1's is used)."""
     m0, m1 = models
     if isinstance(m1, (str, Path)):
-        m1, tokenizer = load_model(m1, device)
+        m1, tokenizer = load_model(m1, device, allow_pickle=allow_pickle)
     if isinstance(m0, (str, Path)):
-        m0, _ = load_model(m0, next(m1.parameters()).device)
+        m0, _ = load_model(m0, next(m1.parameters()).device, allow_pickle=allow_pickle)
     if tokenizer is None:
         raise ValueError("logit-extrapolation sampler: pass `tokenizer=` along with already loaded models")
     return LogitExtrapolationSampler(m0, m1, tokenizer, alpha, batch_size)

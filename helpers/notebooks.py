@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import cli
 from .paths import atomic_write_text
 
 COMMON_KNOBS = ("params_file", "profile", "run_dir", "overrides")
@@ -119,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "strip":
         for f in args.files:
-            try:
-                changed = strip(f)
-            except ValueError as e:
-                print(e, file=sys.stderr)
-                return 1
-            print(f"{f}: {'stripped' if changed else 'already clean'}")
+            print(f"{f}: {'stripped' if strip(f) else 'already clean'}")
         return 0
     problems = [p for f in args.files for p in check(f)]
     for p in problems:
@@ -133,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -42,7 +42,6 @@ Extra runs are cached under outputs/cache/ by everything they depend on (RL runs
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -56,6 +55,7 @@ import pandas as pd
 import torch
 
 from . import claims as C
+from . import config
 from . import linearity, output_linearity, paper, training
 from . import probes as P
 from .device import pick
@@ -300,10 +300,8 @@ class NoisyLoss:
 # ---------------------------------------------------------------------------------------------- 2-4. extra runs
 
 def variant(cfg, section: str, **changes):
-    """A copy of `cfg` with `changes` applied to one section."""
-    out = copy.deepcopy(cfg)
-    out[section].update(changes)
-    return out
+    """A copy of `cfg` with `changes` applied to one section, checked as a params file is (`config.derive`)."""
+    return config.derive(cfg, {f"{section}.{k}": v for k, v in changes.items()})
 
 
 @dataclass(frozen=True)

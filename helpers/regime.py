@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import cli
 from . import config as config_mod
 from .paths import atomic_write_json, atomic_write_text, outputs_root, resolve
 
@@ -306,4 +307,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -323,24 +323,30 @@ def _tensors(dec: Decomposition, coefficients: Callable[[str], np.ndarray]) -> I
         del v, delta
 
 
-def _write(dec: Decomposition, out_dir, coefficients: Callable[[str], np.ndarray], record: dict) -> Path:
+def _write(dec: Decomposition, out_dir, coefficients: Callable[[str], np.ndarray], record: dict,
+           overwrite: bool = False) -> Path:
+    """The checkpoint in `out_dir` (an existing one replaced only with `overwrite`, and only if it is an earlier
+    extrapolation: `checkpoint_io.write_checkpoint`), or, for `out_dir` None, in its cache directory."""
     from .checkpoint_io import write_checkpoint
 
     record = {"method": "relex", "svd_cache": str(dec.dir), "observed_steps": dec.steps, **record}
     out = Path(out_dir) if out_dir else cache_dir("relex-ckpt", {"svd": dec.dir.name, **record})
     if (out / "extrapolation.json").is_file() and out_dir is None:
         return out
-    return write_checkpoint(out, _tensors(dec, coefficients), like=Path(dec.traj.path(0)), record=record)
+    return write_checkpoint(out, _tensors(dec, coefficients), like=Path(dec.traj.path(0)), record=record,
+                            overwrite=overwrite)
 
 
 def extrapolate(dec: Decomposition, step: int, out_dir=None, rank: int | None = None, kind: str = "linear",
-                degree: int = 2, window: int | None = None) -> Path:
-    """Write the RELEX checkpoint θ_0 + Σ_r ĉ_r(step) v_r (a loadable HF model dir); `out_dir` None = cached."""
+                degree: int = 2, window: int | None = None, overwrite: bool = False) -> Path:
+    """Write the RELEX checkpoint θ_0 + Σ_r ĉ_r(step) v_r (a loadable HF model dir); `out_dir` None = cached. An
+    existing `out_dir` is replaced only with `overwrite`, and only if it is an earlier extrapolation."""
     rank = dec.rank if rank is None else rank
     record = {"mode": "extrapolate", "target_step": step, "rank": rank, "fit": kind, "window": window}
     if kind == "polynomial":
         record["degree"] = degree
-    return _write(dec, out_dir, lambda n: predicted_coefficients(dec, n, step, rank, kind, degree, window), record)
+    return _write(dec, out_dir, lambda n: predicted_coefficients(dec, n, step, rank, kind, degree, window), record,
+                  overwrite)
 
 
 def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = None) -> Path:

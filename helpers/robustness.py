@@ -42,6 +42,7 @@ import pandas as pd
 
 from . import batch as batch_mod
 from . import claims as C
+from . import cli
 from . import config as config_mod
 from . import paper, plots, report
 from .paths import atomic_write_json, outputs_root
@@ -503,12 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="re-run notebooks even when their outputs are complete")
     ap.add_argument("--out", type=Path, help="where the reference run directory goes (default outputs/)")
     args = ap.parse_args(argv)
-    try:
-        cfg = config_mod.load(args.params, args.profile)
-        b = run_settings(args.params, args.profile, run_dir=run_dir_of(cfg, args.out), force=args.force)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_mod.load(args.params, args.profile)
+    b = run_settings(args.params, args.profile, run_dir=run_dir_of(cfg, args.out), force=args.force)
     plots.style()
     t = collect(b, cfg)
     figure = plots.save(plot(t, cfg), b.run_dir, NOTEBOOK, "robustness")
@@ -522,4 +519,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -10,7 +10,6 @@ A user's run (`trajectory.dir`) is a single run whatever `rl.seeds` says: its se
 """
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 from pathlib import Path
@@ -26,10 +25,10 @@ def seed_list(cfg) -> list[int]:
 
 
 def config_for(cfg, seed: int):
-    """A copy of `cfg` whose RL run uses `seed` (base model, split and every other knob unchanged)."""
-    out = copy.deepcopy(cfg)
-    out.rl["seed"] = int(seed)
-    return out
+    """`cfg` with its RL run at `seed` (base model, split and every other knob unchanged; `config.derive`)."""
+    from .config import derive
+
+    return derive(cfg, {"rl.seed": int(seed)})
 
 
 def run_dirs(cfg, workers: int = 2) -> dict[int, Path]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
@@ -228,10 +228,9 @@ def run_key(cfg, sections: Sequence[str]) -> dict:
     return key
 
 
-def _load(model_dir: Path, device: str):
-    hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(pick(device))
-    return model, AutoTokenizer.from_pretrained(model_dir)
+def _load(model_dir: Path, cfg):
+    """(model, tokenizer) to train on; pickle weights only with `trajectory.allow_pickle`."""
+    return evaluation.load_model(model_dir, cfg.device, allow_pickle=cfg.trajectory.allow_pickle)
 
 
 class _SFTCollator:
@@ -271,7 +270,7 @@ def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int | No
     out_dir, base_dir = Path(out_dir), Path(base_dir)
     steps = int(steps if steps is not None else cfg.rl.steps)
     save_every = int(save_every if save_every is not None else cfg.rl.save_every)
-    model, tok = _load(base_dir, cfg.device)
+    model, tok = _load(base_dir, cfg)
     train, heldout, _ = problems(cfg, tok)
     unsolved = [it.prompt for it in train if getattr(it, "solution", None) is None]
     if unsolved:
@@ -326,7 +325,7 @@ def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = ()
     out_dir = Path(out_dir)
     args = rl_args(cfg, out_dir)
     base_dir = Path(base_dir) if base_dir is not None else base_model(cfg)
-    model, tok = _load(base_dir, cfg.device)
+    model, tok = _load(base_dir, cfg)
     train, heldout, reward = problems(cfg, tok)
     _start_dir(out_dir, base_dir)
     data = Dataset.from_list([{"prompt": it.prompt, "answer": it.answer} for it in train])

@@ -10,11 +10,13 @@ indices, straight from a memory map of the file, so a read touches only the byte
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import mmap
 import os
 import re
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ LAYOUTS = (
     Layout("plain", r"step_(\d+)", "."),                           # step_N/ (e.g. one Hub revision per step)
 )
 
+RECORD_NAME = "extrapolation.json"  # written beside the weights of an extrapolated model (helpers.checkpoint_io)
 VERL_MERGE = "python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir {actor}/huggingface"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -76,6 +79,16 @@ def locate(path: Path) -> tuple[int, Path, Layout] | None:
             if hit and hit[0] is layout:
                 return hit[1], path.resolve(), layout
     return None
+
+
+def read_json(file: Path):
+    """The content of a JSON file; an unreadable or invalid file is a TrajectoryError naming it."""
+    try:
+        return json.loads(file.read_text())
+    except OSError as e:
+        raise TrajectoryError(f"{file}: cannot read ({e.strerror or e})") from e
+    except ValueError as e:  # includes json.JSONDecodeError, UnicodeDecodeError
+        raise TrajectoryError(f"{file}: not valid JSON ({e})") from e
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,9 +174,9 @@ def weight_files(hf_dir: Path, allow_pickle: bool) -> tuple[str, dict[str, Path]
                                ("pickle", "pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (hf_dir / index).exists():
             try:
-                weight_map = json.loads((hf_dir / index).read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
-                raise TrajectoryError(f"{hf_dir / index}: not a valid shard index ({e})") from e
+                weight_map = read_json(hf_dir / index)["weight_map"]
+            except (KeyError, TypeError) as e:
+                raise TrajectoryError(f"{hf_dir / index}: not a valid shard index (no weight_map)") from e
             files = {name: hf_dir / f for name, f in weight_map.items()}
         elif (hf_dir / single).exists():
             files = {None: hf_dir / single}  # names filled in from the header
@@ -200,6 +213,14 @@ class Checkpoint:
 
     @classmethod
     def open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
+        """The checkpoint's tensor table (headers only); an unreadable directory or file is an error naming it."""
+        try:
+            return cls._open(step, hf_dir, layout, allow_pickle)
+        except OSError as e:
+            raise TrajectoryError(f"{hf_dir} (step {step}): cannot read ({e})") from e
+
+    @classmethod
+    def _open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
         if not hf_dir.is_dir():
             raise no_weights(hf_dir)
         if layout in {l.name for l in LAYOUTS}:  # the step came from the directory name
@@ -224,16 +245,26 @@ def check_trainer_state(hf_dir: Path, step: int) -> None:
     state = hf_dir / "trainer_state.json"
     if not state.exists():
         return
-    try:
-        global_step = json.loads(state.read_text()).get("global_step")
-    except ValueError as e:
-        raise TrajectoryError(f"{state}: not valid JSON ({e})") from e
+    content = read_json(state)
+    global_step = content.get("global_step") if isinstance(content, dict) else None
     if global_step is not None and int(global_step) != step:
         raise TrajectoryError(f"{state}: global_step {global_step} disagrees with the directory name (step {step})")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Discovery
+
+def run_entry(child: Path) -> bool:
+    """Whether a run directory's entry named like a checkpoint is a directory (False: a file of that name). A broken
+    symlink, a symlink loop or an entry that cannot be read is an error naming it."""
+    try:
+        return stat.S_ISDIR(child.stat().st_mode)
+    except FileNotFoundError:  # the name was listed, so this is a symlink to nothing
+        raise TrajectoryError(f"{child}: broken symlink (its target {os.readlink(child)} does not exist)") from None
+    except OSError as e:
+        what = "symlink loop" if e.errno == errno.ELOOP else f"cannot read ({e.strerror or e})"
+        raise TrajectoryError(f"{child}: {what}") from e
+
 
 def discover(source, base) -> list[tuple[int, Path, str]]:
     """(step, HF dir, layout name) of every checkpoint in `source` plus `base` as step 0, sorted by step.
@@ -244,9 +275,13 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
         root = Path(source)
         if not root.is_dir():
             raise TrajectoryError(f"{root}: not a directory")
-        for child in sorted(root.iterdir()):
-            hit = match_layout(child.name) if child.is_dir() else None
-            if hit:
+        try:
+            children = sorted(root.iterdir())
+        except OSError as e:
+            raise TrajectoryError(f"{root}: cannot list the run directory ({e.strerror or e})") from e
+        for child in children:
+            hit = match_layout(child.name)
+            if hit and run_entry(child):
                 found.append((hit[1], (child / hit[0].weights).resolve(), hit[0].name))
         if not found:
             patterns = ", ".join(f"{l.pattern} ({l.name})" for l in LAYOUTS)
@@ -280,6 +315,32 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
     return sorted(found)
 
 
+def is_extrapolation(hf_dir: Path) -> bool:
+    """Whether a model directory is an extrapolation (`RECORD_NAME` beside its weights), not a saved step of a run."""
+    try:
+        return (hf_dir / RECORD_NAME).is_file()
+    except OSError as e:
+        raise TrajectoryError(f"{hf_dir}: cannot read ({e.strerror or e})") from e
+
+
+def drop_extrapolations(found: list[tuple[int, Path, str]], error: bool) -> list[tuple[int, Path, str]]:
+    """`found` without the extrapolations whose step comes from their directory's name (a run directory, named
+    checkpoints): each is skipped with a warning, or, with `error`, a TrajectoryError."""
+    kept = []
+    for step, path, layout in found:
+        if layout in {l.name for l in LAYOUTS} and is_extrapolation(path):
+            msg = (f"{path}: its {RECORD_NAME} says it is an extrapolated model, not step {step} of the run; "
+                   "move it out of the run directory")
+            if error:
+                raise TrajectoryError(msg)
+            warnings.warn(f"{msg} (skipped)", TrajectoryWarning, stacklevel=3)
+            continue
+        kept.append((step, path, layout))
+    if not kept:
+        raise TrajectoryError(f"{found[0][1]}: no checkpoints left once extrapolations are skipped")
+    return kept
+
+
 def step_of(path) -> int:
     """The step of one checkpoint dir: trainer_state.json's global_step, else the directory name."""
     path = Path(path)
@@ -287,9 +348,10 @@ def step_of(path) -> int:
     hf_dir = hit[1] if hit else path
     state = hf_dir / "trainer_state.json"
     if state.exists():
+        content = read_json(state)
         try:
-            return int(json.loads(state.read_text())["global_step"])
-        except (ValueError, KeyError, TypeError) as e:
+            return int(content["global_step"])
+        except (KeyError, TypeError, ValueError) as e:
             raise TrajectoryError(f"{state}: no readable global_step ({e})") from e
     if hit is None:
         raise TrajectoryError(f"{path}: cannot tell the step (no trainer_state.json, name not like checkpoint-N / "
@@ -312,17 +374,19 @@ class Trajectory:
     base: the initial model's dir (step 0), unless the run contains a step-0 checkpoint. A run directory without
     one gives a warning (steps then start at the first checkpoint).
     allow_pickle: accept `.bin` weights (loaded with torch.load(weights_only=True)); refused by default.
+    skip_extrapolations: a checkpoint named like a step of the run whose `extrapolation.json` says it is an
+    extrapolated model is skipped with a warning (False: an error).
     """
 
-    def __init__(self, source, base=None, allow_pickle: bool = False):
+    def __init__(self, source, base=None, allow_pickle: bool = False, skip_extrapolations: bool = True):
         self.allow_pickle = allow_pickle
-        self.checkpoints = [Checkpoint.open(step, path, layout, allow_pickle)
-                            for step, path, layout in discover(source, base)]
+        self.checkpoints = [Checkpoint.open(step, path, layout, allow_pickle) for step, path, layout
+                            in drop_extrapolations(discover(source, base), error=not skip_extrapolations)]
         self.steps = [c.step for c in self.checkpoints]
         self._by_step = {c.step: c for c in self.checkpoints}
         base_ckpt = self.checkpoints[0]
         config = base_ckpt.dir / "config.json"
-        self.config = json.loads(config.read_text()) if config.exists() else {}
+        self.config = read_json(config) if config.exists() else {}
         self.tied_embeddings = bool(self.config.get("tie_word_embeddings", "lm_head.weight" not in base_ckpt.tensors))
         names = set(base_ckpt.tensors)
         if self.tied_embeddings:
@@ -502,7 +566,9 @@ class Trajectory:
         if not all_finite(out):  # one check for all steps; the slow path finds the step and file to blame
             for step in self.steps:
                 self._get(name, step, index)
-            raise TrajectoryError(f"{self._info(name).file}: tensor {name!r} overflows {dtype} when converted")
+            row = int((~torch.isfinite(out)).any(dim=1).nonzero()[0])
+            raise TrajectoryError(f"{infos[row].file} (step {self.steps[row]}): tensor {name!r} overflows {dtype} "
+                                  "when converted")
         return out
 
     # --- whole models ---------------------------------------------------------------------------------------------
@@ -535,14 +601,21 @@ class Trajectory:
 def all_finite(t: torch.Tensor) -> bool:
     """No NaN/inf in `t`. Fast path: a NaN/inf makes the sum non-finite (isfinite over bf16 is ~20x slower than a
     sum); only a non-finite sum (a NaN/inf, or an overflow of finite values) pays for the exact check."""
-    if not t.is_floating_point() or t.dtype.itemsize == 1:
+    if not t.is_floating_point():
         return True
+    t = _checkable(t)
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _checkable(t: torch.Tensor) -> torch.Tensor:
+    """`t` in a dtype torch can sum and test: fp8 (no such kernels) as float16, which holds every fp8 value, NaN and
+    inf exactly."""
+    return t.to(torch.float16) if t.is_floating_point() and t.dtype.itemsize == 1 else t
 
 
 def check_finite(t: torch.Tensor, info: TensorInfo, name: str, step: int) -> None:
     if not all_finite(t):
-        bad = int((~torch.isfinite(t)).sum())
+        bad = int((~torch.isfinite(_checkable(t))).sum())
         raise TrajectoryError(f"{info.file} (step {step}): tensor {name!r} has {bad} non-finite value(s) (NaN/inf)")
 
 
@@ -564,5 +637,6 @@ def from_config(cfg) -> Trajectory:
     from .paths import resolve
 
     t, source = cfg.trajectory, run_dir(cfg)
-    base = resolve(t.base) if t.base and not any(step == 0 for step, _, _ in discover(source, None)) else None
+    has_start = any(step == 0 and not is_extrapolation(path) for step, path, _ in discover(source, None))
+    base = resolve(t.base) if t.base and not has_start else None
     return Trajectory(source, base=base, allow_pickle=bool(t.allow_pickle))

@@ -2,11 +2,15 @@
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
 
-from helpers import batch, config
+from helpers import batch, cli, config
+from helpers.paths import REPO
 
 PARAMETERS = '''params_file = "params/default.yaml"   # model × algorithm × scale
 profile = "auto"                      # "default", "smoke" (CI), or "auto"
@@ -191,3 +195,63 @@ def test_failure_names_notebook_and_cell_and_leaves_no_results(tmp_path, params,
     assert not batch.is_complete(nbs / "02_boom.ipynb", run, config.load(params, "default").hash())
     page = (run / "index.html").read_text()
     assert "failed" in page and "ValueError: boom" in page and "not run" in page  # 01_alpha was not selected
+
+
+# ---------------------------------------------------------------- user errors, timeouts, dead kernels
+
+def test_empty_only_is_an_error_not_all_notebooks(tmp_path, params, capsys):
+    notebook(tmp_path / "01_a.ipynb")
+    with pytest.raises(ValueError, match=r"--only '': empty notebook name .*\(have: 01_a\)"):
+        batch.run_batch(params, only="", profile="default", out=tmp_path / "out", notebooks_dir=tmp_path)
+    with pytest.raises(SystemExit) as e:  # `--only "$NB"` with NB unset
+        cli.run(batch.main, [str(params), "--only", "", "--out", str(tmp_path / "out"), "--notebooks", str(tmp_path)])
+    assert e.value.code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("batch", ["missing.yaml"], "missing.yaml: params file not found"),
+    ("robustness", ["missing.yaml"], "missing.yaml: params file not found"),
+    ("regime", ["missing.yaml"], "missing.yaml"),
+    ("notebooks", ["strip", "missing.ipynb"], "missing.ipynb: not a readable notebook"),
+])
+def test_every_command_line_ends_a_user_error_in_one_line(tmp_path, module, argv, message):
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", f"helpers.{module}", *argv, *extra], cwd=tmp_path,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = run()
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
+    debug = run("--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+@pytest.fixture(scope="module")
+def hasty(tmp_path_factory):
+    """Params whose cells may run for one second."""
+    p = tmp_path_factory.mktemp("params") / "hasty.yaml"
+    p.write_text("name: hasty\nbatch:\n  cell_timeout: 1\n")
+    return p
+
+
+@pytest.mark.parametrize("cell, error", [
+    ("import time\ntime.sleep(30)", "CellTimeoutError: the cell ran longer than batch.cell_timeout = 1 s"),
+    ("import os\nos._exit(1)", "DeadKernelError: the kernel died while the cell ran"),
+])
+def test_timeout_and_dead_kernel_name_notebook_and_cell(tmp_path, hasty, capfd, cell, error):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    notebook(nbs / "01_stuck.ipynb", "x = 1", cell, "y = 2", start=False)
+    out = tmp_path / "out"
+    start = time.time()
+    assert batch.main([str(hasty), "--profile", "default", "--out", str(out), "--notebooks", str(nbs)]) == 1
+    assert time.time() - start < 25
+    err = capfd.readouterr().err   # the kernel's own stderr included: no shutdown traceback
+    line = cell.splitlines()[0]
+    assert "Traceback" not in err
+    assert f"notebook 01_stuck failed in cell 3 (`{line}`): {error}" in err, err
+    run = out / "hasty"
+    assert "executed notebook kept for inspection" in err and (run / "01_stuck.ipynb").is_file()
+    assert not batch.is_complete(nbs / "01_stuck.ipynb", run, config.load(hasty, "default").hash())
+    page = (run / "index.html").read_text()
+    assert "failed" in page and error.split(":")[0] in page and line in page

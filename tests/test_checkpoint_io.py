@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 import struct
 import weakref
 
@@ -116,3 +118,44 @@ def test_atomic_on_failure(tmp_path, like):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         write_checkpoint(tmp_path / "o", [("x", torch.ones(1))], tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- issue 18 ---------------------------------------------------------------------------------------------------------
+
+def test_never_replaces_a_directory_it_did_not_write(tmp_path, like):
+    """Item 1: an existing directory is replaced only when asked to and only if it is an earlier output."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "precious.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"theirs: exists and is not a checkpoint written by this tool "
+                                                  r"\(no extrapolation.json\); not replaced"):
+            write_checkpoint(theirs, [("x", torch.ones(1))], like, record={"beta": 2}, overwrite=overwrite)
+    assert (theirs / "precious.txt").read_text() == "keep"
+    mine = write_checkpoint(tmp_path / "mine", [("x", torch.ones(1))], like, record={"beta": 2})
+    with pytest.raises(FileExistsError, match="mine: exists .*pass overwrite=True"):
+        write_checkpoint(mine, [("x", torch.zeros(1))], like, record={"beta": 3})
+    write_checkpoint(mine, [("x", torch.zeros(1))], like, record={"beta": 3}, overwrite=True)
+    assert json.loads((mine / "extrapolation.json").read_text()) == {"beta": 3}
+
+
+def test_corrupt_config_of_like_names_the_file(tmp_path, like):
+    """Item 6: a corrupt config.json is an error naming it, not a bare JSONDecodeError."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad/config.json: not valid JSON \(Expecting property name"):
+        write_checkpoint(tmp_path / "o", [("x", torch.ones(1))], bad)
+
+
+def test_output_gets_umask_permissions(tmp_path, like):
+    """Item 9: the checkpoint directory and its files are readable as the umask allows (not 0700 / 0600)."""
+    old = os.umask(0o022)
+    try:
+        out = write_checkpoint(tmp_path / "o", [("x", torch.ones(1))], like, record={"beta": 2})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {
+        f: 0o644 for f in ("model.safetensors", "extrapolation.json", "config.json", "generation_config.json",
+                           "tokenizer.json")}

@@ -141,3 +141,27 @@ def test_stop_ids_join_tokenizer_and_generation_config():
     model.generation_config.eos_token_id = None
     with pytest.raises(ValueError, match="never stop"):
         evaluation.HFSampler(model, SimpleNamespace(eos_token_id=None)).stop_ids()
+
+
+def pickle_only_model(path):
+    """A tiny model directory whose weights are `pytorch_model.bin` only (no safetensors)."""
+    model = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=1, intermediate_size=64,
+                 max_positions=32, tie_embeddings=True)
+    path = tiny.init_model(model, 0, path)
+    from safetensors.torch import load_file
+
+    weights = path / "model.safetensors"
+    torch.save(load_file(weights), path / "pytorch_model.bin")
+    weights.unlink()
+    return path
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path):
+    path = pickle_only_model(tmp_path / "m")
+    for load in (lambda: evaluation.load_model(path, "cpu"),
+                 lambda: evaluation.make_sampler("hf", path, device="cpu"),
+                 lambda: evaluation.make_sampler("vllm", path)):   # refused before vLLM is even imported
+        with pytest.raises(ValueError, match=rf"{path}: only pickle weights \(.bin\).*trajectory.allow_pickle: true"):
+            load()
+    model, tok = evaluation.load_model(path, "cpu", allow_pickle=True)
+    assert not model.training and tok("1+2=")["input_ids"]

@@ -243,3 +243,100 @@ def test_results_keep_per_item_scores_out_of_json():
                  logit=[(1.0, BASE), (1.5, BASE + 0.1)])
     text = json.dumps(to_jsonable(ex.results(m)))
     assert "per_item" not in text and "PerItem" not in text
+
+
+# --- issue 18 ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "run"
+    for step in (10, 20):
+        checkpoint(root / f"checkpoint-{step}", step)
+    return root
+
+
+def cli_error(capsys, *argv):
+    """The one stderr line of `python -m helpers.extrapolation argv` ending on a user error (exit 2)."""
+    from helpers import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.run(ex.main, [str(a) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    return err.strip()
+
+
+def args(run, out, *more, target=40):
+    return [str(a) for a in ("--from", run / "checkpoint-10", "--to", run / "checkpoint-20", "--target-step", target,
+                             "--out", out, *more)]
+
+
+def test_overwrite_never_replaces_an_input_or_the_run(small_run, tmp_path, capsys):
+    """Item 1: --overwrite replaces only an earlier extrapolation — never the run directory, an input checkpoint, or a
+    directory the tool did not write."""
+    before = sorted(p.relative_to(small_run) for p in small_run.rglob("*"))
+    ckpt = (small_run / "checkpoint-10").resolve()
+    assert cli_error(capsys, *args(small_run, small_run, "--overwrite")) == (
+        f"error: {small_run}: holds the input checkpoint {ckpt} (step 10); an extrapolation is never written over its "
+        "inputs, choose another output directory")
+    assert cli_error(capsys, *args(small_run, small_run / "checkpoint-10", "--overwrite")) == (
+        f"error: {small_run / 'checkpoint-10'}: is the input checkpoint (step 10); an extrapolation is never written "
+        "over its inputs, choose another output directory")
+    assert sorted(p.relative_to(small_run) for p in small_run.rglob("*")) == before
+    theirs = tmp_path / "results"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep")
+    assert cli_error(capsys, *args(small_run, theirs, "--overwrite")) == (
+        f"error: {theirs}: exists and is not a checkpoint written by this tool (no extrapolation.json); not replaced, "
+        "choose a new output directory")
+    assert (theirs / "notes.txt").read_text() == "keep"
+    out = ex.main(args(small_run, tmp_path / "e", target=30))
+    ex.main(args(small_run, out, "--overwrite", target=50))  # an earlier extrapolation: replaced
+    assert json.loads((out / "extrapolation.json").read_text())["target_step"] == 50
+
+
+def test_overflowing_beta_is_a_clear_error(small_run, tmp_path, capsys):
+    """Item 6: β beyond float32 is a ValueError naming β (was a RuntimeError from torch.lerp)."""
+    with pytest.raises(ValueError, match=r"β = 1e\+39 \(t0 = 10, t1 = 20, target step 1e\+40\) is beyond float32's "
+                                         r"range \(\|β\| ≤ 3.4e\+38\)"):
+        ex.coefficient(10, 20, 1e40)
+    assert cli_error(capsys, *args(small_run, tmp_path / "o", target="1e40")) == (
+        "error: β = 1e+39 (t0 = 10, t1 = 20, target step 1e+40) is beyond float32's range (|β| ≤ 3.4e+38), in which "
+        "the weights are extrapolated; choose a nearer target step")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_from_directory(small_run, tmp_path, capsys):
+    """Item 6: a --from that does not exist says so (was "cannot tell the step")."""
+    missing = tmp_path / "checkpoint-5"
+    assert cli_error(capsys, "--from", missing, "--to", small_run / "checkpoint-20", "--target-step", 40,
+                     "--out", tmp_path / "o") == f"error: {missing}: no such checkpoint directory"
+
+
+def test_from_newer_than_to_warns(small_run, tmp_path, capsys):
+    """Item 6: --from newer than --to warns that t0 > t1 (norms and config then come from the older checkpoint)."""
+    from helpers.trajectory import TrajectoryWarning
+
+    with pytest.warns(TrajectoryWarning, match=r"--from .*checkpoint-20 \(step 20\) is newer than --to "
+                                               r".*checkpoint-10 \(step 10\): t0 > t1"):
+        ex.pair(small_run / "checkpoint-20", small_run / "checkpoint-10")
+    ex.main(["--from", str(small_run / "checkpoint-20"), "--to", str(small_run / "checkpoint-10"),
+             "--target-step", "40", "--out", str(tmp_path / "o")])
+    assert capsys.readouterr().err == (
+        f"warning: --from {small_run / 'checkpoint-20'} (step 20) is newer than --to {small_run / 'checkpoint-10'} "
+        "(step 10): t0 > t1, so config, tokenizer and copied norms come from the older checkpoint; swap --from and "
+        "--to unless that is meant\n")
+
+
+def test_command_line_ends_on_one_line_and_exit_2(tmp_path):
+    """Item 6: `python -m helpers.extrapolation` ends through cli.run: one line on stderr, exit status 2."""
+    import subprocess
+    import sys
+
+    from helpers.paths import REPO
+
+    p = subprocess.run([sys.executable, "-m", "helpers.extrapolation", "--from", str(tmp_path / "nope"), "--to",
+                        str(tmp_path / "nope2"), "--target-step", "3", "--out", str(tmp_path / "o")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert (p.returncode, p.stderr) == (2, f"error: {tmp_path / 'nope'}: no such checkpoint directory\n")

@@ -317,3 +317,18 @@ def test_claims_refuse_summaries_made_at_another_bar():
         verdicts(wl, {0: wl.summary(0.5, 0.95)}, threshold=0.7)
     assert verdicts(wl, {0: wl.summary(0.5, 0.95)}, threshold=0.5)["nb01.weight_r2_share"].claim.endswith("> 0.5")
 
+
+
+def test_nan_in_the_last_fp8_checkpoint_names_that_checkpoint(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    traj = tiny_run(tmp_path / "run", steps=[0, 10, 20, 30], dtype=torch.float8_e4m3fn, drift=1e-1)
+    name = "model.layers.0.mlp.up_proj.weight"
+    last = traj.path(30) / "model.safetensors"
+    weights = load_file(last)
+    t = weights[name].float()
+    t.view(-1)[7] = float("nan")
+    weights[name] = t.to(torch.float8_e4m3fn)
+    save_file(weights, last, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{last} \(step 30\): tensor '{name}' has 1 non-finite value"):
+        L.weight_r2(Trajectory(traj.path(0).parent), names=[name], fraction=1.0)

@@ -11,12 +11,16 @@ PAPER = [p for p in PARAMS if p.name != "default.yaml"]
 DEFAULT = yaml.safe_load((REPO / "params" / "default.yaml").read_text())
 
 
-def knob_paths(node: dict, prefix: str = "") -> list[str]:
-    out = []
+def knob_values(node: dict, prefix: str = "") -> dict:
+    """{dotted knob: value} of a nested params mapping."""
+    out = {}
     for key, val in node.items():
-        path = f"{prefix}{key}"
-        out += knob_paths(val, path + ".") if isinstance(val, dict) else [path]
+        out |= knob_values(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val}
     return out
+
+
+def knob_paths(node: dict) -> list[str]:
+    return list(knob_values(node))
 
 
 def test_the_papers_settings_are_there():
@@ -88,3 +92,51 @@ def test_a_knob_the_notebooks_do_not_define_is_an_error(tmp_path):
     bad.write_text("eval:\n  backend: vllm\n  sampler: vllm\n")
     with pytest.raises(config.ConfigError, match=r"bad\.yaml\.eval: unknown parameter 'sampler'"):
         config.load(bad, "default")
+
+
+# ------------------------------------------------------------------------------------------------- the rule table
+
+def test_every_rule_names_a_knob_and_every_null_default_has_a_rule():
+    knobs = knob_values(config._defaults()[0])
+    assert not set(config.RULES) - set(knobs), "rules for knobs params/default.yaml does not define"
+    untyped = sorted(k for k, v in knobs.items() if v is None and k not in config.RULES)
+    assert not untyped, f"null defaults without a rule (their type is unknown): {untyped}"
+
+
+def test_the_rules_fixed_choices_are_the_codes():
+    from helpers import extrapolation, linearity, relex, rl_extra, tiny
+
+    def allowed(key, values):
+        return {v for v in values if config.RULES[key].complaint(key, v) is None}
+
+    assert allowed("rl.algorithm", [*training.ALGORITHMS, "ppo"]) == set(training.ALGORITHMS)
+    for key in ("rl.optimizer", "sft.optimizer"):
+        assert allowed(key, [*training.OPTIMIZERS, "adam"]) == set(training.OPTIMIZERS)
+    assert allowed("eval.backend", evaluation.BACKENDS) == set(evaluation.BACKENDS) - {"logit-extrapolation"}
+    for key in ("extrapolation.norms", "rl_extra.norms", "relex.two_point_norms"):
+        assert allowed(key, [*extrapolation.NORM_POLICIES, "copy"]) == set(extrapolation.NORM_POLICIES)
+    assert allowed("rl_extra.optimizer", [*rl_extra.OPTIMIZER_POLICIES, "x"]) == set(rl_extra.OPTIMIZER_POLICIES)
+    assert allowed("relex.fit", [*relex.FITS, "cubic"]) == set(relex.FITS)
+    assert allowed("model.arch", [*tiny.ARCHS, "gpt2"]) == set(tiny.ARCHS)
+    assert config.RULES["relex.representative"].complaint("k", list(linearity.MODULES)) is None
+    assert config.RULES["relex.representative"].complaint("k", ["mlp"]) is not None
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.stem)
+def test_every_robustness_setting_of_every_profile_loads(path):
+    from helpers import robustness
+
+    raw = yaml.safe_load(path.read_text())
+    for profile in ["default", *(raw.get("profiles") or {})]:
+        for s in robustness.design(config.load(path, profile)):
+            config.load(path, profile, {k: v for k, v in s.overrides.items() if v != robustness.SGD_LR})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_sweep_setting_loads(path):
+    from helpers import regime
+
+    sweep = regime.load_sweep(path)           # builds every setting's config (helpers.regime.setting_config)
+    for s in sweep["settings"]:
+        for seed in sweep["seeds"]:
+            assert regime.setting_config(sweep, s["name"], seed).rl.seed == seed

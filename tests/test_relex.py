@@ -288,3 +288,19 @@ def test_alignment_after_the_prefix(tmp_path):
     assert sorted(table.step.unique()) == [5, 6, 7, 8] and set(table.method) == {"relex", "two_point"}
     np.testing.assert_allclose(table.cosine, 1.0, atol=1e-5)  # pure drift: both predict the real delta
     np.testing.assert_allclose(table.norm_ratio, 1.0, atol=1e-4)
+
+
+def test_extrapolate_replaces_only_its_own_output_and_only_when_asked(tmp_path):
+    """Issue 18 item 1: `extrapolate(out_dir=)` refuses an existing directory, unless it is an earlier extrapolation
+    and overwrite=True (it replaced any directory silently)."""
+    traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2, 3])
+    dec = relex.decompose(traj)
+    with pytest.raises(FileExistsError, match=r"checkpoint-3: exists and is not a checkpoint written by this tool "
+                                              r"\(no extrapolation.json\); not replaced"):
+        relex.extrapolate(dec, 10, tmp_path / "run" / "checkpoint-3", overwrite=True)
+    assert Trajectory(tmp_path / "run").steps == [0, 1, 2, 3]
+    out = relex.extrapolate(dec, 10, tmp_path / "x")
+    with pytest.raises(FileExistsError, match="x: exists .*pass overwrite=True"):
+        relex.extrapolate(dec, 20, out)
+    relex.extrapolate(dec, 20, out, overwrite=True)
+    assert (out / "extrapolation.json").read_text().count('"target_step": 20') == 1

@@ -237,7 +237,7 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
         (nbs / f"{nb}.ipynb").write_text("{}")
     p = params_with(tmp_path, [{"factor": "reference", "value": "default"},
                                {"factor": "rollouts", "value": 4, "overrides": {"rl.rollouts": 4}},
-                               {"factor": "algorithm", "value": "bad", "overrides": {"rl.algorithm": "dpo"}}])
+                               {"factor": "algorithm", "value": "bad", "overrides": {"rl.algorithm": "gspo"}}])
     calls = []
 
     pretrained = []
@@ -247,7 +247,7 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
         calls.append((run_dir.name, [nb.stem for nb in selected], overrides))
         assert len(notebooks) == (4 if run_dir.name == "grid" else 3)  # the reference run keeps the whole set
         assert os.environ["OMP_NUM_THREADS"] == "1"  # robustness.kernel_threads, for the kernels only
-        if cfg.rl.algorithm not in training.ALGORITHMS:
+        if cfg.rl.algorithm == "gspo":   # this setting's notebook 00 fails
             return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "failed" for nb in selected},
                                     "notebook 00_trajectory failed in cell 3: ValueError: rl.algorithm")
         write_run(run_dir, cfg.hash(), (0.5, 0.8, 0.9), (0.6, 0.9, 0.95))
@@ -261,7 +261,7 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
     assert [(e.setting.label, e.status) for e in b.entries] == [
         ("reference=default", "complete"), ("rollouts=4", "ran"), ("algorithm=bad", "failed")]
     assert calls == [("rollouts=4", list(NOTEBOOKS), {"rl.seeds": 1, "rl.rollouts": 4}),
-                     ("algorithm=bad", list(NOTEBOOKS), {"rl.seeds": 1, "rl.algorithm": "dpo"})]
+                     ("algorithm=bad", list(NOTEBOOKS), {"rl.seeds": 1, "rl.algorithm": "gspo"})]
     assert pretrained[0] == ["reference=default", "rollouts=4", "algorithm=bad"]   # trained ahead, two at a time
     assert b.entries[1].dir == run_dir / "robustness" / "rollouts=4" and "OMP_NUM_THREADS" not in os.environ
     manifest = json.loads((run_dir / "robustness" / "robustness.json").read_text())

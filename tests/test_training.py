@@ -116,8 +116,8 @@ def test_algorithm_registry_builds_trl_configs(algorithm, optimizer, tmp_path):
 
 
 def test_unknown_algorithm_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
-        training.train_rl(micro_cfg(**{"rl.algorithm": "ppo"}), tmp_path / "x", base_dir=tmp_path)
+    with pytest.raises(config.ConfigError, match=r"rl\.algorithm must be grpo, gspo or reinforce\+\+, not 'ppo'"):
+        micro_cfg(**{"rl.algorithm": "ppo"})
 
 
 def test_math_task_trains_a_real_base_on_its_problems_and_verifier(tmp_path, monkeypatch):
@@ -221,3 +221,14 @@ def test_entropy_claim_spans_the_seeds(entropies, verdict):
     if None not in entropies:
         assert c.measured == pytest.approx(np.mean(entropies) - 1.0)
         assert c.interval == pytest.approx((min(entropies) - 1.0, max(entropies) - 1.0))
+
+
+def test_training_refuses_a_pickle_only_base_unless_allowed(tmp_path):
+    from test_evaluation import pickle_only_model
+
+    base = pickle_only_model(tmp_path / "base")
+    with pytest.raises(ValueError, match=rf"{base}: only pickle weights.*trajectory.allow_pickle"):
+        training.train_sft(micro_cfg(), base, tmp_path / "sft", steps=1, save_every=0)
+    with pytest.raises(ValueError, match=rf"{base}: only pickle weights.*trajectory.allow_pickle"):
+        training.train_rl(micro_cfg(), tmp_path / "rl", base_dir=base)
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "rl").exists()

@@ -1,8 +1,10 @@
 import copy
 import json
+import os
 import shutil
 import struct
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +328,94 @@ def test_weights_only_checkpoint_uses_base_config(tmp_path, model):
     (tmp_path / "checkpoint-3" / "config.json").unlink()
     traj = Trajectory(tmp_path)
     assert torch.equal(traj.load_model(3).state_dict()[UP], traj.tensor(UP, 3))
+
+
+# --- issue 18 ---------------------------------------------------------------------------------------------------------
+
+def small_run(root, model, steps=(0, 10, 20)):
+    """A run whose checkpoints share one saved model (the values do not matter here)."""
+    save(model, root / f"checkpoint-{steps[0]}", 0)
+    for s in steps[1:]:
+        shutil.copytree(root / f"checkpoint-{steps[0]}", root / f"checkpoint-{s}")
+    return root
+
+
+def test_extrapolation_in_a_run_is_skipped_with_a_warning_or_an_error(tmp_path, model):
+    """Item 1: a checkpoint directory holding an extrapolation (its extrapolation.json) is no step of the run."""
+    run = small_run(tmp_path, model, (0, 10, 20, 30))
+    (run / "checkpoint-30" / "extrapolation.json").write_text('{"beta": 3}')
+    with pytest.warns(TrajectoryWarning, match=r"checkpoint-30: its extrapolation.json says it is an extrapolated "
+                                               r"model, not step 30 of the run; move it out of the run directory "
+                                               r"\(skipped\)"):
+        assert Trajectory(run).steps == [0, 10, 20]
+    with pytest.raises(TrajectoryError, match="checkpoint-30: its extrapolation.json says it is an extrapolated"):
+        Trajectory(run, skip_extrapolations=False)
+    assert Trajectory({0: run / "checkpoint-0", 30: run / "checkpoint-30"}).steps == [0, 30]  # given steps: as asked
+
+
+@pytest.mark.parametrize("target, message", [("/nonexistent", r"broken symlink \(its target /nonexistent does not "
+                                                                r"exist\)"),
+                                             ("checkpoint-30", "symlink loop")], ids=["dangling", "loop"])
+def test_broken_checkpoint_symlink_is_an_error(tmp_path, model, target, message):
+    """Item 4: a broken checkpoint symlink is an error naming it (it was dropped: the run ended one step early)."""
+    run = small_run(tmp_path, model)
+    (run / "checkpoint-30").symlink_to(target)
+    (run / "latest").symlink_to("/nonexistent")  # not named like a checkpoint: none of the run's business
+    with pytest.raises(TrajectoryError, match=f"{run / 'checkpoint-30'}: {message}"):
+        Trajectory(run)
+
+
+def deny(monkeypatch, stat=lambda p: False, read=lambda p: False):
+    """Make os.stat of paths where `stat(path)` holds, and Path.read_text of paths where `read(path)` holds, raise
+    PermissionError, as missing permissions do (the tests may run as root, whom chmod does not stop)."""
+    real_stat, real_read = os.stat, Path.read_text
+
+    def fake_stat(path, *a, **kw):
+        if stat(Path(path)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *a, **kw)
+
+    def fake_read(self, *a, **kw):
+        if read(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", fake_stat)
+    monkeypatch.setattr(Path, "read_text", fake_read)
+
+
+def test_unreadable_run_entry_is_an_error(tmp_path, model, monkeypatch):
+    """Item 4: an entry of the run directory that cannot be read is an error naming it (it was dropped or raised a
+    bare PermissionError)."""
+    run = small_run(tmp_path, model)
+    deny(monkeypatch, stat=lambda p: p.name == "checkpoint-20")
+    with pytest.raises(TrajectoryError, match=f"{run / 'checkpoint-20'}: cannot read \\(Permission denied\\)"):
+        Trajectory(run)
+
+
+def test_unreadable_checkpoint_directory_names_it(tmp_path, model, monkeypatch):
+    """Item 6: a checkpoint directory whose files cannot be read: an error naming it, not a bare PermissionError."""
+    run = small_run(tmp_path, model)
+    ckpt = (run / "checkpoint-10").resolve()
+    deny(monkeypatch, stat=lambda p: p.parent == ckpt)  # a directory without read / search permission
+    with pytest.raises(TrajectoryError, match=rf"{ckpt}: cannot read \(Permission denied\)"):
+        Trajectory(run)
+    with pytest.raises(TrajectoryError, match=rf"{ckpt} \(step 10\): cannot read \(\[Errno 13\] Permission denied: "
+                                              rf"'{ckpt}/model.safetensors.index.json'\)"):
+        Trajectory({0: run / "checkpoint-0", 10: ckpt})
+
+
+@pytest.mark.parametrize("problem", ["unreadable", "corrupt"])
+def test_bad_config_json_names_the_file(tmp_path, model, monkeypatch, problem):
+    """Item 6: an unreadable or corrupt config.json is an error naming the file (was a bare PermissionError /
+    JSONDecodeError)."""
+    run = small_run(tmp_path, model)
+    config = (run / "checkpoint-0" / "config.json").resolve()
+    if problem == "unreadable":
+        deny(monkeypatch, read=lambda p: p == config)
+        message = rf"{config}: cannot read \(Permission denied\)"
+    else:
+        config.write_text('{"tie_word_embeddings": fals')
+        message = rf"{config}: not valid JSON \(Expecting value: line 1"
+    with pytest.raises(TrajectoryError, match=message):
+        Trajectory(run)
