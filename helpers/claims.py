@@ -44,7 +44,8 @@ class Rule:
             raise ValueError(f"rule tolerance must be ≥ 0, not {self.tolerance}")
 
     def decide(self, lo: float, hi: float) -> str:
-        if not (_finite(lo) and _finite(hi)):
+        """The verdict of an interval (a bound may be infinite — an unbounded side; NaN or None: undefined)."""
+        if not (_defined(lo) and _defined(hi)):
             return "inconclusive"
         if self.op == ">":
             return "holds" if lo > self.threshold else "does not hold" if hi < self.threshold + self.tolerance \
@@ -71,6 +72,14 @@ def below(threshold: float, tolerance: float = 0.0) -> Rule:
 
 def _finite(x) -> bool:
     return x is not None and isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(float(x))
+
+
+def _defined(x) -> bool:
+    return x is not None and not math.isnan(float(x))
+
+
+def _bound(x) -> str:
+    return "?" if not _defined(x) else "∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.3f}"
 
 
 def _num(x: float) -> str:
@@ -126,11 +135,13 @@ class Claim:
 
 
 def measured_text(measured, lo, hi) -> str:
-    """`0.620 [0.600, 0.640]`; `not measured` without a point, `[undefined]` without an interval."""
+    """`0.620 [0.600, 0.640]`; `not measured` without a point, `[interval undefined]` without an interval; an
+    unbounded side shows as ∞ (stored as null in JSON, then shown as ?)."""
     if not _finite(measured):
         return "not measured"
-    interval = f"[{lo:.3f}, {hi:.3f}]" if _finite(lo) and _finite(hi) else "[interval undefined]"
-    return f"{measured:.3f} {interval}"
+    if not (_defined(lo) or _defined(hi)):
+        return f"{measured:.3f} [interval undefined]"
+    return f"{measured:.3f} [{_bound(lo)}, {_bound(hi)}]"
 
 
 def table(claims: Iterable[Claim | Mapping]):

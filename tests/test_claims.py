@@ -134,3 +134,10 @@ def test_every_paper_number_has_a_source():
     assert all(n.text and n.source for n in paper.NUMBERS.values())
     with pytest.raises(KeyError, match="known"):
         paper.get("nope")
+
+
+def test_an_unbounded_side_still_decides():
+    assert claim(1.5, math.inf, C.above(1)).verdict == "holds"
+    assert claim(0.5, math.inf, C.above(1)).verdict == "inconclusive"
+    c = C.Claim("nb99.x", "x", paper.get("rl_gain"), 2.4, (0.5, math.inf), C.above(1), "test")
+    assert "2.400 [0.500, ∞]" in c.sentence() and c.record()["ci_high"] is None
