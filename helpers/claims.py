@@ -78,8 +78,12 @@ def _defined(x) -> bool:
     return x is not None and not math.isnan(float(x))
 
 
-def _bound(x) -> str:
-    return "?" if not _defined(x) else "∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.3f}"
+def _bound(x, side: int) -> str:
+    """One bound of an interval whose other bound is defined: infinite — or missing, as JSON stores ±∞ — is
+    unbounded on that side (`side` −1 lower, +1 upper)."""
+    if not _defined(x) or math.isinf(x):
+        return "∞" if side > 0 else "−∞"
+    return f"{x:.3f}"
 
 
 def _num(x: float) -> str:
@@ -136,12 +140,12 @@ class Claim:
 
 def measured_text(measured, lo, hi) -> str:
     """`0.620 [0.600, 0.640]`; `not measured` without a point, `[interval undefined]` without an interval; an
-    unbounded side shows as ∞ (stored as null in JSON, then shown as ?)."""
+    unbounded side (±∞, stored as null in JSON) shows as ∞."""
     if not _finite(measured):
         return "not measured"
-    if not (_defined(lo) or _defined(hi)):
+    if not (_finite(lo) or _finite(hi)):
         return f"{measured:.3f} [interval undefined]"
-    return f"{measured:.3f} [{_bound(lo)}, {_bound(hi)}]"
+    return f"{measured:.3f} [{_bound(lo, -1)}, {_bound(hi, 1)}]"
 
 
 def table(claims: Iterable[Claim | Mapping]):

@@ -141,3 +141,4 @@ def test_an_unbounded_side_still_decides():
     assert claim(0.5, math.inf, C.above(1)).verdict == "inconclusive"
     c = C.Claim("nb99.x", "x", paper.get("rl_gain"), 2.4, (0.5, math.inf), C.above(1), "test")
     assert "2.400 [0.500, ∞]" in c.sentence() and c.record()["ci_high"] is None
+    assert C.table([c.record()])["measured [interval]"].iloc[0] == "2.400 [0.500, ∞]"   # as stored in JSON
