@@ -296,6 +296,16 @@ class PerItem:
     def __repr__(self) -> str:
         return f"<{len(self.values)} items>"
 
+    @classmethod
+    def of(cls, res: Mapping, key: str = "per_item") -> "PerItem":
+        """The per-item scores `key` of an `evaluate` dict."""
+        return cls(np.asarray(res[key], dtype=np.float64))
+
+    @staticmethod
+    def scores(cell) -> np.ndarray:
+        """A table cell of per-item scores (a `PerItem`, or a plain list as read back from JSON) as float64."""
+        return np.asarray(cell.values if isinstance(cell, PerItem) else cell, dtype=np.float64)
+
 
 class CachedScorer:
     """Held-out scores (`evaluate` with the `eval` section's knobs) of models on the first `n_items` problems of

@@ -173,7 +173,7 @@ class Scorer(CachedScorer):
         an `evaluation.PerItem`) for the claims' intervals."""
         return {"avg_at_k": res[f"avg@{self.k}"], "pass_at_k": res[f"pass@{self.k}"], "entropy": res["entropy"],
                 "greedy_accuracy": res["greedy_accuracy"], "completion_length": res["completion_length"],
-                "per_item": PerItem(np.asarray(res["per_item"], dtype=np.float64))}
+                "per_item": PerItem.of(res)}
 
     def checkpoint(self, path) -> dict:
         """Scores of one model directory (`eval.backend` sampler)."""
@@ -267,22 +267,19 @@ class Measured:
     def selected(self, rows) -> int:
         """Position in `rows` (a table's rows) of the best mean per-item score on the select half (earliest on a tie)."""
         sel = self.halves[0]
-        return int(np.argmax([_scores(r)[sel].mean() for r in rows.per_item]))
+        return int(np.argmax([PerItem.scores(r)[sel].mean() for r in rows.per_item]))
 
     def paired(self, a, b) -> tuple[float, tuple[float, float]]:
         """mean(a − b) of two rows' per-item scores on the report half, with its paired bootstrap interval."""
         rep, st = self.halves[1], self.settings
-        return claims_mod.paired_difference(_scores(a)[rep], _scores(b)[rep], st.level, st.bootstrap)
+        a, b = (PerItem.scores(r.per_item)[rep] for r in (a, b))
+        return claims_mod.paired_difference(a, b, st.level, st.bootstrap)
 
     def split_text(self, chosen: str) -> str:
         """`how` of a difference whose `chosen` setting was picked on the select half."""
         (sel, rep), st = self.halves, self.settings
         return (f"{chosen} chosen on {len(sel)} selection items, split seed {st.split_seed}; scored on the other "
                 f"{len(rep)} items with a {st.level:.0%} paired bootstrap")
-
-
-def _scores(cell) -> np.ndarray:
-    return np.asarray(cell.values if isinstance(cell, PerItem) else cell.per_item.values, dtype=np.float64)
 
 
 def _logit_best(m: Measured):

@@ -373,7 +373,7 @@ class Scorer(CachedScorer):
     def scored(self, path) -> dict:
         """{"accuracy": avg@k, "per_item": each item's share of its k samples correct} of a model directory."""
         res = self.checkpoint(path)
-        return {"accuracy": float(res[self.metric]), "per_item": PerItem(np.asarray(res["per_item"], dtype=float))}
+        return {"accuracy": float(res[self.metric]), "per_item": PerItem.of(res)}
 
 
 def targets(traj, t_cut: int, horizons: Sequence[float]) -> list[int]:
@@ -706,15 +706,11 @@ class Measured:
 
     def real_at(self, step: int) -> np.ndarray:
         """The per-item scores of the real checkpoint at `step`."""
-        return _items(self.real.per_item[self.real.step == step].iloc[0])
+        return PerItem.scores(self.real.per_item[self.real.step == step].iloc[0])
 
     @property
     def n_items(self) -> int:
         return len(self.real_at(self.real.step.iloc[0]))
-
-
-def _items(cell) -> np.ndarray:
-    return np.asarray(cell.values, dtype=np.float64)
 
 
 def _paired(m: Measured, a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[float, float]]:
@@ -761,7 +757,7 @@ def _reconstruction(m: Measured) -> claims_mod.Claim:
     d = m.denoise
     row = d[(d["rank"] == d["rank"].min()) & (d.step == last)].iloc[0]
     base, final = m.real_at(m.real.step.iloc[0]), m.real_at(last)
-    kept, interval = _ratio_of_means(_items(row.per_item) - base, final - base, m.settings.level, m.settings.bootstrap)
+    kept, interval = _ratio_of_means(PerItem.scores(row.per_item) - base, final - base, m.settings.level, m.settings.bootstrap)
     return claims_mod.Claim(
         "nb06.reconstruction_keeps_gain",
         f"the rank-{row['rank']} reconstruction of the final checkpoint keeps most of the RL gain (share kept)",
@@ -776,7 +772,7 @@ def _prefix(m: Measured) -> claims_mod.Claim:
     frac, last = paper_fraction(relex.fraction.unique()), m.real.step.iloc[-1]
     row = relex[(relex.fraction == frac) & (relex.target_step == last)].iloc[0]
     final = m.real_at(last)
-    diff, interval = _paired(m, _items(row.per_item), final)
+    diff, interval = _paired(m, PerItem.scores(row.per_item), final)
     return claims_mod.Claim(
         "nb06.prefix_matches_full",
         f"RELEX from a {frac:.0%} prefix matches full RLVR at the final step (RELEX − full RL)",
@@ -789,7 +785,7 @@ def _horizon(m: Measured) -> claims_mod.Claim:
     smallest = relex[relex.fraction == relex.fraction.min()]
     far = smallest[smallest.horizon == smallest.horizon.max()].iloc[0]
     own = m.real_at(far.t_cut)
-    diff, interval = _paired(m, _items(far.per_item), own)
+    diff, interval = _paired(m, PerItem.scores(far.per_item), own)
     return claims_mod.Claim(
         "nb06.horizon_improves",
         f"RELEX {far.horizon:g}× beyond the smallest prefix still improves on the prefix's own checkpoint",
@@ -811,7 +807,7 @@ def best_variant(m: Measured, name: str) -> tuple[str | None, np.ndarray | None,
     report half); (None, None, report half) when no such variant was measured."""
     ab = m.ablations[m.ablations.window.isna() & m.ablations.accuracy.notna()]
     ref = ab[(ab["rank"] == 1) & (ab.fit == "linear")].set_index("target_step").per_item
-    gains = {f"rank {r} {f} at step {t}": _items(cell) - _items(ref[t])
+    gains = {f"rank {r} {f} at step {t}": PerItem.scores(cell) - PerItem.scores(ref[t])
              for r, f, t, cell in ab[ABLATIONS[name][2](ab)][["rank", "fit", "target_step", "per_item"]].itertuples(
                  index=False) if t in ref.index}
     select, report = claims_mod.split(m.n_items, m.settings.split_seed)
@@ -841,7 +837,7 @@ def _denoising(m: Measured) -> claims_mod.Claim:
     """RELEX − two-point from the same prefixes, each item's difference averaged over the (T_cut, target) pairs."""
     keys = ["t_cut", "target_step"]  # two prefix fractions that snap to the same T_cut count once
     pairs = m.grid.drop_duplicates(["method", *keys]).pivot(index=keys, columns="method", values="per_item")
-    d = np.mean([_items(r) - _items(t) for r, t in zip(pairs.relex, pairs.two_point)], axis=0)
+    d = np.mean([PerItem.scores(r) - PerItem.scores(t) for r, t in zip(pairs.relex, pairs.two_point)], axis=0)
     s = m.settings
     return claims_mod.Claim(
         "nb06.denoising", "the rank-1 projection helps: RELEX beats two-point extrapolation from the same prefixes",

@@ -445,13 +445,14 @@ def claims(scores, cfg) -> list:
 
     from . import claims as claims_mod
     from . import paper, seeds
+    from .evaluation import PerItem
 
     st = claims_mod.Settings.of(cfg)
     base, finals = scores.loc["base"], scores.drop(index="base")
-    base_items = _per_item(base["greedy_per_item"])
+    base_items = PerItem.scores(base["greedy_per_item"])
     gains = {}
     for label, row in finals.iterrows():
-        point, iv = claims_mod.paired_difference(_per_item(row["greedy_per_item"]), base_items, st.level,
+        point, iv = claims_mod.paired_difference(PerItem.scores(row["greedy_per_item"]), base_items, st.level,
                                                  st.bootstrap)
         gains[int(label.split()[-1])] = {"gain": point, "ci": iv}
     gain, gain_iv, gain_detail = seeds.across(gains, "gain", "ci")
@@ -469,13 +470,6 @@ def claims(scores, cfg) -> list:
                          "1 seed: a point, no interval (one mean entropy per model)",
                          "; ".join(f"{label}: {d:+.3f}" for label, d in zip(finals.index, drops))),
     ]
-
-
-def _per_item(cell):
-    """A per-item score cell of a scores table (`evaluation.PerItem` or a list) as an array."""
-    import numpy as np
-
-    return np.asarray(getattr(cell, "values", cell), dtype=np.float64)
 
 
 def _float(x) -> float:
