@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m helpers.batch $(PARAMS) $(ARGS)
+	$(PY) -m helpers.pipeline.batch $(PARAMS) $(ARGS)
 
 test: $(STAMP)
 	RLVR_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q --nbval-lax tests notebooks $(ARGS)
@@ -43,7 +43,7 @@ test-vllm: $(VLLM_STAMP)
 	MPLBACKEND=Agg nice -n 10 $(VLLM_PY) -m pytest -q tests_vllm $(ARGS)
 
 strip: $(STAMP)
-	$(PY) -m helpers.notebooks strip notebooks/*.ipynb
+	$(PY) -m helpers.pipeline.notebooks strip notebooks/*.ipynb
 
 clean:
 	rm -rf outputs/cache outputs/default outputs/default-smoke

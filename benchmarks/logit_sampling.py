@@ -28,8 +28,11 @@ def timed(sampler, prompts, ev) -> tuple[float, list[list[str]]]:
 def run(models: tuple[Path, Path], params: str, n_prompts: int, repeats: int, alpha: float) -> dict:
     import torch
 
-    from helpers import config, evaluation, tasks, training
-    from helpers.logit_extrapolation import LogitExtrapolationSampler
+    from helpers.lib import config
+    from helpers.lib import evaluation
+    from helpers.lib import tasks
+    from helpers.lib import training
+    from helpers.lib.logit_extrapolation import LogitExtrapolationSampler
 
     cfg = config.load(params, profile="default")
     ev = cfg.eval
@@ -72,7 +75,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         models = a.models
         if models is None:
-            from helpers import config, tiny
+            from helpers.lib import config
+            from helpers.lib import tiny
 
             spec = config.load(a.params, profile="default").model
             models = tuple(tiny.init_model(spec, seed, Path(tmp) / f"m{seed}") for seed in (0, 1))

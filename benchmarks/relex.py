@@ -1,5 +1,5 @@
 """Benchmark: RELEX rank-1 SVD of every tensor + one extrapolated checkpoint, on a synthetic ≈100 M-param ×
-16-checkpoint bf16 trajectory (helpers.synthetic), against a plain read of the same files.
+16-checkpoint bf16 trajectory (helpers.lib.synthetic), against a plain read of the same files.
 
     nice -n 10 .venv/bin/python benchmarks/relex.py [--dir DIR] [--n-params 1e8] [--chunk-mb 256] [--out FILE.json]
 
@@ -40,11 +40,11 @@ def trajectory(n_params: float, out: Path | None = None) -> Path:
     """The synthetic trajectory (written on first use, then reused)."""
     import torch
 
-    from helpers.paths import cache_dir
-    from helpers.synthetic import write_synthetic_trajectory
+    from helpers.lib.cache import cache_dir
+    from helpers.lib.synthetic import write_synthetic_trajectory
 
     spec = {"n_params": n_params, "steps": STEPS, "dtype": "bf16", "drift": DRIFT, "noise": NOISE, "seed": 0}
-    out = out or cache_dir("synthetic-trajectory", spec)
+    out = out or cache_dir("synthetic-trajectory", spec, 1)
     if not out.exists():
         write_synthetic_trajectory(out, n_params, STEPS, torch.bfloat16, drift=DRIFT, noise=NOISE, seed=0)
     return out
@@ -52,8 +52,8 @@ def trajectory(n_params: float, out: Path | None = None) -> Path:
 
 def measure(run_dir: Path, chunk_bytes: int) -> dict:
     """Rank-1 SVD of all tensors (no cache) + one checkpoint extrapolated to 2× the last step; times and peak RSS."""
-    from helpers import relex
-    from helpers.trajectory import Trajectory
+    from helpers.lib import relex
+    from helpers.lib.trajectory import Trajectory
 
     with tempfile.TemporaryDirectory(dir=run_dir.parent) as tmp:
         os.environ["RLVR_OUTPUTS"] = tmp  # a fresh SVD cache: measure the computation, not a cache hit

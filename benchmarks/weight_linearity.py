@@ -1,15 +1,15 @@
-"""Benchmark: weight R² (helpers.linearity.weight_r2) on a ≈100 M-parameter Qwen2-shaped run × 16 bf16 checkpoints.
+"""Benchmark: weight R² (helpers.lib.linearity.weight_r2) on a ≈100 M-parameter Qwen2-shaped run × 16 bf16 checkpoints.
 
     nice -n 10 .venv/bin/python benchmarks/weight_linearity.py [--dir DIR] [--n-params 1e8] [--checkpoints 16]
 
-Writes the synthetic trajectory (helpers.synthetic, in a child process so its memory does not count) unless --dir
+Writes the synthetic trajectory (helpers.lib.synthetic, in a child process so its memory does not count) unless --dir
 already holds one, then times, in this order:
   warm: an untimed read to fill the page cache, then a plain sequential read of every checkpoint file (bytes to
         nowhere), the analysis, the plain read again;
   cold: the same after evicting these files (and only these) from the page cache with posix_fadvise(DONTNEED).
 Each kind of round runs --repeats times (shared cores make single timings noisy). Reports wall times, the ratio
 analysis / plain read per round and its median, peak RSS of this process (ru_maxrss: imports + analysis), and
-the measured R² median next to the known answer (helpers.synthetic.reference_r2). Targets: peak RSS ≤ 1.5 GB,
+the measured R² median next to the known answer (helpers.lib.synthetic.reference_r2). Targets: peak RSS ≤ 1.5 GB,
 analysis ≤ 2 × plain read.
 """
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import linearity, synthetic
-from helpers.trajectory import Trajectory
+from helpers.lib import linearity
+from helpers.lib import synthetic
+from helpers.lib.trajectory import Trajectory
 
 CHUNK = 16 << 20
 
@@ -85,7 +86,7 @@ def main(argv=None) -> None:
     steps = [i * a.every for i in range(a.checkpoints)]
     if not run.exists():
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "helpers.synthetic", str(run), "--n-params", str(a.n_params),
+        subprocess.run([sys.executable, "-m", "helpers.lib.synthetic", str(run), "--n-params", str(a.n_params),
                         "--steps", ",".join(map(str, steps)), "--dtype", "bf16", "--drift", str(a.drift),
                         "--noise", str(a.noise)], check=True)
         print(f"wrote the trajectory in {time.perf_counter() - start:.1f} s")

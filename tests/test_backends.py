@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import config, evaluation, math_tasks, tasks, tiny, vllm_backend
+from helpers.lib import config
+from helpers.lib import evaluation
+from helpers.lib import math_tasks
+from helpers.lib import tasks
+from helpers.lib import tiny
+from helpers.lib import vllm_backend
 
 TOKENIZER = tiny.make_tokenizer()
 
@@ -95,7 +100,7 @@ def test_greedy_asks_for_one_completion_and_repeats_it(fake_vllm):
 
 
 def test_engine_settings_environment_and_rng(fake_vllm, monkeypatch):
-    from helpers.paths import outputs_root
+    from helpers.lib.paths import outputs_root
 
     torch.manual_seed(123)
     random.seed(123)

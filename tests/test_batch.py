@@ -9,8 +9,10 @@ import time
 import nbformat
 import pytest
 
-from helpers import batch, cli, config
-from helpers.paths import REPO
+from helpers.pipeline import batch
+from helpers.lib import cli
+from helpers.lib import config
+from helpers.lib.paths import REPO
 
 PARAMETERS = '''params_file = "params/default.yaml"   # model × algorithm × scale
 profile = "auto"                      # "default", "smoke" (CI), or "auto"
@@ -19,13 +21,13 @@ overrides = {}                        # dotted overrides'''
 
 
 def notebook(path, *cells, start=True):
-    """A notebook: title, the parameters cell, `run = helpers.run.start(...)` (if `start`), then `cells`."""
+    """A notebook: title, the parameters cell, `run = helpers.pipeline.run.start(...)` (if `start`), then `cells`."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"),
                 nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
-                *([nbformat.v4.new_code_cell(f"import helpers.run\n"
-                                             f"run = helpers.run.start({path.stem!r}, params_file, profile, run_dir, "
+                *([nbformat.v4.new_code_cell(f"import helpers.pipeline.run\n"
+                                             f"run = helpers.pipeline.run.start({path.stem!r}, params_file, profile, run_dir, "
                                              f"overrides)")] if start else []),
                 *(nbformat.v4.new_code_cell(c) for c in cells)]
     nbformat.write(nb, str(path))

@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from helpers.checkpoint_io import write_checkpoint
-from helpers.trajectory import Trajectory
+from helpers.lib.checkpoint_io import write_checkpoint
+from helpers.lib.trajectory import Trajectory
 
 TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
             vocab_size=32)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from helpers import claims as C
-from helpers import paper
+from helpers.experiments import claims as C
+from helpers.experiments import paper
 
 
 def claim(lo, hi, rule):
@@ -122,7 +122,7 @@ def test_split_gives_disjoint_halves_covering_every_item():
 
 
 def test_settings_follow_the_params_and_null_threshold_is_the_papers_bar():
-    from helpers import config
+    from helpers.lib import config
 
     cfg = config.load("params/default.yaml", profile="default")
     assert C.Settings.of(cfg).r2_threshold == paper.R2_BAR

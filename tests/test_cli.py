@@ -1,7 +1,7 @@
 """Command lines end a user error with one clear line and exit status 2; --debug keeps the traceback."""
 import pytest
 
-from helpers import cli
+from helpers.lib import cli
 
 
 def failing(argv):

@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-from helpers import config, paths, results
+from helpers.lib import config
+from helpers.lib import paths
+from helpers.pipeline import results
 
 
 def write(tmp_path, name, text):
@@ -164,7 +166,7 @@ def test_derive_applies_dotted_changes_with_the_same_checks():
 
 
 def test_origin_variant_is_a_checked_derived_config():
-    from helpers import origin
+    from helpers.experiments import nb03_origin as origin
 
     cfg = config.load(profile="default")
     v = origin.variant(cfg, "rl", optimizer="sgd", lr=0.5)

@@ -6,7 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import evaluation, tasks, tiny
+from helpers.lib import evaluation
+from helpers.lib import tasks
+from helpers.lib import tiny
 
 
 @pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
@@ -71,8 +73,8 @@ def test_hf_sampler_is_seeded_and_left_padded(tmp_path):
 
 
 def test_cached_scorer_scores_once_and_closes(tmp_path, monkeypatch):
-    from helpers import config
-    from helpers.paths import dir_fingerprint
+    from helpers.lib import config
+    from helpers.lib.cache import dir_fingerprint
 
     monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "out"))
     cfg = config.load("params/default.yaml", profile="smoke", overrides={"eval.k": 4})

@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from helpers import extrapolation as ex
-from helpers.trajectory import Trajectory
+from helpers.lib import extrapolation as ex
+from helpers.lib.trajectory import Trajectory
 
 TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2, intermediate_size=96,
             vocab_size=40)
@@ -135,7 +135,7 @@ SETTINGS = {"level": 0.95, "bootstrap": 500, "accuracy_margin": 0.02, "r2_margin
 
 
 def per_item(values):
-    from helpers.evaluation import PerItem
+    from helpers.lib.evaluation import PerItem
 
     return PerItem(np.asarray(values, dtype=float))
 
@@ -237,7 +237,7 @@ def test_weight_claims_hull_over_pairs_and_no_decline_without_an_interior_peak()
 
 
 def test_results_keep_per_item_scores_out_of_json():
-    from helpers.results import to_jsonable
+    from helpers.pipeline.results import to_jsonable
 
     m = measured({0: BASE - 0.1, 10: BASE}, curve=[(10, 20, BASE + 0.1), (10, 30, BASE)],
                  logit=[(1.0, BASE), (1.5, BASE + 0.1)])
@@ -256,8 +256,8 @@ def small_run(tmp_path_factory):
 
 
 def cli_error(capsys, *argv):
-    """The one stderr line of `python -m helpers.extrapolation argv` ending on a user error (exit 2)."""
-    from helpers import cli
+    """The one stderr line of `python -m helpers.lib.extrapolation argv` ending on a user error (exit 2)."""
+    from helpers.lib import cli
 
     with pytest.raises(SystemExit) as e:
         cli.run(ex.main, [str(a) for a in argv])
@@ -316,7 +316,7 @@ def test_missing_from_directory(small_run, tmp_path, capsys):
 
 def test_from_newer_than_to_warns(small_run, tmp_path, capsys):
     """Item 6: --from newer than --to warns that t0 > t1 (norms and config then come from the older checkpoint)."""
-    from helpers.trajectory import TrajectoryWarning
+    from helpers.lib.trajectory import TrajectoryWarning
 
     with pytest.warns(TrajectoryWarning, match=r"--from .*checkpoint-20 \(step 20\) is newer than --to "
                                                r".*checkpoint-10 \(step 10\): t0 > t1"):
@@ -330,13 +330,13 @@ def test_from_newer_than_to_warns(small_run, tmp_path, capsys):
 
 
 def test_command_line_ends_on_one_line_and_exit_2(tmp_path):
-    """Item 6: `python -m helpers.extrapolation` ends through cli.run: one line on stderr, exit status 2."""
+    """Item 6: `python -m helpers.lib.extrapolation` ends through cli.run: one line on stderr, exit status 2."""
     import subprocess
     import sys
 
-    from helpers.paths import REPO
+    from helpers.lib.paths import REPO
 
-    p = subprocess.run([sys.executable, "-m", "helpers.extrapolation", "--from", str(tmp_path / "nope"), "--to",
+    p = subprocess.run([sys.executable, "-m", "helpers.lib.extrapolation", "--from", str(tmp_path / "nope"), "--to",
                         str(tmp_path / "nope2"), "--target-step", "3", "--out", str(tmp_path / "o")],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert (p.returncode, p.stderr) == (2, f"error: {tmp_path / 'nope'}: no such checkpoint directory\n")

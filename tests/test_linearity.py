@@ -1,15 +1,15 @@
-"""helpers.linearity: the R² core, the entry filters, tensor naming, and weight R² over synthetic trajectories."""
+"""helpers.lib.linearity: the R² core, the entry filters, tensor naming, and weight R² over synthetic trajectories."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from scipy import stats
 
-from helpers import config
-from helpers import linearity as L
-from helpers import plots
-from helpers import synthetic as S
-from helpers.trajectory import Trajectory
+from helpers.lib import config
+from helpers.lib import linearity as L
+from helpers.experiments import plots
+from helpers.lib import synthetic as S
+from helpers.lib.trajectory import Trajectory
 
 STEPS = list(range(0, 151, 10))  # 16 checkpoints, like the embedded run
 TINY = dict(hidden_size=32, vocab_size=64, num_hidden_layers=2)

@@ -2,8 +2,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from helpers import evaluation, tasks, tiny
-from helpers.logit_extrapolation import LogitExtrapolationSampler, make_sampler
+from helpers.lib import evaluation
+from helpers.lib import tasks
+from helpers.lib import tiny
+from helpers.lib.logit_extrapolation import LogitExtrapolationSampler, make_sampler
 
 PROMPTS = ["12+7=", "3-45+6=", "1=", "40-4-4=", "9+9+9+9="]
 SETTINGS = dict(n=4, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=3)
@@ -109,7 +111,7 @@ def tables(alpha_one_scores, t1_scores):
 
 
 def test_alpha_one_check_and_table1_keeps_theta_t1():
-    from helpers.logit_extrapolation import check_alpha_one, table1
+    from helpers.lib.logit_extrapolation import check_alpha_one, table1
 
     real, logit = tables([0.25, 0.5, 0.5, 0], [0.25, 0.5, 0.5, 0])
     assert check_alpha_one(real, logit, "hf") == {"avg_at_k": 0.0, "pass_at_k": 0.0, "greedy_accuracy": 0.0,

@@ -8,7 +8,11 @@ import string
 import pytest
 import yaml
 
-from helpers import batch, config, tiny, training, trajectory
+from helpers.pipeline import batch
+from helpers.lib import config
+from helpers.lib import tiny
+from helpers.lib import training
+from helpers.lib import trajectory
 
 PRINTABLE = "".join(ch for ch in string.printable if ch not in "\t\n\r\x0b\x0c")
 SMALL = {"rl": {"steps": 8, "save_every": 2, "batch": 8, "rollouts": 4, "max_completion_length": 24, "lr": 3.0e-4},

@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from helpers import math_tasks
-from helpers.math_tasks import DatasetError, MathItem, is_correct, last_boxed
+from helpers.lib import math_tasks
+from helpers.lib.math_tasks import DatasetError, MathItem, is_correct, last_boxed
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -2,8 +2,8 @@
 import nbformat
 import pytest
 
-from helpers import notebooks
-from helpers.paths import REPO
+from helpers.pipeline import notebooks
+from helpers.lib.paths import REPO
 
 COMMITTED = sorted((REPO / "notebooks").glob("*.ipynb"))
 PARAMETERS = 'params_file = "p"   # c\nprofile = "auto"   # c\nrun_dir = None   # c\noverrides = {}   # c\nk: int = 3'
@@ -17,7 +17,7 @@ def test_committed_notebook_is_clean(path):
 def write(path, parameters=PARAMETERS, tag="parameters", executed=False, name=None):
     nb = nbformat.v4.new_notebook()
     nb.metadata["papermill"] = {"duration": 1.0}
-    start = f"run = helpers.run.start({name or path.stem!r}, params_file, profile, run_dir, overrides)"
+    start = f"run = helpers.pipeline.run.start({name or path.stem!r}, params_file, profile, run_dir, overrides)"
     transient = {"execution": {"iopub.status.busy": "2025-01-01T00:00:00"}}
     code = nbformat.v4.new_code_cell(start, metadata={**transient, "tags": ["keep"]})
     nb.cells = [nbformat.v4.new_markdown_cell("# t"),

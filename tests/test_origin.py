@@ -7,10 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import claims as C
-from helpers import config, origin as O, probes as P, tiny, training
-from helpers.evaluation import PerItem
-from helpers.trajectory import Trajectory
+from helpers.experiments import claims as C
+from helpers.lib import config
+from helpers.experiments import nb03_origin as O
+from helpers.lib import probes as P
+from helpers.lib import tiny
+from helpers.lib import training
+from helpers.lib.evaluation import PerItem
+from helpers.lib.trajectory import Trajectory
 
 TINY = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=2, intermediate_size=64, max_positions=32,
             tie_embeddings=True)

@@ -3,7 +3,10 @@ import inspect
 import numpy as np
 import pytest
 
-from helpers import config, linearity, output_linearity as OL, probes as P
+from helpers.lib import config
+from helpers.lib import linearity
+from helpers.experiments import nb02_output_linearity as OL
+from helpers.lib import probes as P
 
 
 def test_uses_the_one_r2_implementation():

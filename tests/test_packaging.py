@@ -6,7 +6,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from helpers.paths import REPO
+from helpers.lib.paths import REPO
 
 
 def requirements(specs):
@@ -46,7 +46,7 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_makefile_modules_exist():
-    modules = set(re.findall(r"-m (helpers\.\w+)", (REPO / "Makefile").read_text()))
-    assert {"helpers.batch", "helpers.notebooks"} <= modules
+    modules = set(re.findall(r"-m (helpers[\w.]+)", (REPO / "Makefile").read_text()))
+    assert {"helpers.pipeline.batch", "helpers.pipeline.notebooks"} <= modules
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     assert not missing, f"Makefile calls modules that do not exist: {missing}"

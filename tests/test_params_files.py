@@ -3,8 +3,10 @@ accepts; the papers' settings carry the papers' numbers."""
 import pytest
 import yaml
 
-from helpers import config, evaluation, training
-from helpers.paths import REPO
+from helpers.lib import config
+from helpers.lib import evaluation
+from helpers.lib import training
+from helpers.lib.paths import REPO
 
 PARAMS = sorted((REPO / "params").glob("*.yaml"))
 PAPER = [p for p in PARAMS if p.name != "default.yaml"]
@@ -104,7 +106,11 @@ def test_every_rule_names_a_knob_and_every_null_default_has_a_rule():
 
 
 def test_the_rules_fixed_choices_are_the_codes():
-    from helpers import extrapolation, linearity, relex, rl_extra, tiny
+    from helpers.lib import extrapolation
+    from helpers.lib import linearity
+    from helpers.lib import relex
+    from helpers.lib import rl_extra
+    from helpers.lib import tiny
 
     def allowed(key, values):
         return {v for v in values if config.RULES[key].complaint(key, v) is None}
@@ -124,7 +130,7 @@ def test_the_rules_fixed_choices_are_the_codes():
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.stem)
 def test_every_robustness_setting_of_every_profile_loads(path):
-    from helpers import robustness
+    from helpers.pipeline import robustness
 
     raw = yaml.safe_load(path.read_text())
     for profile in ["default", *(raw.get("profiles") or {})]:
@@ -134,9 +140,9 @@ def test_every_robustness_setting_of_every_profile_loads(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_sweep_setting_loads(path):
-    from helpers import regime
+    from helpers.pipeline import regime
 
-    sweep = regime.load_sweep(path)           # builds every setting's config (helpers.regime.setting_config)
+    sweep = regime.load_sweep(path)           # builds every setting's config (helpers.pipeline.regime.setting_config)
     for s in sweep["settings"]:
         for seed in sweep["seeds"]:
             assert regime.setting_config(sweep, s["name"], seed).rl.seed == seed

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from helpers.paths import REPO, atomic_dir, atomic_write_json, atomic_write_text
+from helpers.lib.paths import REPO, atomic_dir, atomic_write_json, atomic_write_text
 
 
 def mode(path):
@@ -27,7 +27,7 @@ def child(parent, body):
     code = textwrap.dedent(f"""
         import os, signal, sys, time
         from pathlib import Path
-        from helpers.paths import atomic_dir
+        from helpers.lib.paths import atomic_dir
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started in the background
         with atomic_dir(Path({str(parent)!r}) / "out") as tmp:
             (tmp / "weights").write_bytes(b"x" * 1000)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from helpers import probes as P
+from helpers.lib import probes as P
 
 VOCAB = 40
 

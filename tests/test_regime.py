@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from helpers import config, regime
+from helpers.lib import config
+from helpers.pipeline import regime
 
 SWEEP = """
 name: t
@@ -74,7 +75,7 @@ def test_collect_applies_every_criterion_to_every_seed(tmp_path):
 
 def test_the_default_is_the_searchs_chosen_setting():
     """params/default.yaml and the sweep's `chosen` setting train the same run (same cache key sections)."""
-    from helpers import training
+    from helpers.lib import training
 
     sweep = regime.load_sweep("params/sweeps/regime_search.yaml")
     chosen = regime.setting_config(sweep, sweep["chosen"], 0)
@@ -86,10 +87,10 @@ def test_the_default_is_the_searchs_chosen_setting():
 
 def test_measure_and_payoffs_on_a_micro_run(tmp_path, monkeypatch, one_thread):
     """Stage 1 and stage 2 of one micro config: the numbers come from the run's own log and checkpoints."""
-    from helpers import training
+    from helpers.lib import training
     from tests.test_training import micro_cfg
 
-    from helpers import tasks
+    from helpers.lib import tasks
 
     monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path))   # reward that varies within a group (as tests/test_training)
     monkeypatch.setattr(tasks, "reward", lambda prompts, completions, **kw: [float(len(c) % 2) for c in completions])

@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import relex, tiny
-from helpers.trajectory import Trajectory
+from helpers.lib import relex
+from helpers.lib import tiny
+from helpers.lib.trajectory import Trajectory
 
 MODEL = {"arch": "llama", "hidden_size": 64, "heads": 2, "kv_heads": 1, "layers": 1, "intermediate_size": 96,
          "max_positions": 64, "tie_embeddings": True}
@@ -83,7 +84,7 @@ def test_frozen_tensor_stays_at_base(tmp_path):
 
 
 def test_a_run_that_never_moved_is_an_error(tmp_path):
-    from helpers import config
+    from helpers.lib import config
 
     traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2], noise=0.0, scale=0.0)
     with pytest.raises(ValueError, match="checkpoint-2: no tensor moved"):
@@ -172,8 +173,8 @@ def measured(ev=np.linspace(0.6, 1.0, 41), gain=0.4, kept=0.9, prefix=0.0, horiz
     """Synthetic notebook-06 tables whose claims all hold by default; each knob moves one claim's quantity (a delta,
     or (delta, per-item noise sd)). Steps 0 / 10 / 20 / 100; prefixes 10 % (T_cut 10) and 15 % (T_cut 20)."""
     import pandas as pd
-    from helpers import claims
-    from helpers.evaluation import PerItem
+    from helpers.experiments import claims
+    from helpers.lib.evaluation import PerItem
 
     base = np.random.default_rng(0).random(N) * 0.4
     real_items = {0: base, 10: base + 0.1, 20: base + 0.2, 100: base + gain}
@@ -251,7 +252,7 @@ def test_claim_numbers():
 
 
 def test_best_variant_is_chosen_on_one_half_and_reported_on_the_other():
-    from helpers import claims
+    from helpers.experiments import claims
 
     select, report = claims.split(N, 0)
     assert not set(select) & set(report) and len(select) + len(report) == N
@@ -268,7 +269,7 @@ def test_best_variant_is_chosen_on_one_half_and_reported_on_the_other():
 def test_results_keep_per_item_scores_out():
     import json
 
-    from helpers.results import to_jsonable
+    from helpers.pipeline.results import to_jsonable
 
     m = measured()
     out = relex.results(m)
@@ -280,7 +281,7 @@ def test_results_keep_per_item_scores_out():
 
 
 def test_alignment_after_the_prefix(tmp_path):
-    from helpers import config
+    from helpers.lib import config
 
     traj, _ = make_trajectory(tmp_path / "run", list(range(0, 9)), noise=0.0)
     rc = config.load(profile="default").relex

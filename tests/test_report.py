@@ -4,7 +4,7 @@ import re
 
 import nbformat
 
-from helpers import report
+from helpers.pipeline import report
 
 
 def executed_notebook(path, error=None):
@@ -96,8 +96,8 @@ def test_batch_index_from_a_directory_a_list_and_with_figures(tmp_path):
 
 def stored_claims(run_dir, notebook, verdicts):
     """Claims records as `run.save_results` stores them, one per verdict."""
-    from helpers import claims as C
-    from helpers import paper
+    from helpers.experiments import claims as C
+    from helpers.experiments import paper
 
     rules = {"holds": (0.8, 0.9), "does not hold": (0.5, 0.6), "inconclusive": (0.6, 0.8)}
     recs = [C.Claim(f"{notebook}.c{i}", f"claim {i} of {notebook}", paper.get("weight_r2_share"),

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from helpers import config, training
-from helpers.extrapolation import is_norm
-from helpers.rl_extra import ANCHOR, RECORD, RLExtra, effective_steps, generation_period
+from helpers.lib import config
+from helpers.lib import training
+from helpers.lib.extrapolation import is_norm
+from helpers.lib.rl_extra import ANCHOR, RECORD, RLExtra, effective_steps, generation_period
 
 # an easy task (2 operands below 4) so the tiny base model earns some reward and RL moves the weights
 TINY = {"task.operands": 2, "task.max_value": 4, "task.chain": False, "task.train_size": 200, "task.heldout_size": 8,
@@ -174,7 +175,7 @@ def _analyse(cfg, extra, keep=STD):
     """Standard = STD; both main runs follow `extra`; the ablation twin (keep) follows `keep`."""
     import pandas as pd
 
-    from helpers import rl_extra as R
+    from helpers.lib import rl_extra as R
 
     plan = R.plan(cfg)
     runs = pd.DataFrame([{"label": "standard", "m": None, "n": 0, "optimizer": None, "beta": 1.0, "train_seconds": 1.0}]
@@ -186,7 +187,7 @@ def _analyse(cfg, extra, keep=STD):
 
 
 def test_steps_to_target_speedup_and_fixed_budget_on_known_curves():
-    from helpers import rl_extra as R
+    from helpers.lib import rl_extra as R
 
     cfg = _cfg()
     assert [(r["label"], r["beta"]) for r in R.plan(cfg)] == [
@@ -208,7 +209,7 @@ def test_steps_to_target_speedup_and_fixed_budget_on_known_curves():
 def test_speedup_interval_on_a_hand_made_example():
     import pandas as pd
 
-    from helpers import rl_extra as R
+    from helpers.lib import rl_extra as R
 
     # 100 items, 95 % Wilson: 0.3 -> [0.219, 0.396], 0.5 -> [0.404, 0.596], 0.7 -> [0.604, 0.781]; target 0.45
     curves = pd.DataFrame({"label": ["standard"] * 5 + ["rx"] * 5, "rl_steps": [0, 10, 20, 30, 40] * 2,
@@ -235,7 +236,7 @@ EXPECT = {  # scenario -> verdict of speedup, every budget, on_track, optimizer_
 
 @pytest.mark.parametrize("scenario", EXPECT)
 def test_claims_verdicts(scenario):
-    from helpers import rl_extra as R
+    from helpers.lib import rl_extra as R
 
     extra, items, (speed, budget, on_track, optimizer) = EXPECT[scenario]
     cs = {c.id: c for c in R.claims(_analyse(_cfg(items), extra, keep=STD))}
@@ -251,8 +252,8 @@ def test_claims_verdicts(scenario):
 
 
 def test_best_of_k_uses_the_bonferroni_level():
-    from helpers import claims
-    from helpers import rl_extra as R
+    from helpers.experiments import claims
+    from helpers.lib import rl_extra as R
 
     a = _analyse(_cfg(500), FAST)
     assert a.speed_level == claims.bonferroni(0.95, 2 * 2)          # 2 main runs × 2 upper targets
@@ -269,7 +270,7 @@ def test_best_of_k_uses_the_bonferroni_level():
 def test_results_keep_their_keys_and_serialise():
     import json
 
-    from helpers import rl_extra as R
+    from helpers.lib import rl_extra as R
 
     res = R.results(_analyse(_cfg(), FAST))
     json.dumps(res)

@@ -10,8 +10,11 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from helpers import batch, claims, config, training
-from helpers import robustness as R
+from helpers.pipeline import batch
+from helpers.experiments import claims
+from helpers.lib import config
+from helpers.lib import training
+from helpers.pipeline import robustness as R
 
 NOTEBOOKS = ("00_trajectory", "01_weight_linearity", "02_output_linearity")
 

@@ -1,7 +1,7 @@
 """The science guard: the embedded default's RL run (seed `rl.seed`, default profile) must learn and move in straight
 lines, so a change that stops RL from learning cannot land green. It trains the real default run (base SFT + RL, about
 3 minutes on one core; reused from outputs/cache/ when built) and measures it as the regime search does
-(`helpers.regime.measure`).
+(`helpers.pipeline.regime.measure`).
 
 The floors sit well inside what every seed of the regime search measured (docs/regime_search.md): the held-out gain was
 +0.23 to +0.24 on seeds 0–2 over 500 problems (noise margin of one accuracy ±0.045), the share of weight entries with
@@ -9,7 +9,8 @@ R² > 0.7 0.61–0.62, and the token log-prob R² median 0.89.
 """
 import pytest
 
-from helpers import config, regime
+from helpers.lib import config
+from helpers.pipeline import regime
 
 MIN_GAIN = 0.10                 # held-out greedy gain, final − base
 WEIGHT_SHARE = (0.45, 0.85)     # share of moved weight entries with R² > 0.7

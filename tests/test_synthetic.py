@@ -1,13 +1,13 @@
-"""helpers.synthetic: Qwen2-shaped synthetic trajectories in TRL layout, with a known answer."""
+"""helpers.lib.synthetic: Qwen2-shaped synthetic trajectories in TRL layout, with a known answer."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import linearity as L
-from helpers import synthetic as S
-from helpers.trajectory import Trajectory
+from helpers.lib import linearity as L
+from helpers.lib import synthetic as S
+from helpers.lib.trajectory import Trajectory
 
 STEPS = [0, 10, 20, 30, 40]
 TINY = dict(hidden_size=32, vocab_size=64, num_hidden_layers=2)

@@ -3,7 +3,7 @@ import inspect
 
 import pytest
 
-from helpers import tasks
+from helpers.lib import tasks
 
 TASK = dict(operands=3, max_value=50, ops="+-", chain=True, train_size=300, heldout_size=40, seed=7)
 

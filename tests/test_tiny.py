@@ -2,7 +2,8 @@
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import tasks, tiny
+from helpers.lib import tasks
+from helpers.lib import tiny
 
 MODEL = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=1, intermediate_size=64, max_positions=32,
              tie_embeddings=True)

@@ -7,8 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import config, tasks, training
-from helpers.trajectory import Trajectory
+from helpers.lib import config
+from helpers.lib import tasks
+from helpers.lib import training
+from helpers.lib.trajectory import Trajectory
 
 MICRO = {"model.hidden_size": 64, "model.heads": 2, "model.kv_heads": 1, "model.layers": 1,
          "model.intermediate_size": 64, "model.max_positions": 32,
@@ -123,7 +125,8 @@ def test_unknown_algorithm_is_an_error(tmp_path):
 def test_math_task_trains_a_real_base_on_its_problems_and_verifier(tmp_path, monkeypatch):
     """task.kind math: RL starts from trajectory.base, trains on math.train_dataset and is rewarded by math-verify
     (math_tasks.reward); SFT learns the dataset's solutions; what is missing is named."""
-    from helpers import math_tasks, tiny
+    from helpers.lib import math_tasks
+    from helpers.lib import tiny
 
     base = tiny.init_model(micro_cfg().model, 0, tmp_path / "base")
     rows = [{"problem": f"{a}+{b}", "answer": str(a + b), "solution": f"\\boxed{{{a + b}}}"}
@@ -178,7 +181,7 @@ def scores_table(base, finals, base_entropy=1.0, entropies=None):
     """A scores table as `evaluation.evaluate_checkpoints` gives it: greedy per-item hits and entropy per model."""
     import pandas as pd
 
-    from helpers.evaluation import PerItem
+    from helpers.lib.evaluation import PerItem
 
     entropies = entropies or [0.5] * len(finals)
     rows = {"base": {"greedy_per_item": list(base), "entropy": base_entropy}}

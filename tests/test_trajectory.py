@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from helpers import config
-from helpers.trajectory import Trajectory, TrajectoryError, TrajectoryWarning, from_config, step_of
+from helpers.lib import config
+from helpers.lib.runs import trajectory as from_config
+from helpers.lib.trajectory import Trajectory, TrajectoryError, TrajectoryWarning, step_of
 
 TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
             vocab_size=32)

@@ -1,7 +1,9 @@
 """Engines are released: a notebook that evaluates checkpoint after checkpoint in one process must not leak."""
 import psutil
 
-from helpers import config, evaluation, training
+from helpers.lib import config
+from helpers.lib import evaluation
+from helpers.lib import training
 
 GiB = 2 ** 30
 

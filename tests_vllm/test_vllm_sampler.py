@@ -4,7 +4,9 @@ Opt-in tier: `make test-vllm` (its own environment .venv-vllm with vLLM's CPU bu
 import numpy as np
 import pytest
 
-from helpers import config, evaluation, training
+from helpers.lib import config
+from helpers.lib import evaluation
+from helpers.lib import training
 
 CFG = config.load("params/default.yaml", "default")
 EV = CFG.eval
