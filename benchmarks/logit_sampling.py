@@ -29,7 +29,8 @@ def run(models: tuple[Path, Path], params: str, n_prompts: int, repeats: int, al
     import torch
 
     from helpers.lib import config
-    from helpers.lib import evaluation
+    from helpers.lib import models
+    from helpers.lib import sampling
     from helpers.lib import tasks
     from helpers.lib import training
     from helpers.lib.logit_extrapolation import LogitExtrapolationSampler
@@ -37,9 +38,9 @@ def run(models: tuple[Path, Path], params: str, n_prompts: int, repeats: int, al
     cfg = config.load(params, profile="default")
     ev = cfg.eval
     prompts = [it.prompt for it in tasks.split(cfg.task)[1][:n_prompts]]
-    (m0, tok), (m1, _) = (evaluation.load_model(d, "cpu") for d in models)
+    (m0, tok), (m1, _) = (models.load_model(d, "cpu") for d in models)
     extra = f"pair, alpha={alpha:g}"
-    samplers = {"one model": evaluation.HFSampler(m1, tok, int(ev.batch_size)),
+    samplers = {"one model": sampling.HFSampler(m1, tok, int(ev.batch_size)),
                 "pair, alpha=1": LogitExtrapolationSampler(m0, m1, tok, 1.0, int(ev.batch_size)),
                 extra: LogitExtrapolationSampler(m0, m1, tok, alpha, int(ev.batch_size))}
     times: dict[str, list[float]] = {name: [] for name in samplers}

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers.lib import config
-from helpers.lib import evaluation
+from helpers.lib import backends
+from helpers.lib import scoring
 from helpers.lib import math_tasks
 from helpers.lib import tasks
 from helpers.lib import tiny
@@ -74,12 +75,12 @@ def test_vllm_not_installed_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)     # as in the main environment, whatever is installed
     with pytest.raises(vllm_backend.BackendUnavailable, match=r"needs the vllm package.*pip install -e '\.\[gpu\]'"
                                                               r".*make test-vllm.*eval\.backend: hf"):
-        evaluation.make_sampler("vllm", "some/dir")
+        backends.make_sampler("vllm", "some/dir")
     assert issubclass(vllm_backend.BackendUnavailable, ImportError)
 
 
 def test_sampling_settings_map_one_to_one(fake_vllm):
-    sampler = evaluation.make_sampler("vllm", "some/dir", device="cpu", batch_size=7, max_model_len=64)
+    sampler = backends.make_sampler("vllm", "some/dir", device="cpu", batch_size=7, max_model_len=64)
     llm = sampler.llm
     assert llm.kwargs == {"model": "some/dir", "seed": 0, "dtype": "auto", "enforce_eager": True,
                           "gpu_memory_utilization": 0.2, "max_model_len": 64}
@@ -94,7 +95,7 @@ def test_sampling_settings_map_one_to_one(fake_vllm):
 
 
 def test_greedy_asks_for_one_completion_and_repeats_it(fake_vllm):
-    sampler = evaluation.make_sampler("vllm", "some/dir")
+    sampler = backends.make_sampler("vllm", "some/dir")
     assert sampler.generate(["1+2="], n=4, temperature=0.0, top_p=0.5, max_new_tokens=3) == [["=2+1"] * 4]
     assert vars(sampler.llm.calls[-1][1][0]) == dict(n=1, temperature=0.0, max_tokens=3, detokenize=False)
 
@@ -107,7 +108,7 @@ def test_engine_settings_environment_and_rng(fake_vllm, monkeypatch):
     expected = (torch.rand(3), random.random())
     torch.manual_seed(123)
     random.seed(123)
-    sampler = evaluation.make_sampler("vllm", "m", seed=7, gpu_memory_utilization=0.5, enforce_eager=False)
+    sampler = backends.make_sampler("vllm", "m", seed=7, gpu_memory_utilization=0.5, enforce_eager=False)
     assert (torch.rand(3).tolist(), random.random()) == (expected[0].tolist(), expected[1])   # caller's RNG untouched
     assert sampler.llm.kwargs == {"model": "m", "seed": 7, "dtype": "auto", "enforce_eager": False,
                                   "gpu_memory_utilization": 0.5}
@@ -117,12 +118,12 @@ def test_engine_settings_environment_and_rng(fake_vllm, monkeypatch):
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"          # in-process engine without CUDA
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-    assert evaluation.make_sampler("vllm", "m").llm.kwargs == {"model": "m", "seed": 0, "dtype": "auto"}   # GPU
+    assert backends.make_sampler("vllm", "m").llm.kwargs == {"model": "m", "seed": 0, "dtype": "auto"}   # GPU
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"          # a user's setting wins
 
 
 def test_close_frees_the_engine_once(fake_vllm):
-    with evaluation.make_sampler("vllm", "m") as sampler:
+    with backends.make_sampler("vllm", "m") as sampler:
         llm = sampler.llm
         sampler.generate(["1="], max_new_tokens=2)
     assert llm.shut and sampler.llm is None and fake_vllm.cleanups == [True]
@@ -135,16 +136,16 @@ def test_close_frees_the_engine_once(fake_vllm):
 def test_fp32_checkpoints_run_in_fp32(fake_vllm, tmp_path):
     """vLLM's dtype "auto" runs an fp32 checkpoint in half precision; the sampler keeps the stored precision."""
     fp32 = tiny.init_model(dict(config.load("params/default.yaml", "default").model, layers=1), 0, tmp_path / "m")
-    assert evaluation.make_sampler("vllm", fp32).llm.kwargs["dtype"] == "float32"
+    assert backends.make_sampler("vllm", fp32).llm.kwargs["dtype"] == "float32"
     (tmp_path / "bf16").mkdir()
     (tmp_path / "bf16" / "config.json").write_text('{"torch_dtype": "bfloat16"}')
-    assert evaluation.make_sampler("vllm", tmp_path / "bf16").llm.kwargs["dtype"] == "auto"
-    assert evaluation.make_sampler("vllm", fp32, dtype="bfloat16").llm.kwargs["dtype"] == "bfloat16"
+    assert backends.make_sampler("vllm", tmp_path / "bf16").llm.kwargs["dtype"] == "auto"
+    assert backends.make_sampler("vllm", fp32, dtype="bfloat16").llm.kwargs["dtype"] == "bfloat16"
 
 
 def test_vllm_needs_a_model_directory(fake_vllm):
     with pytest.raises(TypeError, match="pass a model directory or hub id"):
-        evaluation.make_sampler("vllm", object(), tokenizer=TOKENIZER)
+        backends.make_sampler("vllm", object(), tokenizer=TOKENIZER)
 
 
 def test_eval_backend_knob_selects_the_sampler_and_closes_it(fake_vllm):
@@ -152,11 +153,11 @@ def test_eval_backend_knob_selects_the_sampler_and_closes_it(fake_vllm):
     assert cfg.eval.backend == "hf"                                      # the CPU default
     items = [tasks.Item("12+7=", 19, "19"), tasks.Item("3-1=", 2, "2")]
     ev = {**cfg.eval, "backend": "vllm", "k": 2}
-    res = evaluation.evaluate_model("m", items, ev)
+    res = scoring.evaluate_model("m", items, ev)
     (llm,) = FakeLLM.instances
     assert llm.shut and [p.n for p in llm.calls[0][1]] == [2, 2] and res["avg@2"] == 0.0
     with pytest.raises(ValueError, match="unknown sampler backend 'nope'"):
-        evaluation.evaluate_model("m", items, {**ev, "backend": "nope"})
+        scoring.evaluate_model("m", items, {**ev, "backend": "nope"})
 
 
 class Scripted:
@@ -173,7 +174,7 @@ def test_evaluate_scores_math_items_with_their_own_verifier():
     items = math_tasks.make_items([{"problem": "half?", "answer": "\\frac{1}{2}"}, {"problem": "two?", "answer": "2"}])
     script = {items[0].prompt: ["\\boxed{0.5}", "\\boxed{2/4}", "1/2", "\\boxed{1}"],
               items[1].prompt: ["\\boxed{3}", "\\boxed{2}", "\\boxed{2}", "\\boxed{2.0}"]}
-    res = evaluation.evaluate(Scripted(script), items, k=4)
+    res = scoring.evaluate(Scripted(script), items, k=4)
     assert res["avg@4"] == pytest.approx(5 / 8)
     assert res["pass@1"] == pytest.approx(5 / 8) and res["pass@4"] == 1.0
     assert res["greedy_accuracy"] == 0.5                                  # first completions: right, wrong
@@ -181,16 +182,16 @@ def test_evaluate_scores_math_items_with_their_own_verifier():
 
 def test_heldout_items_follow_task_kind(tmp_path):
     cfg = config.load("params/default.yaml", "default")
-    assert evaluation.heldout_items(cfg) == tasks.split(cfg.task)[1]
+    assert scoring.heldout_items(cfg) == tasks.split(cfg.task)[1]
     (tmp_path / "aime.jsonl").write_text('{"Problem": "p1", "Answer": 7}\n{"Problem": "p2", "Answer": 8}\n')
     tiny.init_model(dict(cfg.model, layers=1), 0, tmp_path / "run" / "checkpoint-0")
     cfg = config.load("params/default.yaml", "default", {
         "task.kind": "math", "math.dataset": str(tmp_path / "aime.jsonl"), "math.limit": 1,
         "trajectory.dir": str(tmp_path / "run")})
-    items = evaluation.heldout_items(cfg)
+    items = scoring.heldout_items(cfg)
     assert [(it.problem, it.answer) for it in items] == [("p1", "7")]
     assert items[0].prompt == math_tasks.format_prompt("p1")             # the tiny tokenizer has no chat template
     with pytest.raises(ValueError, match="task.kind must be arithmetic or math, not 'code'"):
-        evaluation.heldout_items(config.load("params/default.yaml", "default", {"task.kind": "code"}))
+        scoring.heldout_items(config.load("params/default.yaml", "default", {"task.kind": "code"}))
     with pytest.raises(math_tasks.DatasetError, match="math.dataset is not set"):
-        evaluation.heldout_items(config.load("params/default.yaml", "default", {"task.kind": "math"}))
+        scoring.heldout_items(config.load("params/default.yaml", "default", {"task.kind": "math"}))

@@ -6,7 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers.lib import evaluation
+from helpers.lib import backends
+from helpers.lib import models
+from helpers.lib import sampling
+from helpers.lib import scoring
 from helpers.lib import tasks
 from helpers.lib import tiny
 
@@ -17,12 +20,12 @@ def test_pass_at_k_matches_enumeration(n, c, k):
     flags = [1] * c + [0] * (n - c)
     subsets = list(itertools.combinations(range(n), k))
     brute = sum(any(flags[i] for i in s) for s in subsets) / len(subsets)
-    assert evaluation.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+    assert scoring.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
 
 
 def test_pass_at_k_rejects_k_above_n():
     with pytest.raises(ValueError, match="k <= n"):
-        evaluation.pass_at_k(3, 1, 4)
+        scoring.pass_at_k(3, 1, 4)
 
 
 class Fake:
@@ -40,7 +43,7 @@ class Fake:
 
 def test_evaluate_metrics():
     items = tasks.split(dict(operands=2, max_value=10, ops="+", chain=False, train_size=1, heldout_size=5, seed=0))[1]
-    res = evaluation.evaluate(Fake(items, good=2), items, k=4)
+    res = scoring.evaluate(Fake(items, good=2), items, k=4)
     assert res["avg@4"] == 0.5
     assert res["pass@1"] == pytest.approx(0.5)
     assert res["pass@2"] == pytest.approx(1 - math.comb(2, 2) / math.comb(4, 2))
@@ -50,16 +53,16 @@ def test_evaluate_metrics():
 
 def test_registry():
     with pytest.raises(ImportError, match="vllm"):   # not installed here (tests/test_backends.py: the vllm backend)
-        evaluation.make_sampler("vllm", "some/dir")
+        backends.make_sampler("vllm", "some/dir")
     with pytest.raises(ValueError, match="unknown sampler backend 'nope'"):
-        evaluation.make_sampler("nope", "some/dir")
+        backends.make_sampler("nope", "some/dir")
 
 
 def test_hf_sampler_is_seeded_and_left_padded(tmp_path):
     model = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=1, intermediate_size=64,
                  max_positions=32, tie_embeddings=True)
     path = tiny.init_model(model, 0, tmp_path / "m")
-    sampler = evaluation.make_sampler("hf", path, device="cpu", batch_size=3)
+    sampler = backends.make_sampler("hf", path, device="cpu", batch_size=3)
     prompts = ["1+2=", "10+20+3="]
     a = sampler.generate(prompts, n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, seed=1)
     b = sampler.generate(prompts, n=4, temperature=1.0, top_p=1.0, max_new_tokens=5, seed=1)
@@ -78,8 +81,8 @@ def test_cached_scorer_scores_once_and_closes(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "out"))
     cfg = config.load("params/default.yaml", profile="smoke", overrides={"eval.k": 4})
-    scorer = evaluation.CachedScorer(cfg, 3)
-    assert scorer.items == evaluation.heldout_items(cfg)[:3]
+    scorer = scoring.CachedScorer(cfg, 3)
+    assert scorer.items == scoring.heldout_items(cfg)[:3]
     made, closed = [], []
 
     class Closing(Fake):
@@ -92,7 +95,7 @@ def test_cached_scorer_scores_once_and_closes(tmp_path, monkeypatch):
 
     res = scorer.score({"model": "a"}, make)
     assert res["avg@4"] == 0.25 and made == [True] and closed == [True]
-    assert evaluation.CachedScorer(cfg, 3).score({"model": "a"}, make) == res and made == [True]  # from disk
+    assert scoring.CachedScorer(cfg, 3).score({"model": "a"}, make) == res and made == [True]  # from disk
     assert scorer.score({"model": "b"}, make)["n_items"] == 3 and len(made) == 2
     d = tmp_path / "m"
     d.mkdir()
@@ -130,19 +133,19 @@ class Scripted:
                                            ([7, 8], [[5, 7, -1, -1], [6, 6, 8, -1]])])
 def test_decode_stops_at_any_stop_token(stop, expected):
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
-    out, _, n = evaluation.decode(Scripted([[5, 7, 2, 2], [6, 6, 8, 1]]), ids, mask, 4, 0.0, 1.0, stop, -1)
+    out, _, n = sampling.decode(Scripted([[5, 7, 2, 2], [6, 6, 8, 1]]), ids, mask, 4, 0.0, 1.0, stop, -1)
     assert out.tolist() == expected
     assert n == sum(t != -1 for row in expected for t in row)
 
 
 def test_stop_ids_join_tokenizer_and_generation_config():
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[3, 9]))
-    assert evaluation.HFSampler(model, SimpleNamespace(eos_token_id=9)).stop_ids() == [3, 9]
+    assert sampling.HFSampler(model, SimpleNamespace(eos_token_id=9)).stop_ids() == [3, 9]
     model.generation_config.eos_token_id = 4
-    assert evaluation.HFSampler(model, SimpleNamespace(eos_token_id=9)).stop_ids() == [4, 9]
+    assert sampling.HFSampler(model, SimpleNamespace(eos_token_id=9)).stop_ids() == [4, 9]
     model.generation_config.eos_token_id = None
     with pytest.raises(ValueError, match="never stop"):
-        evaluation.HFSampler(model, SimpleNamespace(eos_token_id=None)).stop_ids()
+        sampling.HFSampler(model, SimpleNamespace(eos_token_id=None)).stop_ids()
 
 
 def pickle_only_model(path):
@@ -160,10 +163,10 @@ def pickle_only_model(path):
 
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):
     path = pickle_only_model(tmp_path / "m")
-    for load in (lambda: evaluation.load_model(path, "cpu"),
-                 lambda: evaluation.make_sampler("hf", path, device="cpu"),
-                 lambda: evaluation.make_sampler("vllm", path)):   # refused before vLLM is even imported
+    for load in (lambda: models.load_model(path, "cpu"),
+                 lambda: backends.make_sampler("hf", path, device="cpu"),
+                 lambda: backends.make_sampler("vllm", path)):   # refused before vLLM is even imported
         with pytest.raises(ValueError, match=rf"{path}: only pickle weights \(.bin\).*trajectory.allow_pickle: true"):
             load()
-    model, tok = evaluation.load_model(path, "cpu", allow_pickle=True)
+    model, tok = models.load_model(path, "cpu", allow_pickle=True)
     assert not model.training and tok("1+2=")["input_ids"]

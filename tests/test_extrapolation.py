@@ -135,7 +135,7 @@ SETTINGS = {"level": 0.95, "bootstrap": 500, "accuracy_margin": 0.02, "r2_margin
 
 
 def per_item(values):
-    from helpers.lib.evaluation import PerItem
+    from helpers.lib.scoring import PerItem
 
     return PerItem(np.asarray(values, dtype=float))
 

@@ -2,7 +2,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from helpers.lib import evaluation
+from helpers.lib import backends
+from helpers.lib import sampling
+from helpers.lib import scoring
 from helpers.lib import tasks
 from helpers.lib import tiny
 from helpers.lib.logit_extrapolation import LogitExtrapolationSampler, make_sampler
@@ -38,7 +40,7 @@ def models(tok):
 def test_alpha_one_reproduces_t1_and_alpha_zero_t0(models, tok):
     m0, m1 = models
     for alpha, model in ((1.0, m1), (0.0, m0)):
-        ref = evaluation.HFSampler(model, tok, batch_size=7)
+        ref = sampling.HFSampler(model, tok, batch_size=7)
         mixed = LogitExtrapolationSampler(m0, m1, tok, alpha, batch_size=7)
         want, got = ref.generate(PROMPTS, **SETTINGS), mixed.generate(PROMPTS, **SETTINGS)
         assert got == want
@@ -68,7 +70,7 @@ def test_batched_cached_decoding_matches_naive_mixing(models, tok):
 
 def test_shared_loop_greedy_matches_hf_generate(models, tok):
     m1 = models[1]
-    got = evaluation.HFSampler(m1, tok, batch_size=8).generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=10)
+    got = sampling.HFSampler(m1, tok, batch_size=8).generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=10)
     enc = tok(PROMPTS, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     gen = m1.generate(**enc, do_sample=False, max_new_tokens=10, pad_token_id=tok.pad_token_id,
                       eos_token_id=tok.eos_token_id)
@@ -79,11 +81,11 @@ def test_registered_backend_from_directories(models, tok, tmp_path):
     for i, m in enumerate(models):
         m.save_pretrained(tmp_path / f"m{i}")
         tok.save_pretrained(tmp_path / f"m{i}")
-    sampler = evaluation.make_sampler("logit-extrapolation", (tmp_path / "m0", tmp_path / "m1"), alpha=2.0,
+    sampler = backends.make_sampler("logit-extrapolation", (tmp_path / "m0", tmp_path / "m1"), alpha=2.0,
                                       device="cpu")
     assert isinstance(sampler, LogitExtrapolationSampler) and sampler.alpha == 2.0
     items = [tasks.Item(p, 0, "0") for p in PROMPTS]
-    res = evaluation.evaluate(sampler, items, k=2, max_new_tokens=6, greedy=False)
+    res = scoring.evaluate(sampler, items, k=2, max_new_tokens=6, greedy=False)
     assert res["avg@2"] == 0.0 and res["entropy"] > 0
     with pytest.raises(ValueError, match="tokenizer"):
         make_sampler(models, alpha=1.5)
@@ -102,7 +104,7 @@ def tables(alpha_one_scores, t1_scores):
     def row(scores, **cols):
         scores = np.asarray(scores, dtype=float)
         return {**cols, "avg_at_k": scores.mean(), "pass_at_k": float(scores.max()), "entropy": 0.4,
-                "greedy_accuracy": 0.5, "per_item": evaluation.PerItem(scores)}
+                "greedy_accuracy": 0.5, "per_item": scoring.PerItem(scores)}
 
     real = pd.DataFrame([row([0, 0, 0, 0], step=0), row([0, 0.5, 0, 0], step=10), row(t1_scores, step=20)])
     logit = pd.DataFrame([row(alpha_one_scores, alpha=1.0, t0=10, t1=20, target_step=20, real_avg_at_k=0.3),

@@ -13,7 +13,7 @@ from helpers.experiments import nb03_origin as O
 from helpers.lib import probes as P
 from helpers.lib import tiny
 from helpers.lib import training
-from helpers.lib.evaluation import PerItem
+from helpers.lib.scoring import PerItem
 from helpers.lib.trajectory import Trajectory
 
 TINY = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=2, intermediate_size=64, max_positions=32,

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from helpers.lib import config
-from helpers.lib import evaluation
+from helpers.lib import backends
 from helpers.lib import training
 from helpers.lib.paths import REPO
 
@@ -37,7 +37,7 @@ def test_parses_with_every_profile_and_values_the_code_accepts(path):
         cfg = config.load(path, profile)
         assert cfg.name == path.stem
         assert cfg.rl.algorithm in training.ALGORITHMS and cfg.rl.optimizer in training.OPTIMIZERS
-        assert cfg.eval.backend in evaluation.BACKENDS
+        assert cfg.eval.backend in backends.BACKENDS
         assert cfg.task.kind in ("arithmetic", "math")
         assert cfg.task.kind == "arithmetic" or cfg.math.dataset, "task.kind math needs math.dataset"
 
@@ -118,7 +118,7 @@ def test_the_rules_fixed_choices_are_the_codes():
     assert allowed("rl.algorithm", [*training.ALGORITHMS, "ppo"]) == set(training.ALGORITHMS)
     for key in ("rl.optimizer", "sft.optimizer"):
         assert allowed(key, [*training.OPTIMIZERS, "adam"]) == set(training.OPTIMIZERS)
-    assert allowed("eval.backend", evaluation.BACKENDS) == set(evaluation.BACKENDS) - {"logit-extrapolation"}
+    assert allowed("eval.backend", backends.BACKENDS) == set(backends.BACKENDS) - {"logit-extrapolation"}
     for key in ("extrapolation.norms", "rl_extra.norms", "relex.two_point_norms"):
         assert allowed(key, [*extrapolation.NORM_POLICIES, "copy"]) == set(extrapolation.NORM_POLICIES)
     assert allowed("rl_extra.optimizer", [*rl_extra.OPTIMIZER_POLICIES, "x"]) == set(rl_extra.OPTIMIZER_POLICIES)

@@ -174,7 +174,7 @@ def measured(ev=np.linspace(0.6, 1.0, 41), gain=0.4, kept=0.9, prefix=0.0, horiz
     or (delta, per-item noise sd)). Steps 0 / 10 / 20 / 100; prefixes 10 % (T_cut 10) and 15 % (T_cut 20)."""
     import pandas as pd
     from helpers.experiments import claims
-    from helpers.lib.evaluation import PerItem
+    from helpers.lib.scoring import PerItem
 
     base = np.random.default_rng(0).random(N) * 0.4
     real_items = {0: base, 10: base + 0.1, 20: base + 0.2, 100: base + gain}

@@ -178,10 +178,10 @@ def test_in_processes_keeps_the_order_of_calls():
 
 # ------------------------------------------------------------------------------------------------------------ claims
 def scores_table(base, finals, base_entropy=1.0, entropies=None):
-    """A scores table as `evaluation.evaluate_checkpoints` gives it: greedy per-item hits and entropy per model."""
+    """A scores table as `scoring.evaluate_checkpoints` gives it: greedy per-item hits and entropy per model."""
     import pandas as pd
 
-    from helpers.lib.evaluation import PerItem
+    from helpers.lib.scoring import PerItem
 
     entropies = entropies or [0.5] * len(finals)
     rows = {"base": {"greedy_per_item": list(base), "entropy": base_entropy}}

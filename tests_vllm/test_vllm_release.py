@@ -2,7 +2,7 @@
 import psutil
 
 from helpers.lib import config
-from helpers.lib import evaluation
+from helpers.lib import backends
 from helpers.lib import training
 
 GiB = 2 ** 30
@@ -13,7 +13,7 @@ def test_closed_engines_give_their_memory_back():
     proc = psutil.Process()
     opened, closed = [], []
     for _ in range(3):
-        with evaluation.make_sampler("vllm", base) as sampler:
+        with backends.make_sampler("vllm", base) as sampler:
             assert sampler.generate(["1+2="], n=1, temperature=0.0, max_new_tokens=4)[0][0]
             opened.append(proc.memory_info().rss)
         assert sampler.llm is None

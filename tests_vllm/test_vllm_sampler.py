@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from helpers.lib import config
-from helpers.lib import evaluation
+from helpers.lib import backends
+from helpers.lib import scoring
 from helpers.lib import training
 
 CFG = config.load("params/default.yaml", "default")
@@ -19,17 +20,17 @@ def base():
 
 @pytest.fixture(scope="module")
 def items():
-    return evaluation.heldout_items(CFG)
+    return scoring.heldout_items(CFG)
 
 
 @pytest.fixture(scope="module")
 def hf(base):
-    return evaluation.make_sampler("hf", base, device="cpu", batch_size=int(EV.batch_size))
+    return backends.make_sampler("hf", base, device="cpu", batch_size=int(EV.batch_size))
 
 
 @pytest.fixture(scope="module")
 def vllm(base):
-    with evaluation.make_sampler("vllm", base) as sampler:
+    with backends.make_sampler("vllm", base) as sampler:
         yield sampler
 
 
@@ -65,5 +66,5 @@ def test_evaluate_agrees_with_hf(hf, vllm, items):
 
     d = per_item(vllm) - per_item(hf)
     assert abs(d.mean()) <= 4 * d.std(ddof=1) / np.sqrt(len(d)) + 1e-9, d.mean()
-    res = evaluation.evaluate(vllm, items, **kw)
+    res = scoring.evaluate(vllm, items, **kw)
     assert res["entropy"] is None and 0 < res[f"avg@{kw['k']}"] <= res[f"pass@{kw['k']}"] <= 1

@@ -62,8 +62,9 @@ from helpers.experiments import paper
 from helpers.lib import training
 from helpers.lib import probes as P
 from helpers.lib.device import pick
-from helpers.lib.evaluation import PerItem
-from helpers.lib.paths import atomic_dir, atomic_write_json, cache_dir
+from helpers.lib.scoring import PerItem
+from helpers.lib.cache import cache_dir
+from helpers.lib.paths import atomic_dir, atomic_write_json
 
 TERMS = ("weight", "input", "second")
 TERM_LABELS = {"weight": "weight term ΔW·x0", "input": "input term W0·Δx", "second": "second-order ΔW·Δx"}
@@ -447,7 +448,7 @@ class Study:
 
     def _sft_dir(self, level) -> Path:
         made_from = training.run_key(self.cfg, ("task", "model", "sft", "eval")) | self.sft_params() | self._noise(level)
-        return cache_dir("sft-run", made_from)
+        return cache_dir("sft-run", made_from, 1)
 
     def _sft_run(self, level) -> Path:
         cfg = self.cfg
@@ -510,7 +511,7 @@ def displacement(traj) -> float:
 def measure_run(cfg, run_dir: Path, probes: P.Probes) -> dict:
     """The linearity numbers of one run directory (see `Study.measure`), with `helpers.lib.training.cpu_threads`.
     `{weight,token}_r2_median_ci` are the `claims.level` exact bootstrap intervals of the medians and
-    `{weight,token}_r2_values` the R² of every kept entry / token (`evaluation.PerItem`, kept out of results)."""
+    `{weight,token}_r2_values` the R² of every kept entry / token (`scoring.PerItem`, kept out of results)."""
     with training.cpu_threads():
         return _measure_run(cfg, run_dir, probes)
 

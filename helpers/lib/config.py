@@ -165,7 +165,7 @@ RULES: dict[str, Rule] = {
     "rl.lr": POSITIVE, "rl.batch": COUNT, "rl.rollouts": COUNT, "rl.steps": COUNT, "rl.save_every": COUNT,
     "rl.seed": SEED, "rl.seeds": COUNT, "rl.epsilon": NONNEG, "rl.epsilon_high": NONNEG,
     "rl.temperature": POSITIVE, "rl.max_completion_length": COUNT,
-    "eval.backend": one_of("hf", "vllm"),                                     # helpers.lib.evaluation.BACKENDS
+    "eval.backend": one_of("hf", "vllm"),                                     # helpers.lib.backends.BACKENDS
     "eval.k": COUNT, "eval.temperature": NONNEG, "eval.top_p": FRACTION, "eval.max_new_tokens": COUNT,
     "eval.seed": SEED, "eval.batch_size": COUNT, "eval.heldout_during_training": COUNT,
     "claims.level": number(gt=0, lt=1), "claims.bootstrap": COUNT, "claims.accuracy_margin": NONNEG,

@@ -33,7 +33,8 @@ import torch
 from helpers.experiments import claims as claims_mod
 from helpers.lib import cli
 from helpers.experiments import paper
-from helpers.lib.evaluation import CachedScorer, PerItem, make_sampler
+from helpers.lib.backends import make_sampler
+from helpers.lib.scoring import CachedScorer, PerItem
 from helpers.lib.cache import dir_fingerprint
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def target_steps(traj, fractions, after: int) -> list[int]:
 
 
 class Scorer(CachedScorer):
-    """`evaluation.CachedScorer` on the first `extrapolation.eval_items` held-out problems, reporting the notebook's
+    """`scoring.CachedScorer` on the first `extrapolation.eval_items` held-out problems, reporting the notebook's
     metric columns (`METRICS`), plus weight- and logit-extrapolated models."""
 
     def __init__(self, cfg):
@@ -171,7 +172,7 @@ class Scorer(CachedScorer):
 
     def metrics(self, res: dict) -> dict:
         """The notebook's columns of an `evaluate` dict, plus `per_item` (each item's share of its k samples correct,
-        an `evaluation.PerItem`) for the claims' intervals."""
+        an `scoring.PerItem`) for the claims' intervals."""
         return {"avg_at_k": res[f"avg@{self.k}"], "pass_at_k": res[f"pass@{self.k}"], "entropy": res["entropy"],
                 "greedy_accuracy": res["greedy_accuracy"], "completion_length": res["completion_length"],
                 "per_item": PerItem.of(res)}

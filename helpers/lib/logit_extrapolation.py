@@ -1,11 +1,11 @@
 """Logit extrapolation (LIN §4.2.1): sample from l_{t'} = l_{t0} + α (l_{t1} − l_{t0}) at every decoding step.
 
-    sampler = make_sampler((dir_t0, dir_t1), alpha=1.5)      # or evaluation.make_sampler("logit-extrapolation", ...)
-    evaluation.evaluate(sampler, items, k=8, temperature=0.6, top_p=0.95)
+    sampler = make_sampler((dir_t0, dir_t1), alpha=1.5)      # or backends.make_sampler("logit-extrapolation", ...)
+    scoring.evaluate(sampler, items, k=8, temperature=0.6, top_p=0.95)
 
 Two models decode side by side, each with its own KV cache (finished rows are dropped from both). The mixing is done in
 fp32 with `torch.lerp`, so α = 1 gives the t1 logits bit for bit; temperature then top-p are applied to the mixed logits.
-Decoding is the hf sampler's own loop (`evaluation.decode`) with a different next-token-logits source, so with α = 1
+Decoding is the hf sampler's own loop (`sampling.decode`) with a different next-token-logits source, so with α = 1
 this sampler reproduces the t1 model's samples exactly for a fixed seed.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.lib.evaluation import HFSampler, ModelLogits, load_model
+from helpers.lib.models import load_model
+from helpers.lib.sampling import HFSampler, ModelLogits
 
 
 class MixedLogits:

@@ -2,10 +2,10 @@
 checking with `math-verify`.
 
     items = load_items("data/aime24.jsonl", tokenizer=tok)      # local JSONL / JSON / parquet, or a hub dataset id
-    evaluation.evaluate(sampler, items, k=64, temperature=0.6, top_p=0.95, max_new_tokens=32768)
+    scoring.evaluate(sampler, items, k=64, temperature=0.6, top_p=0.95, max_new_tokens=32768)
 
 A `MathItem` carries its own verifier (`item.is_correct(completion)`), like the arithmetic task's `tasks.Item`, so
-`evaluation.evaluate` scores either. The prompt is the problem + `INSTRUCTION`, through the tokenizer's chat template
+`scoring.evaluate` scores either. The prompt is the problem + `INSTRUCTION`, through the tokenizer's chat template
 when it has one. The answer is the content of the completion's last ``\\boxed{...}`` (nested braces balanced); it is
 checked against the gold answer with `math_verify` — gold first: ``verify(parse(gold), parse(pred))``.
 

@@ -190,7 +190,7 @@ def for_run(cfg, traj, run_dir: str | Path | None = None, section: Mapping[str, 
     `section` (default `cfg.output_linearity`) gives prompts, samples_per_prompt, temperature, top_p, max_new_tokens;
     the seed is `cfg.seed`. Cached by base checkpoint + prompts + those parameters, copied into `run_dir/probes/`.
     """
-    from helpers.lib import evaluation
+    from helpers.lib import backends
     from helpers.lib import tasks
     from helpers.lib.device import pick
 
@@ -202,7 +202,7 @@ def for_run(cfg, traj, run_dir: str | Path | None = None, section: Mapping[str, 
     def build() -> Probes:
         tokenizer = traj.load_tokenizer()
         model = traj.load_model(traj.steps[0], device=pick(cfg.device))
-        sampler = evaluation.make_sampler("hf", model, tokenizer=tokenizer)
+        sampler = backends.make_sampler("hf", model, tokenizer=tokenizer)
         responses = sampler.generate(prompts, n=int(o["samples_per_prompt"]), temperature=float(o["temperature"]),
                                      top_p=float(o["top_p"]), max_new_tokens=int(o["max_new_tokens"]),
                                      seed=int(cfg.seed))

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from helpers.experiments import claims as claims_mod
 from helpers.experiments import paper
-from helpers.lib.evaluation import CachedScorer, PerItem
+from helpers.lib.scoring import CachedScorer, PerItem
 from helpers.lib.cache import cache_dir, dir_fingerprint
 from helpers.lib.paths import atomic_dir, atomic_write_json
 
@@ -365,7 +365,7 @@ def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = 
 # Notebook 06: the experiments. `score` is a `Scorer` (held-out metrics of a model directory, memoised).
 
 class Scorer(CachedScorer):
-    """`evaluation.CachedScorer` on the first `relex.eval_items` held-out problems (all when null): `checkpoint(path)`
+    """`scoring.CachedScorer` on the first `relex.eval_items` held-out problems (all when null): `checkpoint(path)`
     is the `evaluate` dict of a model directory, `scored(path)` its table cells (avg@k with the `eval` section's k,
     and the per-item scores)."""
 
@@ -696,7 +696,7 @@ MOST = 0.5  # "rank 1 carries most" / "keeps most of the gain": more than half (
 @dataclass(frozen=True, eq=False)
 class Measured:
     """Notebook 06's tables and the `claims` settings that judge them: the one argument of `claims` and `results`.
-    Every scored row carries `per_item` (`evaluation.PerItem`), all on the same held-out items."""
+    Every scored row carries `per_item` (`scoring.PerItem`), all on the same held-out items."""
     settings: claims_mod.Settings
     ev: pd.DataFrame            # explained_variance_table of the whole run
     real: pd.DataFrame          # real_curve

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers.lib import evaluation
+from helpers.lib import scoring
 from helpers.lib import training
 from helpers.lib.config import derive
 from helpers.lib.paths import resolve
@@ -40,10 +40,10 @@ def trajectory(cfg) -> Trajectory:
 
 
 def heldout_items(cfg) -> list:
-    """The fixed held-out problems of the config's task (`evaluation.heldout_items`); on `task.kind: math` their
+    """The fixed held-out problems of the config's task (`scoring.heldout_items`); on `task.kind: math` their
     prompts go through the chat template of the run's tokenizer."""
     tokenizer = trajectory(cfg).load_tokenizer() if cfg.task.kind == "math" else None
-    return evaluation.heldout_items(cfg, tokenizer)
+    return scoring.heldout_items(cfg, tokenizer)
 
 
 def seed_list(cfg) -> list[int]:
@@ -80,7 +80,7 @@ def per_seed(cfg, measure: Callable[[Trajectory], Any]) -> dict[int, Any]:
 
 def endpoints(cfg) -> dict[str, Path]:
     """{"base": the shared step-0 model, "seed N": each seed's last checkpoint} (e.g. for
-    `evaluation.evaluate_checkpoints`)."""
+    `scoring.evaluate_checkpoints`)."""
     trajs = {s: trajectory(config_for(cfg, s)) for s in run_dirs(cfg)}
     first = next(iter(trajs.values()))
     return {"base": first.path(first.steps[0])} | {f"seed {s}": t.path(t.steps[-1]) for s, t in trajs.items()}

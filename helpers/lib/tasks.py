@@ -28,7 +28,7 @@ class Item:
     solution: str
 
     def is_correct(self, completion: str) -> bool:
-        """The item's verifier (every task's items have one; `evaluation.evaluate` calls it)."""
+        """The item's verifier (every task's items have one; `scoring.evaluate` calls it)."""
         return is_correct(completion, self.answer)
 
 

@@ -25,7 +25,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
-from helpers.lib import evaluation
+from helpers.lib import models
+from helpers.lib import scoring
 from helpers.lib import tasks
 from helpers.lib import tiny
 from helpers.lib.device import pick
@@ -64,7 +65,7 @@ class TrajectoryLog(TrainerCallback):
     def _accuracy(self, model) -> float:
         was_training = model.training
         model.eval()
-        acc = evaluation.greedy_accuracy(model, self.tokenizer, self.heldout, self.max_new_tokens, self.batch_size)
+        acc = scoring.greedy_accuracy(model, self.tokenizer, self.heldout, self.max_new_tokens, self.batch_size)
         model.train(was_training)
         return acc
 
@@ -227,7 +228,7 @@ def run_key(cfg, sections: Sequence[str]) -> dict:
 
 def _load(model_dir: Path, cfg):
     """(model, tokenizer) to train on; pickle weights only with `trajectory.allow_pickle`."""
-    return evaluation.load_model(model_dir, cfg.device, allow_pickle=cfg.trajectory.allow_pickle)
+    return models.load_model(model_dir, cfg.device, allow_pickle=cfg.trajectory.allow_pickle)
 
 
 class _SFTCollator:
@@ -420,7 +421,7 @@ def summarize(traj, scores, log, info: dict, seed: int) -> dict:
 
 
 def claims(scores, cfg) -> list:
-    """Notebook 00's claims from `scores` (`evaluation.evaluate_checkpoints` of `seeds.endpoints`: a row "base" and
+    """Notebook 00's claims from `scores` (`scoring.evaluate_checkpoints` of `seeds.endpoints`: a row "base" and
     one "seed N" per seed, with per-item greedy scores and the mean token entropy of the held-out samples): RL raises
     held-out greedy accuracy on every seed, and token entropy falls."""
     import numpy as np
@@ -428,7 +429,7 @@ def claims(scores, cfg) -> list:
     from helpers.experiments import claims as claims_mod
     from helpers.experiments import paper
     from helpers.experiments import seeds
-    from helpers.lib.evaluation import PerItem
+    from helpers.lib.scoring import PerItem
 
     st = claims_mod.Settings.of(cfg)
     base, finals = scores.loc["base"], scores.drop(index="base")

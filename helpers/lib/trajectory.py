@@ -341,6 +341,11 @@ def drop_extrapolations(found: list[tuple[int, Path, str]], error: bool) -> list
     return kept
 
 
+def nearest_step(steps, target: float) -> int:
+    """The saved step nearest to `target` (the earlier one on a tie): the one rule for snapping a step to a checkpoint."""
+    return min(steps, key=lambda s: (abs(s - target), s))
+
+
 def step_of(path) -> int:
     """The step of one checkpoint dir: trainer_state.json's global_step, else the directory name."""
     path = Path(path)

@@ -1,7 +1,7 @@
-"""The `vllm` sampler backend: vLLM's offline `LLM` engine behind the `evaluation.Sampler` interface.
+"""The `vllm` sampler backend: vLLM's offline `LLM` engine behind the `sampling.Sampler` interface.
 
-    with evaluation.make_sampler("vllm", model_dir) as sampler:      # one engine per model
-        scores = evaluation.evaluate(sampler, items, k=64, temperature=0.6, top_p=0.95, max_new_tokens=32768)
+    with backends.make_sampler("vllm", model_dir) as sampler:      # one engine per model
+        scores = scoring.evaluate(sampler, items, k=64, temperature=0.6, top_p=0.95, max_new_tokens=32768)
     # leaving the block shuts the engine down and frees its (GPU) memory before the next checkpoint is loaded
 
 Sampling settings map one to one onto `vllm.SamplingParams`: n, temperature (0 = greedy: one greedy completion,

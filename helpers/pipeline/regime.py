@@ -121,13 +121,14 @@ def measure(cfg) -> dict:
 def greedy_accuracy(cfg, model_dir) -> float:
     """Greedy held-out accuracy of a model directory on the `eval.heldout_during_training` problems (the items
     `log.csv` scores), so it compares directly with the run's curve."""
-    from helpers.lib import evaluation
+    from helpers.lib import models
+    from helpers.lib import scoring
     from helpers.lib.training import cpu_threads
 
-    items = evaluation.heldout_items(cfg)[:int(cfg.eval.heldout_during_training)]
+    items = scoring.heldout_items(cfg)[:int(cfg.eval.heldout_during_training)]
     with cpu_threads():
-        model, tok = evaluation.load_model(model_dir, cfg.device)
-        return evaluation.greedy_accuracy(model, tok, items, int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
+        model, tok = models.load_model(model_dir, cfg.device)
+        return scoring.greedy_accuracy(model, tok, items, int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
 
 
 def payoffs(cfg) -> dict:
