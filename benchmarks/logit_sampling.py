@@ -29,23 +29,23 @@ def run(models: tuple[Path, Path], params: str, n_prompts: int, repeats: int, al
     import torch
 
     from helpers.lib import config
-    from helpers.lib import models
+    from helpers.lib import device
     from helpers.lib import sampling
     from helpers.lib import tasks
-    from helpers.lib import training
     from helpers.lib.logit_extrapolation import LogitExtrapolationSampler
+    from helpers.lib.models import load_model
 
     cfg = config.load(params, profile="default")
     ev = cfg.eval
     prompts = [it.prompt for it in tasks.split(cfg.task)[1][:n_prompts]]
-    (m0, tok), (m1, _) = (models.load_model(d, "cpu") for d in models)
+    (m0, tok), (m1, _) = (load_model(d, "cpu") for d in models)
     extra = f"pair, alpha={alpha:g}"
     samplers = {"one model": sampling.HFSampler(m1, tok, int(ev.batch_size)),
                 "pair, alpha=1": LogitExtrapolationSampler(m0, m1, tok, 1.0, int(ev.batch_size)),
                 extra: LogitExtrapolationSampler(m0, m1, tok, alpha, int(ev.batch_size))}
     times: dict[str, list[float]] = {name: [] for name in samplers}
     outputs = {}
-    with training.cpu_threads():
+    with device.cpu_threads():
         threads = torch.get_num_threads()
         for _ in range(repeats):
             for name, sampler in samplers.items():

@@ -166,10 +166,8 @@ def test_derive_applies_dotted_changes_with_the_same_checks():
 
 
 def test_origin_variant_is_a_checked_derived_config():
-    from helpers.experiments import nb03_origin as origin
-
     cfg = config.load(profile="default")
-    v = origin.variant(cfg, "rl", optimizer="sgd", lr=0.5)
+    v = config.derive(cfg, {"rl.optimizer": "sgd", "rl.lr": 0.5})
     assert isinstance(v, config.Config) and (v.rl.optimizer, v.rl.lr) == ("sgd", 0.5) and cfg.rl.optimizer == "adamw"
     with pytest.raises(config.ConfigError, match=r"rl\.optimizer must be adamw or sgd, not 'adam'"):
-        origin.variant(cfg, "rl", optimizer="adam")
+        config.derive(cfg, {"rl.optimizer": "adam"})

@@ -5,9 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from helpers.lib import config
 from helpers.lib import linearity as L
-from helpers.experiments import plots
 from helpers.lib import synthetic as S
 from helpers.lib.trajectory import Trajectory
 
@@ -153,20 +151,20 @@ def test_weight_r2_filters_count_exactly_on_a_trajectory(tmp_path):
 
     traj = Trajectory(S.write_trajectory(tmp_path / "run", config, STEPS, values, torch.float32))
     wl = L.weight_r2(traj, fraction=1.0, progress=False)
-    numel = wl.tensors["numel"].to_numpy()
+    numel = wl.tensors["numel"]
     assert (wl.tensors["sampled"] == numel).all()
     np.testing.assert_array_equal(wl.tensors["dropped_range"], (numel + 3) // 4)
     np.testing.assert_array_equal(wl.tensors["dropped_distinct"], (numel + 2) // 4)
     assert (wl.entries["index"] % 4 >= 2).all()
     np.testing.assert_allclose(wl.entries["r2"], 1.0, atol=1e-9)
-    s = wl.summary()
+    s = wl.summary(0.7)
     assert s["dropped"] == s["dropped_range"] + s["dropped_distinct"] == s["sampled"] - s["kept"]
 
 
 # -------------------------------------------------------------------------------------------- weight R² end to end
 def test_perfectly_linear_trajectory_gives_r2_one(linear):
     wl = L.weight_r2(linear, fraction=0.05, progress=False)
-    assert wl.summary()["kept"] > 1000
+    assert wl.summary(0.7)["kept"] > 1000
     assert wl.entries["r2"].min() > 1 - 1e-12
     weights = [n for n in linear.names if n.endswith(".weight")]
     assert list(wl.tensors["tensor"]) == weights  # biases are not analysed
@@ -178,8 +176,8 @@ def test_same_seed_same_results_other_seed_other_entries(linear):
     a = L.weight_r2(linear, fraction=0.01, seed=7, progress=False)
     b = L.weight_r2(linear, fraction=0.01, seed=7, progress=False)
     c = L.weight_r2(linear, fraction=0.01, seed=8, progress=False)
-    pd.testing.assert_frame_equal(a.entries, b.entries)
-    pd.testing.assert_frame_equal(a.tensors, b.tensors)
+    pd.testing.assert_frame_equal(pd.DataFrame(a.entries), pd.DataFrame(b.entries))
+    pd.testing.assert_frame_equal(pd.DataFrame(a.tensors), pd.DataFrame(b.tensors))
     assert not np.array_equal(a.entries["index"], c.entries["index"])
 
 
@@ -190,7 +188,7 @@ def test_same_seed_same_results_other_seed_other_entries(linear):
 ])
 def test_measured_r2_matches_the_known_answer(tmp_path, drift, noise, walk, low, high):
     wl = L.weight_r2(tiny_run(tmp_path / "run", drift=drift, noise=noise, walk=walk), fraction=0.1, progress=False)
-    s = wl.summary()
+    s = wl.summary(0.7)
     ref = S.reference_r2(STEPS, drift, noise, walk, n=100_000)
     assert s["kept"] > 3000 and s["dropped"] == 0
     assert low < s["median"] < high
@@ -198,125 +196,16 @@ def test_measured_r2_matches_the_known_answer(tmp_path, drift, noise, walk, low,
     assert s["frac_above"] == pytest.approx(np.mean(ref > 0.7), abs=0.03)
 
 
-def test_bf16_norms_that_barely_move_are_dropped(tmp_path):
-    # norms sit at 1.0 where one bf16 step is 2^-7: a 1e-3 drift never moves them by 2 steps
-    traj = tiny_run(tmp_path / "run", dtype=torch.bfloat16, drift=1e-3, noise=1e-4)
-    wl = L.weight_r2(traj, fraction=0.05, progress=False)
-    norms = wl.tensors[wl.tensors["module"].str.endswith("norm")]
-    assert len(norms) == 5 and (norms["kept"] == 0).all() and (norms["dropped_range"] == norms["sampled"]).all()
-    assert wl.summary()["kept"] > 0 and wl.norm_summary()["kept"] == 0
-    mods = wl.by_module()
-    assert mods.loc["final_norm", "dropped_range"] == mods.loc["final_norm", "sampled"] == 32
-    assert np.isnan(mods.loc["final_norm", "median"]) and wl.least_linear_module() != "final_norm"
-    norms = verdicts(wl, {0: wl.summary(0.7, 0.95)})["nb01.norms_least_linear"]
-    assert norms.verdict == "inconclusive" and "no norm entry moved enough" in norms.detail
-
-
-def test_result_tables_and_saved_keys(linear):
+def test_examples_are_kept_entries_with_their_lines(linear):
     wl = L.weight_r2(linear, fraction=0.05, progress=False)
-    res = wl.results()
-    for key in ("weight_r2_median", "weight_r2_q1", "weight_r2_q3", "weight_r2_frac_above_0_7", "entries_kept",
-                "entries_dropped"):
-        assert key in res
-    assert res["weight_r2_frac_above_0_7"] == 1.0 and res["entries_kept"] == len(wl.entries)
-    grid = wl.grid()
-    assert list(grid.index) == ["0", "1", "—"] and grid.index.name == "layer"
-    assert list(grid.columns) == ["embed", "q", "k", "v", "o", "input_norm", "gate", "up", "down", "post_attn_norm",
-                                  "final_norm", "head"]
-    assert np.isnan(grid.loc["0", "embed"]) and grid.loc["—", "head"] == pytest.approx(1.0)
-    assert list(wl.by_layer().index) == [0, 1]
     ex = L.examples(linear, wl, n=4, seed=1)
     assert len(ex) == 4 and all(e["r2"] > 1 - 1e-9 and len(e["values"]) == len(STEPS) for e in ex)
-
-
-def test_nothing_moved(tmp_path):
-    wl = L.weight_r2(tiny_run(tmp_path / "run", drift=0.0), progress=False)
-    assert wl.summary()["kept"] == 0 and wl.summary()["dropped_range"] == wl.summary()["sampled"] > 0
-    assert wl.least_linear_module() == "none" and wl.results()["entries_kept"] == 0
-    got = verdicts(wl, {0: wl.summary(0.7, 0.95)})
-    assert {c.verdict for c in got.values()} == {"inconclusive"}
 
 
 def test_too_few_checkpoints_is_an_error(tmp_path):
     traj = tiny_run(tmp_path / "run", steps=[0, 10])
     with pytest.raises(ValueError, match="at least 3 checkpoints"):
         L.weight_r2(traj, progress=False)
-
-
-def test_saved_shares_are_above_the_papers_bar_and_the_knob(tmp_path):
-    wl = L.weight_r2(tiny_run(tmp_path / "run", drift=1e-2, noise=2e-3), fraction=0.1, progress=False)
-    v = wl.values
-    res = wl.results(threshold=0.5, level=0.9)
-    assert res["weight_r2_frac_above_0_7"] == pytest.approx(np.mean(v > 0.7))
-    assert res["weight_r2_frac_above_threshold"] == pytest.approx(np.mean(v > 0.5)) and res["r2_threshold"] == 0.5
-    assert res["weight_r2_frac_above_0_7"] < res["weight_r2_frac_above_threshold"]
-    lo, hi = res["weight_r2_median_ci"]
-    assert lo < res["weight_r2_median"] < hi and hi - lo < 0.05
-
-
-def test_histogram_draws_the_given_bar():
-    fig = plots.r2_histogram([0.1, 0.5, 0.9], threshold=0.4)
-    assert "R² = 0.4: 67% above" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-
-
-# ------------------------------------------------------------------------------------------------------------ claims
-def fake(r2_by_module: dict) -> L.WeightLinearity:
-    """A WeightLinearity whose kept entries have the given R² per module type."""
-    entries = pd.DataFrame([{"tensor": m, "layer": 0.0, "module": m, "index": i, "r2": float(x), "slope": 1.0}
-                            for m, xs in r2_by_module.items() for i, x in enumerate(xs)],
-                           columns=["tensor", "layer", "module", "index", "r2", "slope"])
-    tensors = pd.DataFrame([{"tensor": m, "layer": 0, "module": m, "sampled": len(xs), "dropped_range": 0,
-                             "dropped_distinct": 0, "kept": len(xs)} for m, xs in r2_by_module.items()])
-    return L.WeightLinearity([0, 1, 2], entries, tensors)
-
-
-def verdicts(wl, by_seed, threshold=0.7):
-    cfg = config.load("params/default.yaml", profile="default", overrides={"claims.r2_threshold": threshold})
-    return {c.id: c for c in L.claims(wl, by_seed, cfg)}
-
-
-def spread(n, centre, width, seed=0):
-    return np.clip(centre + width * np.random.default_rng(seed).uniform(-1, 1, n), 0, 1)
-
-
-@pytest.mark.parametrize("seeds_r2, verdict", [
-    ([spread(2000, 0.90, 0.05), spread(2000, 0.92, 0.05, 1)], "holds"),           # every entry above 0.7
-    ([spread(2000, 0.55, 0.30), spread(2000, 0.50, 0.30, 1)], "does not hold"),   # ~ 40 % above
-    ([spread(2000, 0.90, 0.05), spread(2000, 0.50, 0.30, 1)], "inconclusive"),    # the seeds disagree
-])
-def test_share_and_median_claims(seeds_r2, verdict):
-    by_seed = {s: fake({"q": r}).summary(0.7, 0.95) for s, r in enumerate(seeds_r2)}
-    got = verdicts(fake({"q": seeds_r2[0]}), by_seed)
-    assert got["nb01.weight_r2_share"].verdict == verdict and got["nb01.weight_r2_median"].verdict == verdict
-    share = got["nb01.weight_r2_share"]
-    assert share.measured == pytest.approx(np.mean([np.mean(r > 0.7) for r in seeds_r2]))
-    assert "hull over 2 seeds" in share.how
-
-
-def test_share_claim_is_inconclusive_on_few_entries():
-    r = spread(30, 0.75, 0.1)    # share ≈ 0.7 … 0.75 of 30 entries: the interval straddles the 0.7 share bar
-    got = verdicts(fake({"q": r}), {0: fake({"q": r}).summary(0.7, 0.95)})
-    assert got["nb01.weight_r2_share"].verdict == "inconclusive"
-
-
-@pytest.mark.parametrize("norms, rest, verdict", [
-    (spread(500, 0.3, 0.1), spread(2000, 0.9, 0.05), "holds"),
-    (spread(500, 0.95, 0.03), spread(2000, 0.5, 0.2), "does not hold"),
-    (spread(20, 0.85, 0.1), spread(2000, 0.85, 0.1), "inconclusive"),
-])
-def test_norms_claim(norms, rest, verdict):
-    wl = fake({"input_norm": norms, "q": rest})
-    c = verdicts(wl, {0: wl.summary(0.7, 0.95)})["nb01.norms_least_linear"]
-    assert c.verdict == verdict
-    assert c.measured == pytest.approx(np.median(norms) - np.median(rest))
-
-
-def test_claims_refuse_summaries_made_at_another_bar():
-    wl = fake({"q": spread(100, 0.9, 0.05)})
-    with pytest.raises(ValueError, match="seed 0: measured at"):
-        verdicts(wl, {0: wl.summary(0.5, 0.95)}, threshold=0.7)
-    assert verdicts(wl, {0: wl.summary(0.5, 0.95)}, threshold=0.5)["nb01.weight_r2_share"].claim.endswith("> 0.5")
-
 
 
 def test_nan_in_the_last_fp8_checkpoint_names_that_checkpoint(tmp_path):

@@ -94,35 +94,3 @@ def test_registered_backend_from_directories(models, tok, tmp_path):
                                                          intermediate_size=8))
     with pytest.raises(ValueError, match="one vocabulary"):
         LogitExtrapolationSampler(other, models[1], tok, 1.5)
-
-
-def tables(alpha_one_scores, t1_scores):
-    """A real curve (steps 0, 10, 20) and a logit table (t0 = 10, t1 = 20) with the α = 1 row's per-item scores."""
-    import numpy as np
-    import pandas as pd
-
-    def row(scores, **cols):
-        scores = np.asarray(scores, dtype=float)
-        return {**cols, "avg_at_k": scores.mean(), "pass_at_k": float(scores.max()), "entropy": 0.4,
-                "greedy_accuracy": 0.5, "per_item": scoring.PerItem(scores)}
-
-    real = pd.DataFrame([row([0, 0, 0, 0], step=0), row([0, 0.5, 0, 0], step=10), row(t1_scores, step=20)])
-    logit = pd.DataFrame([row(alpha_one_scores, alpha=1.0, t0=10, t1=20, target_step=20, real_avg_at_k=0.3),
-                          row([1, 1, 1, 1], alpha=1.5, t0=10, t1=20, target_step=25, real_avg_at_k=float("nan"))])
-    return real, logit
-
-
-def test_alpha_one_check_and_table1_keeps_theta_t1():
-    from helpers.lib.logit_extrapolation import check_alpha_one, table1
-
-    real, logit = tables([0.25, 0.5, 0.5, 0], [0.25, 0.5, 0.5, 0])
-    assert check_alpha_one(real, logit, "hf") == {"avg_at_k": 0.0, "pass_at_k": 0.0, "greedy_accuracy": 0.0,
-                                                  "per_item_mean_abs": 0.0}
-    assert "  real checkpoint at t' = 20" in table1(real, logit).index
-    real, logit = tables([0.5, 0.25, 0.5, 0], [0.25, 0.5, 0.5, 0])  # same mean, different items
-    with pytest.raises(ValueError, match=r"α = 1 check failed: 'logit extrapolation α = 1 .*' vs 'real checkpoint "
-                                         r"θ_t1 \(step 20\)' differ in per-item scores"):
-        check_alpha_one(real, logit, "hf")
-    diff = check_alpha_one(real, logit, "vllm")  # another sampler: reported, not asserted
-    assert diff["avg_at_k"] == 0.0 and diff["per_item_mean_abs"] == 0.125
-    assert check_alpha_one(real, logit[logit.alpha != 1], "hf") == {}

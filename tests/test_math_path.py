@@ -8,8 +8,10 @@ import string
 import pytest
 import yaml
 
+from helpers.experiments.training_log import read_log
 from helpers.pipeline import batch
 from helpers.lib import config
+from helpers.lib import device
 from helpers.lib import tiny
 from helpers.lib import training
 from helpers.lib import trajectory
@@ -33,8 +35,9 @@ def math_run(tmp_path_factory):
     (d / "math.yaml").write_text(yaml.safe_dump(params))
     cfg = config.load(d / "math.yaml", profile="default")
     init = tiny.init_model(cfg.model, 0, d / "init", alphabet=PRINTABLE)
-    with training.cpu_threads():   # teach the answer format (the base then solves part of the problems)
-        training.train_sft(cfg, init, d / "base", steps=150, save_every=0, save_final=True, lr=3e-3, batch=28)
+    with device.cpu_threads():   # teach the answer format (the base then solves part of the problems)
+        training.train_sft(config.derive(cfg, {"sft.lr": 3e-3, "sft.batch": 28}), init, d / "base", steps=150,
+                           save_every=0, save_final=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("RLVR_OUTPUTS", str(d / "out"))
     try:
@@ -54,7 +57,7 @@ def test_every_notebook_runs_on_the_math_task(math_run):
 def test_the_math_run_had_a_reward_signal_and_was_measured(math_run):
     outcome, rl_run = math_run
     assert (rl_run / "checkpoint-0").is_dir()
-    log = training.read_log(rl_run)
+    log = read_log(rl_run)
     assert log["reward"].dropna().std() > 0, f"{rl_run}: every reward equal, RL had no signal"
     res = {p.stem: json.loads(p.read_text()) for p in (outcome.dir / "results").glob("*.json")}
     assert math.isfinite(res["01_weight_linearity"]["weight_r2_median"])

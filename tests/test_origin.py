@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from helpers.experiments import claims as C
-from helpers.lib import config
 from helpers.experiments import nb03_origin as O
+from helpers.experiments.training_log import read_log
+from helpers.lib import cache
+from helpers.lib import config
 from helpers.lib import probes as P
 from helpers.lib import tiny
 from helpers.lib import training
@@ -148,7 +150,7 @@ def test_capture_takes_module_inputs_at_the_response_positions(traj):
     with torch.inference_mode():
         for i in range(len(probes)):
             model(input_ids=torch.tensor([probes.input_ids[i]]))
-            for j in np.flatnonzero(flat["probe"].to_numpy() == i):
+            for j in np.flatnonzero(flat["probe"] == i):
                 cells[j] = outs["y"][0, flat["position"][j] - 1]
     hook.remove()
     W = mods["model.layers.1.mlp.down_proj"].weight.detach()
@@ -185,7 +187,10 @@ def test_sft_and_rl_runs_share_training_checkpointing_and_log(tmp_path, monkeypa
     sft, rl = Trajectory(sft_dir), Trajectory(rl_dir)
     assert sft.steps == rl.steps == [0, 1, 2] and sft.names == rl.names
     assert (sft.path(0) / "model.safetensors").read_bytes() == (rl.path(0) / "model.safetensors").read_bytes()
-    assert list(training.read_log(sft_dir).columns) == list(training.read_log(rl_dir).columns) == training.LOG_COLUMNS
+    assert list(read_log(sft_dir).columns) == list(read_log(rl_dir).columns) == training.LOG_COLUMNS
+    info = cache.build_info(sft_dir)          # the SFT parameters and noise, as trained
+    assert info["steps"] == 2 and info["snr_db"] == "-10" and info["version"] == O.SFT_VERSION and info["seconds"] > 0
+    assert sft_dir.name.startswith(f"sft-run-v{O.SFT_VERSION}-") and study.cached(study.noisy(-10))
     assert {p.name for p in sft.path(2).iterdir()} == {p.name for p in rl.path(2).iterdir()}
     assert O.Study(cfg, probes=None).run(study.noisy(-10)) == sft_dir          # cached
     assert study.sft_params()["batch"] == 4 and study.sgd.rl_changes == {"lr": 0.5, "optimizer": "sgd"}

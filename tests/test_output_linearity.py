@@ -75,7 +75,8 @@ def test_analyse_recovers_known_categories_and_numbers():
     assert out["tokens_kept"] == 80 and out["tokens_total"] == 120
     assert out["token_r2_q1"] <= out["token_r2_median"] <= out["token_r2_q3"]
     assert abs(out["token_r2_frac_above_0_7"] - (tok[tok.kept]["r2"] > 0.7).mean()) < 1e-12
-    np.testing.assert_allclose(out["token_r2_median"], np.median(linearity.r2(forced.logprobs, forced.steps)[kind != 2]))
+    np.testing.assert_allclose(out["token_r2_median"],
+                               np.median(linearity.r2(forced.logprobs, forced.steps)[kind != 2]))
     # logits = log-probs + constant here, so their R² are the log-prob R²
     np.testing.assert_allclose(tok["logit_r2"], tok["r2"], atol=1e-4)
     layers = out["activation_r2_median_by_layer"]
@@ -88,6 +89,13 @@ def test_analyse_recovers_known_categories_and_numbers():
     assert lo <= out["token_r2_median"] <= hi and out["r2_threshold"] == 0.7
     assert out["token_r2_frac_above_threshold"] == out["token_r2_frac_above_0_7"]
     assert verdicts(res)["nb02.activations_linear"].verdict == "holds"    # blocks 2+ drift linearly
+
+
+def test_probe_table_has_one_row_per_probe():
+    probes = P.Probes([[5, 1, 2], [5, 6, 7, 8]], [1, 2], [0, 3], ["p", "q"], ["r", "s"])
+    t = OL.probe_table(probes)
+    assert list(t.columns) == ["prompt_index", "prompt", "response", "response_tokens"]
+    assert t["prompt_index"].tolist() == [0, 3] and t["response_tokens"].tolist() == [2, 2]
 
 
 def test_change_r2_correlation_sign():

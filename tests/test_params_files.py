@@ -119,7 +119,7 @@ def test_the_rules_fixed_choices_are_the_codes():
     for key in ("rl.optimizer", "sft.optimizer"):
         assert allowed(key, [*training.OPTIMIZERS, "adam"]) == set(training.OPTIMIZERS)
     assert allowed("eval.backend", backends.BACKENDS) == set(backends.BACKENDS) - {"logit-extrapolation"}
-    for key in ("extrapolation.norms", "rl_extra.norms", "relex.two_point_norms"):
+    for key in ("extrapolation.norms", "rl_extra.norms", "relex.norms"):
         assert allowed(key, [*extrapolation.NORM_POLICIES, "copy"]) == set(extrapolation.NORM_POLICIES)
     assert allowed("rl_extra.optimizer", [*rl_extra.OPTIMIZER_POLICIES, "x"]) == set(rl_extra.OPTIMIZER_POLICIES)
     assert allowed("relex.fit", [*relex.FITS, "cubic"]) == set(relex.FITS)

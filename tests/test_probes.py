@@ -69,7 +69,7 @@ def test_hidden_states_at_sampled_positions():
     assert forced.hidden.shape == (3, len(pos), 5)     # embeddings + 2 layers
     tok = probes.tokens()
     for j, flat in enumerate(pos[:4]):
-        i, position = int(tok.probe[flat]), int(tok.position[flat])
+        i, position = int(tok["probe"][flat]), int(tok["position"][flat])
         with torch.no_grad():
             hs = model(input_ids=torch.tensor([probes.input_ids[i]]), output_hidden_states=True).hidden_states
         for layer in range(3):

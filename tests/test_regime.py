@@ -87,6 +87,7 @@ def test_the_default_is_the_searchs_chosen_setting():
 
 def test_measure_and_payoffs_on_a_micro_run(tmp_path, monkeypatch, one_thread):
     """Stage 1 and stage 2 of one micro config: the numbers come from the run's own log and checkpoints."""
+    from helpers.experiments.training_log import read_log
     from helpers.lib import training
     from tests.test_training import micro_cfg
 
@@ -97,7 +98,7 @@ def test_measure_and_payoffs_on_a_micro_run(tmp_path, monkeypatch, one_thread):
     cfg = micro_cfg(**{"rl.steps": 4, "rl.save_every": 1, "output_linearity.prompts": 2,
                        "output_linearity.samples_per_prompt": 2, "weight_linearity.entries.min_samples": 50})
     m = regime.measure(cfg)
-    log = training.read_log(training.embedded_trajectory(cfg)).dropna(subset=["heldout_accuracy"])
+    log = read_log(training.embedded_trajectory(cfg)).dropna(subset=["heldout_accuracy"])
     assert m["base"] == log["heldout_accuracy"].iloc[0] and m["final"] == log["heldout_accuracy"].iloc[-1]
     assert m["heldout_items"] == 8 and 0 <= m["weight_r2_frac_above_0_7"] <= 1
     p = regime.payoffs(cfg)

@@ -2,11 +2,11 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers.experiments.training_log import read_log
 from helpers.lib import config
 from helpers.lib import tasks
 from helpers.lib import training
@@ -46,23 +46,23 @@ def test_layout_and_log(two_runs):
         assert not (ck / "optimizer.pt").exists()
     traj = Trajectory(run)
     assert traj.steps == [0, 1, 2] and traj.tied_embeddings
-    log = training.read_log(run)
+    log = read_log(run)
     assert list(log.columns) == training.LOG_COLUMNS and list(log["step"]) == [0, 1, 2]
     assert log["heldout_accuracy"].notna().all() and log["reward"].iloc[1:].notna().all()
-    assert json.loads((run / "build.json").read_text())["train_seconds"] > 0
+    assert json.loads((run / "build.json").read_text())["seconds"] > 0
 
 
 def test_log_falls_back_to_trainer_state(two_runs, tmp_path):
     _, (run, _) = two_runs
     copy = shutil.copytree(run, tmp_path / "run")
     (copy / "log.csv").unlink()
-    log = training.read_log(copy)
+    log = read_log(copy)
     assert list(log["step"]) == [1, 2] and log["reward"].notna().all()
     (copy / "checkpoint-2" / "trainer_state.json").unlink()
     (copy / "checkpoint-1" / "trainer_state.json").unlink()
     with pytest.raises(FileNotFoundError, match="no log.csv"):
-        training.read_log(copy)
-    assert training.read_log(copy, required=False).empty
+        read_log(copy)
+    assert read_log(copy, required=False).empty
 
 
 def test_same_seed_same_weights(two_runs):
@@ -100,10 +100,11 @@ def test_sft_run_shares_layout_and_takes_loss_and_callbacks(two_runs, tmp_path):
         losses.append(float(out.detach()))
         return out
 
-    out = training.train_sft(cfg, run / "checkpoint-0", tmp_path / "sft", compute_loss_func=loss, callbacks=[Count()])
+    out = training.train_sft(cfg, run / "checkpoint-0", tmp_path / "sft", steps=cfg.rl.steps,
+                             save_every=cfg.rl.save_every, compute_loss_func=loss, callbacks=[Count()])
     assert seen == [1, 2] and len(losses) == 2
     assert Trajectory(out).steps == [0, 1, 2]
-    assert training.read_log(out)["loss"].iloc[1:].tolist() == pytest.approx(losses)
+    assert read_log(out)["loss"].iloc[1:].tolist() == pytest.approx(losses)
 
 
 @pytest.mark.parametrize("algorithm,optimizer", [("grpo", "adamw"), ("gspo", "sgd"), ("reinforce++", "adamw")])
@@ -148,7 +149,7 @@ def test_math_task_trains_a_real_base_on_its_problems_and_verifier(tmp_path, mon
                        load_file(base / "model.safetensors")["model.embed_tokens.weight"])
     train_prompts = {r["problem"] + math_tasks.INSTRUCTION: r["answer"] for r in rows[:12]}
     assert seen and all(train_prompts[p] == a for prompts, answers in seen for p, a in zip(prompts, answers))
-    assert training.read_log(run)["heldout_accuracy"].notna().all()
+    assert read_log(run)["heldout_accuracy"].notna().all()
 
     sft = training.train_sft(cfg, base, tmp_path / "sft", steps=1, save_every=1)
     assert Trajectory(sft).steps == [0, 1]
@@ -160,7 +161,8 @@ def test_math_task_trains_a_real_base_on_its_problems_and_verifier(tmp_path, mon
     no_solutions = tmp_path / "bare.jsonl"
     no_solutions.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n" for r in rows))
     with pytest.raises(ValueError, match="SFT needs a worked solution"):
-        training.train_sft(micro_cfg(**math, **{"math.train_dataset": str(no_solutions)}), base, tmp_path / "s2")
+        training.train_sft(micro_cfg(**math, **{"math.train_dataset": str(no_solutions)}), base, tmp_path / "s2",
+                           steps=2, save_every=1)
 
 
 def test_rl_args_pass_use_vllm(tmp_path):
@@ -176,58 +178,8 @@ def test_in_processes_keeps_the_order_of_calls():
     assert training.in_processes(math.pow, [(2, 1)], workers=2) == [2.0]
 
 
-# ------------------------------------------------------------------------------------------------------------ claims
-def scores_table(base, finals, base_entropy=1.0, entropies=None):
-    """A scores table as `scoring.evaluate_checkpoints` gives it: greedy per-item hits and entropy per model."""
-    import pandas as pd
-
-    from helpers.lib.scoring import PerItem
-
-    entropies = entropies or [0.5] * len(finals)
-    rows = {"base": {"greedy_per_item": list(base), "entropy": base_entropy}}
-    rows |= {f"seed {s}": {"greedy_per_item": PerItem(np.asarray(f)), "entropy": e}
-             for s, (f, e) in enumerate(zip(finals, entropies))}
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def hits(n, p, seed):
-    return (np.random.default_rng(seed).random(n) < p).astype(int)
-
-
-
-@pytest.mark.parametrize("finals, verdict", [
-    (lambda b: [b | hits(500, 0.5, 1), b | hits(500, 0.4, 2)], "holds"),             # every seed gains ~ +0.2
-    (lambda b: [b, b & hits(500, 0.9, 1)], "does not hold"),                          # no gain, or a loss
-    (lambda b: [b | hits(500, 0.5, 1), b & hits(500, 0.9, 2)], "inconclusive"),      # the seeds disagree
-])
-def test_rl_gain_claim_pairs_items_and_covers_every_seed(finals, verdict):
-    base = hits(500, 0.4, 0)
-    got = {c.id: c for c in training.claims(scores_table(base, finals(base)), micro_cfg())}
-    c = got["nb00.rl_gain"]
-    assert c.verdict == verdict and "hull over 2 seeds" in c.how and "500 held-out items" in c.how
-    assert c.measured == pytest.approx(np.mean([f.mean() - base.mean() for f in finals(base)]))
-
-
-def test_rl_gain_claim_is_inconclusive_on_few_items():
-    base = hits(20, 0.4, 0)
-    c = training.claims(scores_table(base, [base | hits(20, 0.15, 1)]), micro_cfg())[0]
-    assert c.verdict == "inconclusive" and "hull" not in c.how
-
-
-@pytest.mark.parametrize("entropies, verdict", [
-    ([0.6, 0.8], "holds"), ([1.2, 1.1], "does not hold"), ([0.8, 1.1], "inconclusive"), ([None, 0.8], "inconclusive"),
-])
-def test_entropy_claim_spans_the_seeds(entropies, verdict):
-    base = hits(50, 0.4, 0)
-    c = training.claims(scores_table(base, [base, base], 1.0, entropies), micro_cfg())[1]
-    assert c.id == "nb00.entropy_falls" and c.verdict == verdict
-    if None not in entropies:
-        assert c.measured == pytest.approx(np.mean(entropies) - 1.0)
-        assert c.interval == pytest.approx((min(entropies) - 1.0, max(entropies) - 1.0))
-
-
 def test_training_refuses_a_pickle_only_base_unless_allowed(tmp_path):
-    from test_evaluation import pickle_only_model
+    from test_scoring import pickle_only_model
 
     base = pickle_only_model(tmp_path / "base")
     with pytest.raises(ValueError, match=rf"{base}: only pickle weights.*trajectory.allow_pickle"):

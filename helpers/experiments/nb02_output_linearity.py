@@ -7,6 +7,8 @@ raw logit) against step (`helpers.lib.linearity.r2`). Tokens whose |change| ≤ 
 `r2_threshold` and "erratic" otherwise (`categorize`). Per layer, the R² of hidden states at a fixed sample of
 positions × dimensions (Fig. 7). The magnitude-of-change vs R² relation is measured by Spearman's rank correlation over
 the kept tokens (ranks, because neither quantity is near-normal).
+
+Notebook 02's analysis (`analyse` -> `OutputLinearity`), its tables (`probe_table`, ...), figures, claims and results.
 """
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from scipy.stats import norm, spearmanr
 
 from helpers.experiments import claims as claims_mod
 from helpers.experiments import paper
 from helpers.experiments import seeds
 from helpers.lib.linearity import fit_line, r2
+from helpers.lib.probes import Probes, over_trajectory
 
 MIN_CHANGE = 0.2          # LIN's |Δ log-prob| filter
 CATEGORIES = ("behaviour", "erratic", "stable")
@@ -40,6 +46,12 @@ def categorize(change, r2_values, min_change: float = MIN_CHANGE, r2_threshold: 
     moved = np.abs(change) > min_change
     linear = np.nan_to_num(r2_values, nan=-1.0) >= r2_threshold
     return np.where(moved, np.where(linear, "behaviour", "erratic"), "stable").astype(object)
+
+
+def probe_table(probes: Probes) -> pd.DataFrame:
+    """One row per probe: prompt index, prompt, response text, response length in tokens."""
+    return pd.DataFrame({"prompt_index": probes.prompt_index, "prompt": probes.prompts, "response": probes.responses,
+                         "response_tokens": probes.response_lens})
 
 
 def token_label(tokenizer, token_id: int) -> str:
@@ -88,8 +100,6 @@ class OutputLinearity:
 
     def correlation(self) -> dict:
         """Spearman rank correlation of |Δ log-prob| with R² over the kept tokens (and over all tokens with an R²)."""
-        from scipy.stats import spearmanr
-
         out = {"method": "spearman"}
         for key, df in (("kept", self.kept), ("all", self.tokens.dropna(subset=["r2"]))):
             rho, p = spearmanr(df["abs_change"], df["r2"]) if len(df) > 2 else (np.nan, np.nan)
@@ -141,7 +151,8 @@ class OutputLinearity:
         return self.kept.drop_duplicates(["sequence", "position"]).nlargest(n, "abs_change")
 
     def examples(self, n: int = 6) -> list[dict[str, Any]]:
-        """The `n` biggest movers as dicts for `helpers.experiments.plots.series_fits`: label, steps, values, slope, intercept, r2."""
+        """The `n` biggest movers as dicts for `helpers.experiments.plots.series_fits`: label, steps, values, slope,
+        intercept, r2."""
         out = []
         for i, row in self.movers(n).iterrows():
             y = self.logprobs[:, i].astype(np.float64)
@@ -173,14 +184,14 @@ class OutputLinearity:
                 "n_checkpoints": len(self.steps), "steps": [int(x) for x in self.steps], "settings": self.settings}
 
 
-def analyse(forced, probes, tokenizer=None, min_change: float = MIN_CHANGE,
+def analyse(forced, probes: Probes, tokenizer=None, min_change: float = MIN_CHANGE,
             r2_threshold: float = paper.R2_BAR) -> OutputLinearity:
     """Token and activation R² against step from `helpers.lib.probes.over_trajectory` outputs on `probes`."""
     steps = np.asarray(forced.steps, dtype=np.float64)
     if len(steps) < 3:
         raise ValueError(f"need at least 3 checkpoints for an R², got steps {steps.astype(int).tolist()}")
     lp = forced.logprobs.astype(np.float64)
-    tok = probes.tokens()
+    tok = pd.DataFrame(probes.tokens())
     labels = {t: token_label(tokenizer, t) for t in np.unique(tok["token"])}
     change = lp[-1] - lp[0]
     token_r2 = r2(lp, steps)
@@ -192,18 +203,16 @@ def analyse(forced, probes, tokenizer=None, min_change: float = MIN_CHANGE,
     if forced.hidden is not None:
         h = forced.hidden
         act = r2(h.reshape(h.shape[0], h.shape[1], -1), steps)
+    index = forced.hidden_index
     settings = {"min_change": min_change, "r2_threshold": r2_threshold, "probes": len(probes),
-                "probes_distinct": probes.n_distinct, "activation_positions": 0 if forced.hidden_index is None else len(forced.hidden_index[0]),
-                "activation_dims": 0 if forced.hidden_index is None else len(forced.hidden_index[1])}
+                "probes_distinct": probes.n_distinct, "activation_positions": 0 if index is None else len(index[0]),
+                "activation_dims": 0 if index is None else len(index[1])}
     return OutputLinearity(steps, tok, act, forced.logprobs, settings)
 
 
 # ----------------------------------------------------------------------------------------------------------- figures
 
 def plot_change_vs_r2(result: OutputLinearity):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     t = result.tokens.dropna(subset=["r2"])
     c = result.correlation()
     fig, ax = plt.subplots()
@@ -220,9 +229,6 @@ def plot_change_vs_r2(result: OutputLinearity):
 
 def plot_activation_r2(result: OutputLinearity):
     """Distribution of hidden-state R² per layer (LIN Fig. 7)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     a = result.activation_r2 if result.activation_r2 is not None else np.empty((0, 0))
     short = ["emb"] + [str(i) for i in range(1, len(a))] if len(a) else []
     df = pd.DataFrame({"layer": np.repeat(short, a.shape[1]), "R²": a.reshape(-1)}).dropna()
@@ -240,8 +246,6 @@ def plot_activation_r2(result: OutputLinearity):
 def token_r2(traj, probes, cfg, device="cpu") -> dict:
     """`OutputLinearity.summary()` of token log-prob R² on `traj` with the config's `output_linearity` knobs and
     `claims` R² bar and level (no activations): the per-seed headline of notebook 02."""
-    from helpers.lib.probes import over_trajectory
-
     o, st = cfg.output_linearity, claims_mod.Settings.of(cfg)
     forced = over_trajectory(traj, probes, batch_size=int(o["batch_size"]), device=device)
     return analyse(forced, probes, min_change=float(o["min_change"]),
@@ -269,8 +273,6 @@ def claims(result: OutputLinearity, by_seed: Mapping[int, dict], cfg) -> list[cl
 
 def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """Interval of a Spearman ρ over n pairs: Fisher z transform with SE 1.03 / √(n − 3) (Fieller et al. 1957)."""
-    from scipy.stats import norm
-
     if n <= 3 or not math.isfinite(rho):
         return math.nan, math.nan
     z, half = math.atanh(min(max(rho, -1 + 1e-12), 1 - 1e-12)), norm.ppf(1 - (1 - level) / 2) * 1.03 / math.sqrt(n - 3)

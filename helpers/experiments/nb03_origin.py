@@ -38,39 +38,43 @@ Four measurements, all on the embedded default:
    ~3.5x larger on the embedded default and made the reward fall instead of rise.
 
 Extra runs are cached under outputs/cache/ by everything they depend on (RL runs through
-`helpers.lib.training.embedded_trajectory`, SFT runs as `sft-run-<hash>`).
+`helpers.lib.training.embedded_trajectory`, SFT runs as `sft-run-v<SFT_VERSION>-<hash>` builds of `helpers.lib.cache`).
+The module also holds the notebook's tables, figures, claims and `results`.
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from helpers.experiments import claims as C
-from helpers.lib import config
-from helpers.lib import linearity
+from helpers.experiments import nb01_weight_linearity as weight_linearity
 from helpers.experiments import nb02_output_linearity as output_linearity
 from helpers.experiments import paper
-from helpers.lib import training
+from helpers.experiments.training_log import read_log
+from helpers.lib import cache
+from helpers.lib import config
+from helpers.lib import linearity
 from helpers.lib import probes as P
+from helpers.lib import training
 from helpers.lib.device import pick
 from helpers.lib.scoring import PerItem
-from helpers.lib.cache import cache_dir
-from helpers.lib.paths import atomic_dir, atomic_write_json
+from helpers.lib.trajectory import Trajectory
 
 TERMS = ("weight", "input", "second")
 TERM_LABELS = {"weight": "weight term ΔW·x0", "input": "input term W0·Δx", "second": "second-order ΔW·Δx"}
 ZERO_SIGNAL = "signal=0"
 MAX_GRAD_NORM = 1.0      # transformers' / TRL's default gradient clipping, which helpers.lib.training keeps
 SECOND_ORDER_TINY = 0.05  # "tiny": the second-order term's share stays below this everywhere
+SFT_VERSION = 1          # `cache` version of the SFT runs (bump when how they are trained changes)
 
 
 def _finite(*xs) -> bool:
@@ -141,7 +145,8 @@ def linear_modules(model, layers: Sequence[int] | None, modules: Sequence[str]) 
 def capture_inputs(model, probes: P.Probes, names: Iterable[str], tokens: np.ndarray, batch_size: int
                    ) -> dict[str, torch.Tensor]:
     """Inputs x of the named modules at the positions predicting the response tokens `tokens` (flat indices of
-    `probes`, sorted), via forward pre-hooks during `helpers.lib.probes.forward`: {name: (len(tokens), d_in) float32}."""
+    `probes`, sorted), via forward pre-hooks during `helpers.lib.probes.forward`:
+    {name: (len(tokens), d_in) float32}."""
     mods = dict(model.named_modules())
     slot = torch.full((probes.n_tokens,), -1, dtype=torch.long)
     slot[torch.as_tensor(tokens, dtype=torch.long)] = torch.arange(len(tokens))
@@ -210,8 +215,6 @@ def decompose_trajectory(traj, probes: P.Probes, layers: Sequence[int] | None = 
 
 
 def _decompose_trajectory(traj, probes, layers, modules, tokens, batch_size, device, seed, steps) -> Decomposition:
-    from tqdm.auto import tqdm
-
     steps = [s for s in (traj.steps if steps is None else steps) if s != traj.steps[0]]
     n = probes.n_tokens
     picked = np.arange(n) if tokens is None or tokens >= n else np.sort(
@@ -303,11 +306,6 @@ class NoisyLoss:
 
 # ---------------------------------------------------------------------------------------------- 2-4. extra runs
 
-def variant(cfg, section: str, **changes):
-    """A copy of `cfg` with `changes` applied to one section, checked as a params file is (`config.derive`)."""
-    return config.derive(cfg, {f"{section}.{k}": v for k, v in changes.items()})
-
-
 @dataclass(frozen=True)
 class Setting:
     """One training run of the study: RL (a variant of the `rl` section) or SFT (optionally with noise)."""
@@ -335,11 +333,9 @@ def sgd_lr(cfg, adamw_run: Path) -> float:
     """SGD lr matched to the AdamW run's measured step length (module docstring, item 4), or `origin.sgd_lr`."""
     if cfg.origin.sgd_lr != "auto":
         return float(cfg.origin.sgd_lr)
-    from helpers.lib.trajectory import Trajectory
-
     traj = Trajectory(adamw_run)
     length = np.mean([distance(traj, a, b) / (b - a) for a, b in zip(traj.steps[:-1], traj.steps[1:])])
-    g = float(training.read_log(adamw_run)["grad_norm"].dropna().clip(upper=MAX_GRAD_NORM).mean())
+    g = float(read_log(adamw_run)["grad_norm"].dropna().clip(upper=MAX_GRAD_NORM).mean())
     if not g > 0:
         warnings.warn(f"{adamw_run / 'log.csv'}: no non-zero gradient norm logged; SGD's lr assumes ‖g‖ = "
                       f"{MAX_GRAD_NORM} (set origin.sgd_lr to choose it)", stacklevel=2)
@@ -395,7 +391,8 @@ class Study:
 
     # --- building runs ------------------------------------------------------------------------------------------
     def _rl_cfg(self, setting: Setting):
-        return variant(self.cfg, "rl", steps=self.steps, save_every=self.save_every, **setting.rl_changes)
+        changes = {"rl.steps": self.steps, "rl.save_every": self.save_every}
+        return config.derive(self.cfg, changes | {f"rl.{k}": v for k, v in setting.rl_changes.items()})
 
     def run(self, setting: Setting) -> Path:
         """The run directory of `setting` (trained on a cache miss)."""
@@ -410,7 +407,7 @@ class Study:
         """Whether the run of `setting` is built (`run` would not train)."""
         if setting.kind == "rl":
             return training.cached_trajectory(self._rl_cfg(setting)) is not None
-        return (self._sft_dir(setting.snr) / "build.json").is_file()
+        return cache.cached("sft-run", self._sft_key(setting.snr), SFT_VERSION) is not None
 
     def build(self, workers: int = 2) -> None:
         """Train every missing run of `experiments()`, `workers` at a time, each in its own single-threaded process
@@ -440,30 +437,28 @@ class Study:
         kind = self.cfg.origin.sft.demonstrations
         if kind not in ("correct", "task"):
             raise ValueError(f"{self.cfg.source}: origin.sft.demonstrations must be correct or task, not {kind!r}")
-        return variant(self.cfg, "task", slip=0.0) if kind == "correct" and self.cfg.task.kind == "arithmetic" \
+        return config.derive(self.cfg, {"task.slip": 0.0}) if kind == "correct" and self.cfg.task.kind == "arithmetic" \
             else self.cfg
 
     def _noise(self, level) -> dict:
         return {"snr_db": level_key(level), "noise_seed": int(self.cfg.origin.noise_seed)} if level is not None else {}
 
-    def _sft_dir(self, level) -> Path:
-        made_from = training.run_key(self.cfg, ("task", "model", "sft", "eval")) | self.sft_params() | self._noise(level)
-        return cache_dir("sft-run", made_from, 1)
+    def _sft_key(self, level) -> dict:
+        return training.run_key(self.cfg, ("task", "model", "sft", "eval")) | self.sft_params() | self._noise(level)
 
     def _sft_run(self, level) -> Path:
-        cfg = self.cfg
+        """The SFT run at noise `level` (cached as `sft-run`; build.json records its SFT parameters and noise)."""
         p, noise = self.sft_params(), self._noise(level)
-        final = self._sft_dir(level)
-        if (final / "build.json").is_file():
-            return final
-        base = training.base_model(cfg)
-        loss = NoisyLoss(level, int(cfg.origin.noise_seed)) if level is not None else None
-        t0 = time.time()
-        with atomic_dir(final) as tmp:
-            training.train_sft(variant(self.sft_task_cfg(), "sft", optimizer=p["optimizer"]), base, tmp, steps=p["steps"],
-                               save_every=p["save_every"], lr=p["lr"], batch=p["batch"], compute_loss_func=loss)
-            atomic_write_json(tmp / "build.json", {"train_seconds": round(time.time() - t0, 2), **p, **noise})
-        return final
+
+        def build(tmp: Path) -> dict:
+            base = training.base_model(self.cfg)
+            loss = NoisyLoss(level, int(self.cfg.origin.noise_seed)) if level is not None else None
+            cfg = config.derive(self.sft_task_cfg(), {"sft.optimizer": p["optimizer"], "sft.lr": p["lr"],
+                                                      "sft.batch": p["batch"]})
+            training.train_sft(cfg, base, tmp, steps=p["steps"], save_every=p["save_every"], compute_loss_func=loss)
+            return {**p, **noise}
+
+        return cache.cached_build("sft-run", self._sft_key(level), build, SFT_VERSION)
 
     # --- measuring ----------------------------------------------------------------------------------------------
     def measure(self, setting: Setting) -> dict:
@@ -517,21 +512,18 @@ def measure_run(cfg, run_dir: Path, probes: P.Probes) -> dict:
 
 
 def _measure_run(cfg, run_dir: Path, probes: P.Probes) -> dict:
-    from helpers.lib.trajectory import Trajectory
-
     traj = Trajectory(run_dir)
     st = C.Settings.of(cfg)
     wl = linearity.weight_r2(traj, seed=cfg.seed, progress=False, **cfg.weight_linearity.entries)
-    w = wl.summary(st.r2_threshold, st.level)
+    w = weight_linearity.summary(wl, st.r2_threshold, st.level)
     o = cfg.output_linearity
     forced = P.over_trajectory(traj, probes, batch_size=int(o.batch_size), device=pick(cfg.device))
     ol = output_linearity.analyse(forced, probes, min_change=float(o.min_change), r2_threshold=st.r2_threshold)
     t = ol.summary(st.level)
-    log = training.read_log(run_dir)
+    log = read_log(run_dir)
     acc, reward = log["heldout_accuracy"].dropna(), log["reward"].dropna()
     tenth = max(1, len(reward) // 10)
-    build = run_dir / "build.json"
-    seconds = float(json.loads(build.read_text())["train_seconds"]) if build.is_file() else math.nan
+    seconds = float(cache.build_info(run_dir).get("seconds", math.nan))
     return {"weight_r2_median": w["median"], "weight_r2_q1": w["q1"], "weight_r2_q3": w["q3"],
             "weight_r2_median_ci": w["median_ci"], "weight_r2_values": PerItem(wl.values),
             "weight_entries": w["kept"], "token_r2_median": t["median"], "token_r2_q1": t["q1"],
@@ -592,7 +584,8 @@ def results(study: Study, dec: Decomposition) -> dict:
 
 
 def claims(study: Study, dec: Decomposition) -> list[C.Claim]:
-    """Notebook 03's claims (`helpers.experiments.claims`): the decomposition, then SFT vs RL, noise, optimizer and lr."""
+    """Notebook 03's claims (`helpers.experiments.claims`): the decomposition, then SFT vs RL, noise, optimizer and
+    lr."""
     st, o, m = C.Settings.of(study.cfg), study.cfg.origin, study.measure
     return [input_term_dominates(dec, st), second_order_tiny(dec), rl_linear(m(study.rl), st),
             *rl_more_linear_than_sft(m(study.rl), m(study.sft), st),
@@ -735,8 +728,6 @@ def lr_linear(by_lr: Mapping[str, Mapping], st: C.Settings) -> C.Claim:
 
 def plot_decomposition(dec: Decomposition):
     """(a) norms of the three terms and of Δy per module at the last checkpoint; (b) median share per checkpoint."""
-    import matplotlib.pyplot as plt
-
     last = dec.at_step()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
     x = np.arange(len(last))
@@ -762,8 +753,6 @@ def plot_decomposition(dec: Decomposition):
 
 def plot_settings(table: pd.DataFrame, title: str, cfg):
     """Median and IQR of weight and token R² per setting (LIN Fig. 2 style), the R² bar of `cfg`."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(max(6.4, 1.3 * len(table) + 2), 4.0))
     x = np.arange(len(table))
     for i, (space, label) in enumerate((("weight", "weights"), ("token", "token log-probs"))):
@@ -781,8 +770,6 @@ def plot_settings(table: pd.DataFrame, title: str, cfg):
 def plot_snr(study: Study):
     """Weight and token R² (median, IQR band) against SNR; plain SFT at the right, zero signal at the left, RL as a
     dashed line (LIN v3 Fig. 3)."""
-    import matplotlib.pyplot as plt
-
     levels = [x for x in study.cfg.origin.snr_db if x != ZERO_SIGNAL]
     dbs = np.array(sorted(float(x) for x in levels))
     lo, hi = (dbs.min(), dbs.max()) if len(dbs) else (0.0, 0.0)

@@ -1,10 +1,9 @@
-"""One seaborn look for every figure, and saving figures where the run keeps them."""
+"""One seaborn look for every figure, and the figures several notebooks draw (R² histograms, heatmaps, series with
+their fits)."""
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 
 from helpers.experiments import paper
@@ -16,24 +15,10 @@ def style() -> None:
                          "axes.titleweight": "bold"})
 
 
-def save(fig, run_dir: str | Path, notebook: str, name: str) -> Path:
-    """Save `fig` as `figures/<notebook>/<name>.png` under the run directory (atomically)."""
-    path = Path(run_dir) / "figures" / notebook / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-    return path
-
-
 def r2_histogram(values, ax=None, title: str = "R² against training step", bins: int = 50,
                  threshold: float = paper.R2_BAR):
     """Histogram of R² values on [0, 1] with the R² bar `threshold` (the `claims.r2_threshold` knob; default the
     papers' 0.7); the legend gives the median and the share above."""
-    import numpy as np
-
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     fig, ax = plt.subplots() if ax is None else (ax.figure, ax)
@@ -62,8 +47,6 @@ def heatmap(table, ax=None, title: str = "", vmin: float = 0.0, vmax: float = 1.
 def series_fits(examples, ncols: int = 3, ylabel: str = "value"):
     """Small multiples of series with their least-squares lines: each example a dict with steps, values, slope,
     intercept, r2 and a `label` (or `tensor` + `index`)."""
-    import numpy as np
-
     n = max(1, len(examples))
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)

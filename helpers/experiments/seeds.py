@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from helpers.experiments.claims import across_seeds
+from helpers.experiments.training_log import read_log
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -39,8 +45,6 @@ def describe(values: Sequence[float], fmt: str = ".3f") -> str:
 def across(by_seed: Mapping[int, Mapping], point: str, interval: str) -> tuple[float, tuple[float, float], str]:
     """The mean over seeds of each seed's `point`, the hull of their `interval`s (`claims.across_seeds`) and the
     per-seed numbers as a claim's detail ("seed 0: 0.612 [0.598, 0.627]; seed 1: …")."""
-    from helpers.experiments.claims import across_seeds
-
     mean, hull = across_seeds([m[point] for m in by_seed.values()], [m[interval] for m in by_seed.values()])
     detail = "; ".join(f"seed {s}: {m[point]:.3f} [{m[interval][0]:.3f}, {m[interval][1]:.3f}]"
                        for s, m in by_seed.items())
@@ -63,10 +67,6 @@ def check_made_at(by_seed: Mapping[int, Mapping], **settings) -> None:
 
 def plot_accuracy(runs: Mapping[int, Path]):
     """Held-out greedy accuracy at every checkpoint of each run (`log.csv`), one line per seed."""
-    import matplotlib.pyplot as plt
-
-    from helpers.lib.training import read_log
-
     fig, ax = plt.subplots(figsize=(7, 4))
     for seed, run_dir in runs.items():
         d = read_log(run_dir, required=False)[["step", "heldout_accuracy"]].dropna()
@@ -79,8 +79,6 @@ def plot_accuracy(runs: Mapping[int, Path]):
 
 def table(by_seed: Mapping[int, Mapping[str, float]], columns: Mapping[str, str]):
     """One row per seed of the `columns` (key → label) of each seed's measurements, then mean and sd rows."""
-    import pandas as pd
-
     t = pd.DataFrame({f"seed {s}": {label: m[key] for key, label in columns.items()} for s, m in by_seed.items()}).T
     return pd.concat([t, t.agg(["mean", "std"]).rename(index={"std": "sd"})]) if len(t) > 1 else t
 

@@ -178,7 +178,7 @@ RULES: dict[str, Rule] = {
     "output_linearity.temperature": NONNEG, "output_linearity.top_p": FRACTION, "output_linearity.min_change": NONNEG,
     "relex.t_cut_fractions": items(FRACTION, nonempty=True), "relex.min_points": COUNT,
     "relex.horizons": items(POSITIVE), "relex.rank": COUNT, "relex.fit": FITS, "relex.degree": COUNT,
-    "relex.window": COUNT | NULL, "relex.two_point_norms": NORMS,
+    "relex.window": COUNT | NULL, "relex.norms": NORMS,
     "relex.ablation.t_cut_fraction": FRACTION, "relex.ablation.ranks": items(COUNT),
     "relex.ablation.fits": items(FITS), "relex.ablation.windows": items(COUNT),
     "relex.ablation.horizons": items(POSITIVE),

@@ -3,10 +3,11 @@
 `r2(y, t)` is the R² of every column of `y` against steps `t` (squared Pearson correlation = OLS R² with an intercept,
 in float64). Every notebook that reports an R² calls it.
 
-`weight_r2(traj, ...)` samples entries of every `.weight` tensor of a `helpers.lib.trajectory.Trajectory`, keeps the ones
-that really moved, and returns their R² against the training step as a `WeightLinearity` (global distribution, per
-layer × module type, what was dropped and why). It streams one tensor at a time, so memory is bounded by one tensor
-read plus its samples × checkpoints, whatever the model size.
+`weight_r2(traj, ...)` samples entries of every `.weight` tensor of a `helpers.lib.trajectory.Trajectory`, keeps the
+ones that really moved, and returns their R² against the training step as a `WeightLinearity` (every kept entry with
+its tensor, layer and module type; per tensor what was sampled, dropped and why). It streams one tensor at a time, so
+memory is bounded by one tensor read plus its samples × checkpoints, whatever the model size. Tables, intervals and
+claims over it are notebook 01's (`helpers.experiments.nb01_weight_linearity`).
 
 Which entries count as "moved" (LIN samples 0.1 % per tensor, then drops entries with range ≤ 1e-4 or < 4 distinct
 values — 1e-4 is tuned to bf16). Here the range threshold is a parameter; `min_range="auto"` means the entry must move
@@ -21,15 +22,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import numpy as np
-import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from helpers.experiments import claims as claims_mod
-from helpers.experiments import paper
-from helpers.experiments import seeds
 from helpers.lib.cache import stable_hash
 
 AUTO_RANGE_ULPS = 2     # min_range="auto": an entry must move by at least this many steps of its dtype's resolution
@@ -162,96 +160,60 @@ def _threshold(min_range) -> float:
 
 
 # --------------------------------------------------------------------------------------------- trajectory statistics
+ENTRY_COLUMNS = ("tensor", "layer", "module", "index", "r2", "slope")
+TENSOR_COLUMNS = ("tensor", "layer", "module", "dtype", "numel", "sampled", "dropped_range", "dropped_distinct", "kept",
+                  "r2_median", "r2_mean")
+_DTYPES = {"tensor": object, "layer": float, "module": object, "dtype": object, "numel": np.int64,
+           "sampled": np.int64, "dropped_range": np.int64, "dropped_distinct": np.int64, "kept": np.int64,
+           "r2_median": float, "r2_mean": float}
+
+
 @dataclass
 class WeightLinearity:
-    """R² against step of sampled, moved entries of every `.weight` tensor of a trajectory.
+    """R² against step of sampled, moved entries of every `.weight` tensor of a trajectory, as columns (numpy arrays).
 
-    entries: one row per kept entry — tensor, layer, module, index (flat), r2, slope (per step).
-    tensors: one row per tensor — tensor, layer, module, dtype, numel, sampled, dropped_range, dropped_distinct,
-             kept, r2_median, r2_mean.
+    entries: one value per kept entry — tensor (name), layer (float, NaN outside the layers), module, index (flat),
+             r2, slope (per step); `ENTRY_COLUMNS`.
+    tensors: one value per tensor — tensor, layer, module, dtype, numel, sampled, dropped_range, dropped_distinct,
+             kept, r2_median, r2_mean; `TENSOR_COLUMNS`.
     """
     steps: list[int]
-    entries: pd.DataFrame
-    tensors: pd.DataFrame
+    entries: dict[str, np.ndarray]
+    tensors: dict[str, np.ndarray]
     settings: dict = field(default_factory=dict)
 
     @property
     def values(self) -> np.ndarray:
-        return self.entries["r2"].to_numpy()
+        """R² of every kept entry."""
+        return self.entries["r2"]
 
-    def summary(self, threshold: float = paper.R2_BAR, level: float = 0.95) -> dict:
-        """Global distribution of R², the share above `threshold` (`frac_above`) and above the papers' 0.7
-        (`frac_above_bar`), the filter counts, and `level` intervals of the median and of the share above `threshold`
-        (exact bootstraps over the kept entries, `helpers.experiments.claims`)."""
+    def summary(self, threshold: float) -> dict:
+        """Global distribution of R² (median, quartiles, mean), the share above `threshold` (`frac_above`), and the
+        filter counts: entries sampled, kept, dropped (by the range filter, by the distinct-values filter)."""
         v = self.values
         q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
         above = int((v > threshold).sum())
         sampled = int(self.tensors["sampled"].sum())
         return {"median": float(med), "q1": float(q1), "q3": float(q3),
                 "mean": float(v.mean()) if v.size else np.nan,
-                "frac_above": above / v.size if v.size else np.nan, "threshold": threshold, "level": level,
-                "frac_above_bar": float((v > paper.R2_BAR).mean()) if v.size else np.nan,
-                "median_ci": claims_mod.median_interval(v, level),
-                "frac_above_ci": claims_mod.share_interval(above, v.size, level),
+                "frac_above": above / v.size if v.size else np.nan, "threshold": threshold,
                 "kept": int(v.size), "sampled": sampled, "dropped": sampled - int(v.size),
                 "dropped_range": int(self.tensors["dropped_range"].sum()),
                 "dropped_distinct": int(self.tensors["dropped_distinct"].sum())}
 
-    def by_module(self, threshold: float = paper.R2_BAR) -> pd.DataFrame:
-        """Per module type: entries sampled / dropped (by reason) / kept, median and mean R², share above
-        `threshold` (module types in `MODULES` order)."""
-        counts = self.tensors.groupby("module")[["sampled", "dropped_range", "dropped_distinct", "kept"]].sum()
-        g = self.entries.groupby("module", observed=True)["r2"]
-        out = counts.join(pd.DataFrame({"median": g.median(), "mean": g.mean(),
-                                        "frac_above": g.apply(lambda s: float((s > threshold).mean()))}))
-        order = [m for m in MODULES if m in out.index] + sorted(set(out.index) - set(MODULES))
-        return out.loc[order]
-
-    def by_layer(self) -> pd.DataFrame:
-        """Per transformer layer: kept entries, median / mean R² (tensors outside the layers left out)."""
-        e = self.entries.dropna(subset=["layer"])
-        g = e.groupby(e["layer"].astype(int))["r2"]
-        return pd.DataFrame({"kept": g.size(), "median": g.median(), "mean": g.mean()})
-
-    def grid(self, stat: str = "mean") -> pd.DataFrame:
-        """Layer × module type table of `stat` ("mean" as in LIN Fig. 8, or "median") of R²; row "—" holds tensors
-        outside the layers (embedding, final norm, head)."""
-        e = self.entries.assign(row=self.entries["layer"].map(lambda x: "—" if pd.isna(x) else str(int(x))))
-        table = e.pivot_table(index="row", columns="module", values="r2", aggfunc=stat, observed=True)
-        rows = sorted((r for r in table.index if r != "—"), key=int) + (["—"] if "—" in table.index else [])
-        cols = [m for m in MODULES if m in table.columns] + sorted(set(table.columns) - set(MODULES))
-        return table.loc[rows, cols].rename_axis(index="layer", columns="module type")
-
-    def least_linear_module(self) -> str:
-        """The module type with the lowest median R² ("none" when nothing was kept)."""
-        medians = self.by_module()["median"].dropna()
-        return str(medians.idxmin()) if len(medians) else "none"
-
-    def results(self, threshold: float = paper.R2_BAR, level: float = 0.95) -> dict:
-        """The numbers notebook 01 saves (`weight_r2_*`, `entries_*`), measured: `weight_r2_frac_above_0_7` is the
-        share above the papers' 0.7, `weight_r2_frac_above_threshold` the share above `threshold` (the
-        `claims.r2_threshold` knob, stored as `r2_threshold`), `weight_r2_median_ci` the `level` interval of the
-        median."""
-        s = self.summary(threshold, level)
-        mods = self.by_module(threshold)
-        layers = self.by_layer()["median"]
-        return {"weight_r2_median": s["median"], "weight_r2_q1": s["q1"], "weight_r2_q3": s["q3"],
-                "weight_r2_median_ci": list(s["median_ci"]),
-                "weight_r2_frac_above_0_7": s["frac_above_bar"],
-                "weight_r2_frac_above_threshold": s["frac_above"], "r2_threshold": threshold,
-                "weight_r2_mean": s["mean"],
-                "entries_kept": s["kept"], "entries_dropped": s["dropped"], "entries_sampled": s["sampled"],
-                "entries_dropped_range": s["dropped_range"], "entries_dropped_distinct": s["dropped_distinct"],
-                "weight_r2_median_by_module": mods["median"].to_dict(),
-                "entries_by_module": mods[["sampled", "dropped_range", "dropped_distinct", "kept"]].to_dict("index"),
-                "weight_r2_median_by_layer": {str(k): v for k, v in layers.items()},
-                "least_linear_module": self.least_linear_module(),
-                "n_checkpoints": len(self.steps), "steps": list(self.steps), "settings": self.settings}
-
     def norm_summary(self) -> dict:
         """Kept entries and median R² of all norm weights together (LIN Fig. 8: the least linear)."""
-        v = self.entries.loc[self.entries["module"].map(is_norm), "r2"]
-        return {"kept": int(len(v)), "median": float(v.median()) if len(v) else np.nan}
+        v = self.values[self.norm_mask()]
+        return {"kept": int(len(v)), "median": float(np.median(v)) if len(v) else np.nan}
+
+    def norm_mask(self) -> np.ndarray:
+        """Which kept entries belong to a norm weight."""
+        return np.array([is_norm(m) for m in self.entries["module"]], dtype=bool)
+
+
+def _columns(rows: list[dict], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Row dicts as one numpy array per column; a layer of None (a tensor outside the layers) becomes NaN."""
+    return {c: np.array([np.nan if r[c] is None else r[c] for r in rows], dtype=_DTYPES[c]) for c in names}
 
 
 def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range: float | str = "auto",
@@ -262,8 +224,6 @@ def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range
     Per tensor: `sample_index` entries (seeded by `seed` and the tensor name), read at every checkpoint with
     `traj.series`, filtered by `entry_filters`, R² in float64. One tensor at a time; a tqdm bar counts tensors.
     """
-    from tqdm.auto import tqdm
-
     steps = np.asarray(traj.steps, dtype=np.float64)
     if len(steps) < 3:
         raise ValueError(f"{traj.path(traj.steps[0]).parent}: need at least 3 checkpoints for an R², "
@@ -284,72 +244,28 @@ def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range
                      "r2_mean": float(r.mean()) if r.size else np.nan})
         parts.append((np.full(r.size, code), idx.numpy()[keep], r, fit_line(y[:, keep], steps)[0]))
     code, index, values, slope = [np.concatenate(c) for c in zip(*parts)] if parts else [np.zeros(0, int)] * 4
-    tensors = pd.DataFrame(rows, columns=["tensor", "layer", "module", "dtype", "numel", "sampled", "dropped_range",
-                                          "dropped_distinct", "kept", "r2_median", "r2_mean"])
-    entries = pd.DataFrame({"tensor": pd.Categorical.from_codes(code, categories=names),
-                            "layer": tensors["layer"].to_numpy(dtype=float, na_value=np.nan)[code],
-                            "module": tensors["module"].to_numpy(dtype=object)[code],
-                            "index": index.astype(np.int64), "r2": values.astype(float), "slope": slope.astype(float)})
+    tensors = _columns(rows, TENSOR_COLUMNS)
+    entries = {"tensor": tensors["tensor"][code], "layer": tensors["layer"][code], "module": tensors["module"][code],
+               "index": index.astype(np.int64), "r2": values.astype(float), "slope": slope.astype(float)}
     settings = {"fraction": fraction, "min_samples": min_samples, "min_range": min_range,
                 "min_distinct": min_distinct, "seed": seed, "auto_range_ulps": AUTO_RANGE_ULPS}
     return WeightLinearity(list(traj.steps), entries, tensors, settings)
 
 
 def examples(traj, result: WeightLinearity, n: int = 6, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` randomly chosen kept entries with their series and fitted line: dicts with tensor, index, module, steps,
-    values, r2, slope, intercept (for `helpers.experiments.plots.series_fits`)."""
+    """`n` randomly chosen kept entries (sorted by R²) with their series and fitted line: dicts with tensor, index,
+    module, steps, values, r2, slope, intercept (for `helpers.experiments.plots.series_fits`)."""
     e = result.entries
-    if e.empty:
+    if not e["r2"].size:
         return []
-    pick = e.sample(n=min(n, len(e)), random_state=np.random.RandomState(seed % 2**32)).sort_values("r2")
+    rows = np.random.RandomState(seed % 2**32).choice(e["r2"].size, size=min(n, e["r2"].size), replace=False)
+    rows = rows[np.argsort(e["r2"][rows], kind="quicksort")]
     steps = np.asarray(traj.steps, dtype=np.float64)
     out = []
-    for _, row in pick.iterrows():
-        y = traj.series(str(row["tensor"]), torch.tensor([row["index"]]), dtype=torch.float64).numpy()[:, 0]
+    for i in rows:
+        y = traj.series(str(e["tensor"][i]), torch.tensor([e["index"][i]]), dtype=torch.float64).numpy()[:, 0]
         slope, intercept = fit_line(y, steps)
-        out.append({"tensor": str(row["tensor"]), "index": int(row["index"]), "module": row["module"],
+        out.append({"tensor": str(e["tensor"][i]), "index": int(e["index"][i]), "module": e["module"][i],
                     "steps": steps, "values": y, "r2": float(r2(y[:, None], steps)[0]),
                     "slope": float(slope), "intercept": float(intercept)})
     return out
-
-
-# ------------------------------------------------------------------------------------------------------------ claims
-def claims(wl: WeightLinearity, by_seed: Mapping[int, dict], cfg) -> list[claims_mod.Claim]:
-    """Notebook 01's claims: the share of moved entries above the R² bar and their median R² on every seed
-    (`by_seed` = {seed: `summary(threshold, level)`} at the config's `claims` bar and level), and whether norm
-    weights are the least linear (`wl`: the run of rl.seed)."""
-    st = claims_mod.Settings.of(cfg)
-    seeds.check_made_at(by_seed, threshold=st.r2_threshold, level=st.level)
-    thr, pct, n = st.r2_threshold, f"{st.level * 100:g} %", len(by_seed)
-    share, share_iv, share_detail = seeds.across(by_seed, "frac_above", "frac_above_ci")
-    med, med_iv, med_detail = seeds.across(by_seed, "median", "median_ci")
-    share_paper = paper.get("weight_r2_share")
-    return [
-        claims_mod.Claim("nb01.weight_r2_share", f"share of moved weight entries with R² > {thr:g}", share_paper,
-                         share, share_iv, claims_mod.above(share_paper.value),
-                         seeds.hull_how(f"{pct} exact bootstrap interval of the share over moved entries", n),
-                         share_detail),
-        claims_mod.Claim("nb01.weight_r2_median", f"median R² of moved weight entries is above {thr:g}",
-                         paper.get("weight_r2_median"), med, med_iv, claims_mod.above(thr),
-                         seeds.hull_how(f"{pct} exact bootstrap interval of the median over moved entries", n),
-                         med_detail),
-        _norms_claim(wl, st.level, cfg.rl.seed),
-    ]
-
-
-def _norms_claim(wl: WeightLinearity, level: float, rl_seed: int) -> claims_mod.Claim:
-    """Median R² of norm entries minus that of the other entries (< 0: norms are the least linear)."""
-    r = wl.entries["r2"].to_numpy()
-    norm = wl.entries["module"].map(is_norm).to_numpy(dtype=bool)
-    norms, rest = r[norm], r[~norm]
-    med = lambda v: float(np.median(v)) if v.size else math.nan  # noqa: E731
-    d, iv = claims_mod.difference(med(norms), claims_mod.median_interval(norms, level),
-                                  med(rest), claims_mod.median_interval(rest, level))
-    detail = (f"RL seed {rl_seed}: norms {med(norms):.3f} over {norms.size:,} entries, other modules "
-              f"{med(rest):.3f} over {rest.size:,}" if norms.size else
-              f"RL seed {rl_seed}: no norm entry moved enough to be kept")
-    return claims_mod.Claim("nb01.norms_least_linear", "median R² of norm weights minus that of the other weights",
-                            paper.get("norms_least_linear"), d, iv, claims_mod.below(0),
-                            f"{level * 100:g} % exact bootstrap intervals of the two medians, combined in quadrature",
-                            detail)
-

@@ -109,9 +109,9 @@ def _read_local(path: Path) -> list[dict]:
                 raise DatasetError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
             return data
         if suffix == ".parquet":
-            import pandas as pd
+            import pyarrow.parquet as pq
 
-            return pd.read_parquet(path).to_dict("records")
+            return pq.read_table(path).to_pylist()
     except DatasetError:
         raise
     except (ValueError, OSError) as e:  # bad JSON, unreadable parquet

@@ -1,9 +1,10 @@
 """Probes and teacher forcing (LIN §3.2): the base model's own sampled responses, re-scored by every checkpoint.
 
 A probe is one prompt + one response the *base* model sampled for it. `Probes` keeps token ids, prompt lengths and
-text, and is saved as JSONL (cached by base checkpoint + probe parameters). Teacher forcing runs a checkpoint once over
-every probe (right padding, explicit position ids) and returns, for each response token, the fp32 log-prob of the
-actual token and its raw logit, plus optionally hidden states at a fixed sample of positions × dimensions.
+text, and is saved as JSONL (a `helpers.lib.cache` build keyed by base checkpoint + probe parameters). Teacher forcing
+runs a checkpoint once over every probe (right padding, explicit position ids) and returns, for each response token,
+the fp32 log-prob of the actual token and its raw logit, plus optionally hidden states at a fixed sample of positions
+× dimensions.
 
 Response tokens of all probes are laid out flat in probe order (`Probes.tokens()`); every per-token array here uses
 that order. The forward pass itself (`forward`) is separate so callers can attach hooks to the model and reuse it.
@@ -20,7 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from helpers.lib.cache import cache_dir, dir_fingerprint, stable_hash
+from helpers.lib import backends
+from helpers.lib import tasks
+from helpers.lib.cache import cached_build, dir_fingerprint, stable_hash
+from helpers.lib.device import pick
 from helpers.lib.paths import atomic_dir
 
 PROBES_FILE = "probes.jsonl"
@@ -75,39 +79,27 @@ class Probes:
     def n_distinct(self) -> int:
         return len(np.unique(self.sequence_ids()))
 
-    def tokens(self):
-        """One row per response token (flat layout): probe, position in the sequence, token id, prompt index, and
-        `sequence` (the first probe with the same token sequence)."""
-        import pandas as pd
-
+    def tokens(self) -> dict[str, np.ndarray]:
+        """One entry per response token (flat layout), as columns: probe, position in the sequence, token id, prompt
+        index, and `sequence` (the first probe with the same token sequence)."""
         probe = np.repeat(np.arange(len(self)), self.response_lens)
         position = np.concatenate([np.arange(p, len(x)) for x, p in zip(self.input_ids, self.prompt_lens)])
         token = np.concatenate([np.asarray(x[p:]) for x, p in zip(self.input_ids, self.prompt_lens)])
-        return pd.DataFrame({"probe": probe, "position": position, "token": token,
-                             "prompt": np.asarray(self.prompt_index)[probe],
-                             "sequence": self.sequence_ids()[probe]})
-
-    def frame(self):
-        """One row per probe: prompt index, prompt, response text, response length in tokens."""
-        import pandas as pd
-
-        return pd.DataFrame({"prompt_index": self.prompt_index, "prompt": self.prompts, "response": self.responses,
-                             "response_tokens": self.response_lens})
+        return {"probe": probe, "position": position, "token": token, "prompt": np.asarray(self.prompt_index)[probe],
+                "sequence": self.sequence_ids()[probe]}
 
     def fingerprint(self) -> str:
         return stable_hash([self.input_ids, self.prompt_lens])
 
-    def save(self, directory: str | Path) -> Path:
-        """Write `probes.jsonl` (one probe per line) + `meta.json` into `directory`, atomically."""
+    def write(self, directory: str | Path) -> None:
+        """Write `probes.jsonl` (one probe per line) + `meta.json` into the existing `directory`."""
         directory = Path(directory)
-        with atomic_dir(directory) as tmp:
-            with open(tmp / PROBES_FILE, "w") as f:
-                for i in range(len(self)):
-                    f.write(json.dumps({"prompt_index": self.prompt_index[i], "prompt": self.prompts[i],
-                                        "response": self.responses[i], "prompt_len": self.prompt_lens[i],
-                                        "input_ids": self.input_ids[i]}) + "\n")
-            (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str) + "\n")
-        return directory
+        with open(directory / PROBES_FILE, "w") as f:
+            for i in range(len(self)):
+                f.write(json.dumps({"prompt_index": self.prompt_index[i], "prompt": self.prompts[i],
+                                    "response": self.responses[i], "prompt_len": self.prompt_lens[i],
+                                    "input_ids": self.input_ids[i]}) + "\n")
+        (directory / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> "Probes":
@@ -164,24 +156,23 @@ def from_samples(tokenizer, prompts: Sequence[str], responses: Sequence[Sequence
 
 
 def cached(key: Mapping[str, Any], build, run_dir: str | Path | None = None) -> tuple[Probes, Path]:
-    """The probes cached under `outputs/cache/probes-<hash(key)>/`, built with `build()` on a miss.
+    """The probes cached under `outputs/cache/probes-v<PROBES_VERSION>-<hash(key)>/`, built with `build()` on a miss.
 
     `key` must name everything the probes depend on (base checkpoint, prompts, sampling parameters, seed). A copy is
     kept in `<run_dir>/probes/` so a run directory holds the exact probes its numbers were measured on.
     """
-    where = cache_dir("probes", dict(key), PROBES_VERSION)
-    if (where / PROBES_FILE).is_file():
-        probes = Probes.load(where)
-    else:
+    def make(tmp: Path) -> None:
         probes = build()
         probes.meta = {**probes.meta, "key": dict(key)}
-        probes.save(where)
+        probes.write(tmp)
+
+    where = cached_build("probes", dict(key), make, PROBES_VERSION)
     if run_dir is not None:
         dest = Path(run_dir) / "probes"
         with atomic_dir(dest) as tmp:
             for name in (PROBES_FILE, META_FILE):
                 shutil.copy2(where / name, tmp / name)
-    return probes, where
+    return Probes.load(where), where
 
 
 def for_run(cfg, traj, run_dir: str | Path | None = None, section: Mapping[str, Any] | None = None) -> Probes:
@@ -190,10 +181,6 @@ def for_run(cfg, traj, run_dir: str | Path | None = None, section: Mapping[str, 
     `section` (default `cfg.output_linearity`) gives prompts, samples_per_prompt, temperature, top_p, max_new_tokens;
     the seed is `cfg.seed`. Cached by base checkpoint + prompts + those parameters, copied into `run_dir/probes/`.
     """
-    from helpers.lib import backends
-    from helpers.lib import tasks
-    from helpers.lib.device import pick
-
     o = cfg.output_linearity if section is None else section
     prompts = [it.prompt for it in tasks.split(cfg.task)[1][:int(o["prompts"])]]
     params = {k: o[k] for k in ("samples_per_prompt", "temperature", "top_p", "max_new_tokens")} | {"seed": cfg.seed}

@@ -9,7 +9,7 @@ loop. A sampler may also set `last_entropy` (mean token entropy of the distribut
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 

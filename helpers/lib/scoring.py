@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from helpers.lib import math_tasks
 from helpers.lib import tasks
 from helpers.lib.backends import make_sampler
+from helpers.lib.cache import cache_dir, dir_fingerprint
+from helpers.lib.device import cpu_threads
+from helpers.lib.paths import atomic_write_json
 from helpers.lib.sampling import HFSampler, Sampler
 
 
@@ -81,8 +86,6 @@ def heldout_items(cfg, tokenizer=None) -> list:
     """The fixed held-out problems of the config's task: the arithmetic split, or (`task.kind: math`) the problems
     of the `math` section, prompts through `tokenizer`'s chat template (`runs.heldout_items` passes the run's)."""
     if cfg.task.kind == "math":
-        from helpers.lib import math_tasks
-
         if tokenizer is None:
             raise ValueError(f"{cfg.source}: the math task's held-out prompts need the run's tokenizer "
                              f"(helpers.lib.runs.heldout_items(cfg) passes it)")
@@ -120,7 +123,7 @@ class CachedScorer:
     by what identifies the model + items, task, math, eval and device settings (so a re-run does not evaluate again).
 
     `score(identity, make)` scores any sampler `make()` builds; `checkpoint(path)` a model directory with the
-    `eval.backend` sampler. Subclasses add other kinds of models (helpers.lib.extrapolation)."""
+    `eval.backend` sampler. Subclasses add other kinds of models (helpers.experiments.nb04_extrapolation)."""
 
     def __init__(self, cfg, heldout: Sequence, n_items: int | None = None):
         self.items = heldout[:n_items] if n_items else heldout
@@ -134,12 +137,6 @@ class CachedScorer:
 
     def score(self, identity: Mapping, make: Callable[[], Sampler]) -> dict:
         """The `evaluate` dict of the sampler `make()` builds, from the cache when `identity` was scored before."""
-        import json
-
-        from helpers.lib.cache import cache_dir
-        from helpers.lib.paths import atomic_write_json
-        from helpers.lib.training import cpu_threads
-
         made_from = {**identity, "items": len(self.items),
                      **{k: self.cfg.get(k) for k in ("task", "math", "eval", "device")}}
         file = cache_dir("scores", made_from, SCORES_VERSION) / "scores.json"
@@ -153,8 +150,6 @@ class CachedScorer:
 
     def checkpoint(self, path: str | Path) -> dict:
         """The `evaluate` dict of one model directory (`eval.backend` sampler)."""
-        from helpers.lib.cache import dir_fingerprint
-
         return self.score({"checkpoint": dir_fingerprint(path)},
                           lambda: make_sampler(self.cfg.eval.backend, path, **self.sampler_kwargs()))
 

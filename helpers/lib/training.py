@@ -11,10 +11,8 @@ callbacks and the checkpointing; RL accepts extra `TrainerCallback`s.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import os
 import shutil
 import time
 from pathlib import Path
@@ -29,13 +27,13 @@ from helpers.lib import models
 from helpers.lib import scoring
 from helpers.lib import tasks
 from helpers.lib import tiny
-from helpers.lib.device import pick
+from helpers.lib.device import cpu_threads, pick
 from helpers.lib.cache import build_info, cached, cached_build, dir_fingerprint
 from helpers.lib.paths import atomic_write_text, resolve
 
 LOG_COLUMNS = ["step", "seconds", "loss", "grad_norm", "learning_rate", "reward", "reward_std", "entropy",
                "completion_length", "heldout_accuracy"]
-_TRL_KEYS = {"completions/mean_length": "completion_length"}   # TRL log key -> log column
+TRL_KEYS = {"completions/mean_length": "completion_length"}   # TRL log key -> log column
 
 # RL algorithms as GRPOConfig keyword sets (beta=0 and the clip range come from the `rl` section). Token-level
 # losses are averaged over all tokens of the batch (dapo, as verl's token-mean); GSPO averages per sequence.
@@ -77,7 +75,7 @@ class TrajectoryLog(TrainerCallback):
         row = self._row(state.global_step)
         row["seconds"] = round(time.time() - self.t0, 3)
         for key, val in (logs or {}).items():
-            col = _TRL_KEYS.get(key, key)
+            col = TRL_KEYS.get(key, key)
             if col in LOG_COLUMNS and col != "step":
                 row[col] = val
 
@@ -94,53 +92,6 @@ class TrajectoryLog(TrainerCallback):
         w.writeheader()
         w.writerows(self.rows[s] for s in sorted(self.rows))
         atomic_write_text(self.path, buf.getvalue())
-
-
-def read_log(run_dir: str | Path, required: bool = True):
-    """Per-step metrics of a run directory as a DataFrame with `LOG_COLUMNS`: its `log.csv`, or else the log history
-    in the newest checkpoint's `trainer_state.json` (any TRL run; held-out accuracy then stays empty). With neither:
-    an error, or (`required=False`, e.g. a verl run) an empty frame."""
-    import json
-
-    import pandas as pd
-
-    run_dir = Path(run_dir)
-    if (run_dir / "log.csv").is_file():
-        return pd.read_csv(run_dir / "log.csv")
-    states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
-    if not states and not required:
-        return pd.DataFrame(columns=LOG_COLUMNS, dtype=float)
-    if not states:
-        raise FileNotFoundError(f"{run_dir}: no log.csv and no checkpoint-*/trainer_state.json to read metrics from")
-    rows: dict[int, dict] = {}
-    for entry in json.loads(states[-1].read_text()).get("log_history", []):
-        row = rows.setdefault(int(entry.get("step", 0)), {"step": int(entry.get("step", 0))})
-        row.update({_TRL_KEYS.get(k, k): v for k, v in entry.items() if _TRL_KEYS.get(k, k) in LOG_COLUMNS[1:]})
-    return pd.DataFrame([rows[s] for s in sorted(rows)], columns=LOG_COLUMNS)
-
-
-def plot_log(log, smooth: int = 5):
-    """Reward, held-out greedy accuracy, entropy and completion length against step (2 × 2 panels); per-step
-    series are drawn raw (thin) and as a centred rolling mean over `smooth` steps."""
-    import matplotlib.pyplot as plt
-
-    panels = [("reward", "mean reward"), ("heldout_accuracy", "held-out accuracy (greedy)"),
-              ("entropy", "token entropy"), ("completion_length", "completion length (tokens)")]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
-    for ax, (col, label) in zip(axes.flat, panels):
-        d = log[["step", col]].dropna()
-        if d.empty:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-        elif col == "heldout_accuracy":
-            ax.plot(d["step"], d[col], "o-")
-        else:
-            ax.plot(d["step"], d[col], lw=0.6, alpha=0.5)
-            ax.plot(d["step"], d[col].rolling(smooth, center=True, min_periods=1).mean(), lw=1.8)
-        ax.set(title=label)
-    for ax in axes[1]:
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    return fig
 
 
 def _common_args(out_dir: Path, *, steps: int, save_every: int, lr: float, optimizer: str, seed: int,
@@ -168,18 +119,6 @@ def _fit(trainer) -> None:
     hf_logging.disable_progress_bar()
     with cpu_threads():
         trainer.train()
-
-
-@contextlib.contextmanager
-def cpu_threads():
-    """Torch CPU threads for training: $OMP_NUM_THREADS, else 1 — the tiny model's matmuls gain little from a second
-    thread, and multi-threaded kernels slow down ~10x when the cores are shared with other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _one_thread_call(fn: Callable, args: tuple):
@@ -226,11 +165,6 @@ def run_key(cfg, sections: Sequence[str]) -> dict:
     return key
 
 
-def _load(model_dir: Path, cfg):
-    """(model, tokenizer) to train on; pickle weights only with `trajectory.allow_pickle`."""
-    return models.load_model(model_dir, cfg.device, allow_pickle=cfg.trajectory.allow_pickle)
-
-
 class _SFTCollator:
     """Prompt + reference completion + EOS; loss only on the completion (labels -100 on prompt and padding)."""
 
@@ -252,23 +186,22 @@ class _SFTCollator:
                 "labels": torch.tensor(pad(labels, -100))}
 
 
-def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int | None = None,
-              save_every: int | None = None, lr: float | None = None, batch: int | None = None,
+def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int, save_every: int,
               compute_loss_func: Callable | None = None, callbacks: Iterable[TrainerCallback] = (),
               save_final: bool = False) -> Path:
-    """Supervised fine-tuning of the model in `base_dir` on reference solutions of the train split.
+    """Supervised fine-tuning of the model in `base_dir` on reference solutions of the train split, for `steps`
+    steps with a checkpoint every `save_every` (0: none); lr, batch and optimizer come from the `sft` section (derive
+    the config to change them, `config.derive`).
 
-    Defaults: steps / save_every from the `rl` section (so an SFT run is comparable step for step with the RL run),
-    lr / batch from `sft`. `compute_loss_func(outputs, labels, num_items_in_batch)` replaces the loss (e.g. to inject
-    noise). Writes the run layout (checkpoint-0 = base, checkpoint-N, log.csv) to `out_dir`; with `save_final` the
-    final model is also saved at the top of `out_dir` as a plain model directory.
+    `compute_loss_func(outputs, labels, num_items_in_batch)` replaces the loss (e.g. to inject noise). Writes the run
+    layout (checkpoint-0 = base, checkpoint-N, log.csv) to `out_dir`; with `save_final` the final model is also saved
+    at the top of `out_dir` as a plain model directory.
     """
     from datasets import Dataset
 
     out_dir, base_dir = Path(out_dir), Path(base_dir)
-    steps = int(steps if steps is not None else cfg.rl.steps)
-    save_every = int(save_every if save_every is not None else cfg.rl.save_every)
-    model, tok = _load(base_dir, cfg)
+    steps, save_every = int(steps), int(save_every)
+    model, tok = models.load_model(base_dir, cfg.device, allow_pickle=cfg.trajectory.allow_pickle)
     train, heldout, _ = problems(cfg, tok)
     unsolved = [it.prompt for it in train if getattr(it, "solution", None) is None]
     if unsolved:
@@ -276,10 +209,9 @@ def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int | No
                          f"{len(train)} have none (math: give math.train_dataset a `solution` column)")
     if save_every:
         _start_dir(out_dir, base_dir)
-    args = TrainingArguments(**_common_args(
-        out_dir, steps=steps, save_every=save_every, lr=lr if lr is not None else cfg.sft.lr,
-        optimizer=cfg.sft.optimizer, seed=cfg.seed, device=cfg.device,
-        batch=int(batch if batch is not None else cfg.sft.batch)), remove_unused_columns=False)
+    args = TrainingArguments(**_common_args(out_dir, steps=steps, save_every=save_every, lr=cfg.sft.lr,
+                                            optimizer=cfg.sft.optimizer, seed=cfg.seed, device=cfg.device,
+                                            batch=int(cfg.sft.batch)), remove_unused_columns=False)
     data = Dataset.from_list([{"prompt": it.prompt, "solution": it.solution} for it in train])
     log = TrajectoryLog(out_dir / "log.csv", heldout[:int(cfg.eval.heldout_during_training)], tok,
                         int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
@@ -323,7 +255,7 @@ def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = ()
     out_dir = Path(out_dir)
     args = rl_args(cfg, out_dir)
     base_dir = Path(base_dir) if base_dir is not None else base_model(cfg)
-    model, tok = _load(base_dir, cfg)
+    model, tok = models.load_model(base_dir, cfg.device, allow_pickle=cfg.trajectory.allow_pickle)
     train, heldout, reward = problems(cfg, tok)
     _start_dir(out_dir, base_dir)
     data = Dataset.from_list([{"prompt": it.prompt, "answer": it.answer} for it in train])
@@ -341,8 +273,8 @@ def base_model(cfg) -> Path:
     time. Math task: the real model in `trajectory.base`."""
     if cfg.task.kind == "math":
         if not cfg.trajectory.base:
-            raise ValueError(f"{cfg.source}: on task.kind 'math' training starts from a real model: set "
-                             f"trajectory.base to its directory (the tiny SFT base exists for the arithmetic task only)")
+            raise ValueError(f"{cfg.source}: on task.kind 'math' training starts from a real model: set trajectory."
+                             f"base to its directory (the tiny SFT base exists for the arithmetic task only)")
         base = resolve(cfg.trajectory.base)
         if not (base / "config.json").is_file():
             raise FileNotFoundError(f"{cfg.source}: trajectory.base {base} is not a model directory (no config.json)")
@@ -390,72 +322,3 @@ def cached_trajectory(cfg) -> Path | None:
 def _logged_eval(cfg) -> dict:
     """The `eval` knobs a run's log depends on (other eval knobs, e.g. k, do not invalidate a cached run)."""
     return {k: cfg.eval[k] for k in ("heldout_during_training", "max_new_tokens")}
-
-
-def summarize(traj, scores, log, info: dict, seed: int) -> dict:
-    """results.json content of a trajectory: base / final held-out accuracy (greedy, fractions), avg@k and pass@k of
-    the run of `seed` (the one later notebooks analyse), every seed's final greedy accuracy and gain, checkpoint count,
-    training seconds (None when the run was not built here). `scores` has one row "base" and one "seed N" per seed
-    (`helpers.lib.runs.endpoints`)."""
-    base, final = scores.loc["base"], scores.loc[f"seed {seed}"]
-    finals = scores.drop(index="base")
-    k = int(base["k"])
-    ent = log[["step", "entropy"]].dropna()
-    by_seed = [float(x) for x in finals["greedy_accuracy"]]
-    return {"base_accuracy": float(base["greedy_accuracy"]), "final_accuracy": float(final["greedy_accuracy"]),
-            "seeds": [int(label.split()[-1]) for label in finals.index],
-            "final_accuracy_by_seed": by_seed,
-            "gain_by_seed": [x - float(base["greedy_accuracy"]) for x in by_seed],
-            "gain_min_over_seeds": min(by_seed) - float(base["greedy_accuracy"]),
-            f"final_avg@{k}_by_seed": [float(x) for x in finals[f"avg@{k}"]],
-            "heldout_items": int(base["n_items"]),
-            f"base_avg@{k}": float(base[f"avg@{k}"]), f"final_avg@{k}": float(final[f"avg@{k}"]),
-            f"base_pass@{k}": float(base[f"pass@{k}"]), f"final_pass@{k}": float(final[f"pass@{k}"]),
-            "base_entropy": float(base["entropy"]), "final_entropy": float(final["entropy"]),
-            "num_checkpoints": len(traj.steps), "final_step": int(traj.steps[-1]),
-            "train_entropy_first": float(ent["entropy"].iloc[0]) if len(ent) else None,
-            "train_entropy_last": float(ent["entropy"].iloc[-1]) if len(ent) else None,
-            "train_seconds": (round(info["seconds"] + info.get("base_seconds", 0.0), 1)
-                              if "seconds" in info else None),
-            "rl_seconds": info.get("seconds"), "base_seconds": info.get("base_seconds")}
-
-
-def claims(scores, cfg) -> list:
-    """Notebook 00's claims from `scores` (`scoring.evaluate_checkpoints` of `seeds.endpoints`: a row "base" and
-    one "seed N" per seed, with per-item greedy scores and the mean token entropy of the held-out samples): RL raises
-    held-out greedy accuracy on every seed, and token entropy falls."""
-    import numpy as np
-
-    from helpers.experiments import claims as claims_mod
-    from helpers.experiments import paper
-    from helpers.experiments import seeds
-    from helpers.lib.scoring import PerItem
-
-    st = claims_mod.Settings.of(cfg)
-    base, finals = scores.loc["base"], scores.drop(index="base")
-    base_items = PerItem.scores(base["greedy_per_item"])
-    gains = {}
-    for label, row in finals.iterrows():
-        point, iv = claims_mod.paired_difference(PerItem.scores(row["greedy_per_item"]), base_items, st.level,
-                                                 st.bootstrap)
-        gains[int(label.split()[-1])] = {"gain": point, "ci": iv}
-    gain, gain_iv, gain_detail = seeds.across(gains, "gain", "ci")
-    drops = np.array([_float(e) for e in finals["entropy"]]) - _float(base["entropy"])
-    n = len(finals)
-    drop, drop_iv = float(np.mean(drops)), (float(np.min(drops)), float(np.max(drops)))
-    return [
-        claims_mod.Claim("nb00.rl_gain", "held-out greedy accuracy gain of the final checkpoint over the base",
-                         paper.get("rl_gain"), gain, gain_iv, claims_mod.above(0, tolerance=st.accuracy_margin),
-                         seeds.hull_how(f"{st.level * 100:g} % paired bootstrap over {len(base_items)} held-out items",
-                                        n), gain_detail),
-        claims_mod.Claim("nb00.entropy_falls", "final − base mean token entropy of held-out samples",
-                         paper.get("entropy_falls"), drop, drop_iv, claims_mod.below(0),
-                         f"mean over {n} seeds, interval = min–max over seeds" if n > 1 else
-                         "1 seed: a point, no interval (one mean entropy per model)",
-                         "; ".join(f"{label}: {d:+.3f}" for label, d in zip(finals.index, drops))),
-    ]
-
-
-def _float(x) -> float:
-    """A table cell as a float (None, e.g. an entropy the sampler did not report, as NaN)."""
-    return float("nan") if x is None else float(x)

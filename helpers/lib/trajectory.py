@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from helpers.lib.models import load_weights
+
 
 class TrajectoryError(ValueError):
     """A checkpoint directory or file that cannot be used; the message names it and says what is wrong."""
@@ -223,7 +225,7 @@ class Checkpoint:
     def _open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
         if not hf_dir.is_dir():
             raise no_weights(hf_dir)
-        if layout in {l.name for l in LAYOUTS}:  # the step came from the directory name
+        if layout in {lay.name for lay in LAYOUTS}:  # the step came from the directory name
             check_trainer_state(hf_dir, step)
         fmt, files = weight_files(hf_dir, allow_pickle)
         reader = read_header if fmt == "safetensors" else read_pickle_infos
@@ -284,7 +286,7 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
             if hit and run_entry(child):
                 found.append((hit[1], (child / hit[0].weights).resolve(), hit[0].name))
         if not found:
-            patterns = ", ".join(f"{l.pattern} ({l.name})" for l in LAYOUTS)
+            patterns = ", ".join(f"{lay.pattern} ({lay.name})" for lay in LAYOUTS)
             hint = (" (this looks like a single model; pass {step: dir} pairs instead)"
                     if (root / "config.json").exists() else "")
             raise TrajectoryError(f"{root}: no checkpoints found; expected sub-directories named like {patterns}{hint}")
@@ -328,7 +330,7 @@ def drop_extrapolations(found: list[tuple[int, Path, str]], error: bool) -> list
     checkpoints): each is skipped with a warning, or, with `error`, a TrajectoryError."""
     kept = []
     for step, path, layout in found:
-        if layout in {l.name for l in LAYOUTS} and is_extrapolation(path):
+        if layout in {lay.name for lay in LAYOUTS} and is_extrapolation(path):
             msg = (f"{path}: its {RECORD_NAME} says it is an extrapolated model, not step {step} of the run; "
                    "move it out of the run directory")
             if error:
@@ -579,18 +581,14 @@ class Trajectory:
     # --- whole models ---------------------------------------------------------------------------------------------
 
     def load_model(self, step: int, dtype: torch.dtype = torch.float32, device=None):
-        """The full HF model at `step` (AutoModelForCausalLM, eval mode); config falls back to the base's."""
-        from transformers import AutoConfig, AutoModelForCausalLM
-
+        """The full HF model at `step` (`models.load_weights`, eval mode); config falls back to the base's."""
         c = self.checkpoint(step)
         config_dir = c.dir if (c.dir / "config.json").exists() else self.path(0)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                c.dir, config=AutoConfig.from_pretrained(config_dir), dtype=dtype,
-                use_safetensors=c.fmt == "safetensors")
+            return load_weights(c.dir, device or "cpu", dtype, allow_pickle=c.fmt != "safetensors",
+                                config_dir=config_dir)
         except Exception as e:
             raise TrajectoryError(f"{c.dir}: cannot load the model ({e})") from e
-        return model.to(device or "cpu").eval()
 
     def load_tokenizer(self, step: int | None = None):
         """Tokenizer from the checkpoint dir at `step` (default: the base), else the first dir that has one."""

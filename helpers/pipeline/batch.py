@@ -5,9 +5,10 @@
 
 Each combination gets `<out>/<run-name>/` (run-name = params name [-profile] [_key=value ...]) holding the executed
 notebooks (`NN_x.ipynb` + `NN_x.html`), `figures/`, `results/` (written by the notebooks), `run.json` and the
-`index.html` / `index.md` to open. A grid also gets `<out>/<batch-name>-index.html` with one row per combination.
-A notebook is skipped when its results for the same params hash and an executed copy newer than the notebook exist
-(unless --force). A cell running longer than `batch.cell_timeout` seconds fails its notebook.
+`index.html` / `index.md` to open (`helpers.pipeline.rundir`). A grid also gets `<out>/<batch-name>-index.html` with
+one row per combination. A notebook is skipped when its results for the same params hash, made by the same code (the
+helpers sources and the notebook file, `helpers.pipeline.results.code_version`), and an executed copy newer than the
+notebook exist (unless --force). A cell running longer than `batch.cell_timeout` seconds fails its notebook.
 """
 from __future__ import annotations
 
@@ -24,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-
 from helpers.lib import cli
-from helpers.pipeline import report
 from helpers.lib import config as config_mod
 from helpers.lib.paths import REPO, atomic_write_json, atomic_write_text, outputs_root, resolve
-from helpers.pipeline.results import results_path
+from helpers.pipeline import report, results
+from helpers.pipeline.rundir import RunDir
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
@@ -127,18 +127,22 @@ def batch_name(base: str, grid: dict[str, list]) -> str:
 
 # ---------------------------------------------------------------- one notebook
 
-def is_complete(notebook: Path, run_dir: Path, params_hash: str) -> bool:
-    """Results written for the same params hash, and an executed copy that did not fail and is newer than the
-    notebook (an edited notebook runs again; a changed helper needs --force)."""
-    executed = run_dir / notebook.name
+def is_complete(notebook: Path, run_dir: str | os.PathLike, params_hash: str) -> bool:
+    """Results written for the same params hash by the same code (`run.json`'s code version of the notebook is
+    `results.code_version(notebook)`), and an executed copy that did not fail and is newer than the notebook (an
+    edited notebook or a changed helper runs again)."""
+    run = RunDir(run_dir)
+    executed = run.executed(notebook.stem)
     try:
-        meta = json.loads(results_path(run_dir, notebook.stem).read_text()).get("_meta", {})
+        meta = json.loads(run.results(notebook.stem).read_text()).get("_meta", {})
         nb = json.loads(executed.read_text())
         edited = notebook.stat().st_mtime > executed.stat().st_mtime
     except (OSError, ValueError):
         return False
     failed = nb.get("metadata", {}).get("papermill", {}).get("exception")
-    return meta.get("params_hash") == params_hash and not failed and not edited
+    made_by = run.read_manifest().get("code_versions", {}).get(notebook.stem)
+    return (meta.get("params_hash") == params_hash and not failed and not edited
+            and made_by == results.code_version(notebook))
 
 
 @contextlib.contextmanager
@@ -152,14 +156,14 @@ def _kernel_env() -> Iterator[None]:
             os.environ["MPLBACKEND"] = saved
 
 
-def execute(notebook: Path, run_dir: Path, parameters: dict, cwd: Path, cell_timeout: float) -> float:
+def execute(notebook: Path, run_dir: str | os.PathLike, parameters: dict, cwd: Path, cell_timeout: float) -> float:
     """Run `notebook` with papermill into `run_dir/<name>.ipynb` (kernel python3 of this venv), each cell for at
     most `cell_timeout` seconds; returns seconds."""
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    out = run_dir / notebook.name
+    out = RunDir(run_dir).executed(notebook.stem)
     start = time.time()
     try:
         with _kernel_env():
@@ -213,10 +217,11 @@ def _failed(notebook: Path, executed: Path, where: dict | None, error: str = "")
 _exporter = None
 
 
-def export_html(executed: Path) -> Path:
-    """`NN_x.ipynb` -> `NN_x.html` beside it (self-contained, opens from disk); skipped when already up to date."""
+def export_html(run: RunDir, notebook: str) -> Path:
+    """The executed notebook `NN_x.ipynb` as its page `NN_x.html` (self-contained, opens from disk); skipped when
+    already up to date."""
     global _exporter
-    page = executed.with_suffix(".html")
+    executed, page = run.executed(notebook), run.page(notebook)
     if page.is_file() and page.stat().st_mtime >= executed.stat().st_mtime:
         return page
     if _exporter is None:
@@ -228,7 +233,7 @@ def export_html(executed: Path) -> Path:
 
 # ---------------------------------------------------------------- one combination, the batch
 
-def _portable(params_file: str | os.PathLike) -> str:
+def portable(params_file: str | os.PathLike) -> str:
     """The params path as the notebook should see it: repo-relative inside the repo, else absolute."""
     path = resolve(params_file).resolve()
     try:
@@ -242,10 +247,12 @@ def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_
     """Execute the `selected` notebooks of the set into `run_dir`, skipping complete ones; stop at the first failure."""
     outcome = RunOutcome(run_dir.name, run_dir, overrides)
     params_hash = cfg.hash()
+    run = RunDir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / report.MANIFEST, {
-        "params_file": params_file, "profile": cfg.profile, "overrides": overrides, "params_hash": params_hash,
-        "notebooks": [nb.stem for nb in notebooks]})
+    made_by = run.read_manifest().get("code_versions", {})  # notebook -> the code version of its last good run
+    manifest = {"params_file": params_file, "profile": cfg.profile, "overrides": overrides,
+                "params_hash": params_hash, "notebooks": [nb.stem for nb in notebooks], "code_versions": made_by}
+    atomic_write_json(run.manifest, manifest)
     parameters = {"params_file": params_file, "profile": cfg.profile, "run_dir": str(run_dir.resolve()),
                   "overrides": overrides}
     start = time.perf_counter()
@@ -254,24 +261,26 @@ def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_
         if outcome.error:
             outcome.status[name] = "not run"
             continue
-        executed = run_dir / nb.name
         if not force and is_complete(nb, run_dir, params_hash):
-            export_html(executed)
+            export_html(run, name)
             outcome.status[name] = "skipped"
             print(f"  {name}: complete for params hash {params_hash}, skipped", flush=True)
             continue
-        results_path(run_dir, name).unlink(missing_ok=True)  # a stale file must never look like this run's
+        run.results(name).unlink(missing_ok=True)  # a stale file must never look like this run's
+        version = results.code_version(nb)         # the sources the kernel is about to import
         try:
             seconds = execute(nb, run_dir, parameters, nb.parent, cfg.batch.cell_timeout)
         except NotebookFailed as e:
-            results_path(run_dir, name).unlink(missing_ok=True)
+            run.results(name).unlink(missing_ok=True)
             outcome.status[name], outcome.error = "failed", str(e)
             print(f"  {name}: FAILED\n{e}", file=sys.stderr, flush=True)
         else:
             outcome.status[name] = "ran"
+            made_by[name] = version
+            atomic_write_json(run.manifest, manifest)
             print(f"  {name}: done in {seconds:.1f} s", flush=True)
-        if executed.is_file():
-            export_html(executed)
+        if run.executed(name).is_file():
+            export_html(run, name)
     report.build_run_index(run_dir)
     counts = ", ".join(f"{n} {status}" for status, n in collections.Counter(outcome.status.values()).items())
     print(f"  {run_dir.name}: notebooks {counts}; {time.perf_counter() - start:.1f} s in all", flush=True)
@@ -289,7 +298,7 @@ def run_batch(params_file: str | os.PathLike, grid: dict[str, list] | None = Non
     notebooks = discover(notebooks_dir)
     selected = notebooks if only is None else [select(notebooks, only)]
     out = Path(out) if out else outputs_root()
-    params_arg = _portable(params_file)
+    params_arg = portable(params_file)
     combos = [(c, config_mod.load(params_file, profile, c)) for c in combinations(grid)]
     names = [run_name(cfg.run_name, c) for c, cfg in combos]
     if len(set(names)) != len(names):
@@ -298,7 +307,7 @@ def run_batch(params_file: str | os.PathLike, grid: dict[str, list] | None = Non
     for i, ((combo, cfg), name) in enumerate(zip(combos, names), 1):
         print(f"[{i}/{len(combos)}] {name}  (params hash {cfg.hash()}) -> {out / name}", flush=True)
         outcomes.append(run_combination(notebooks, selected, params_arg, cfg, combo, out / name, force))
-        print(f"  index: {out / name / 'index.html'}", flush=True)
+        print(f"  index: {RunDir(out / name).index}", flush=True)
     if grid:
         manifest = record_batch(out / f"{batch_name(combos[0][1].run_name, grid)}.json", grid, names)
         print(f"batch index: {report.build_batch_index(manifest)}", flush=True)

@@ -25,14 +25,25 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from helpers.experiments import nb01_weight_linearity as nb01
+from helpers.experiments import nb02_output_linearity as nb02
+from helpers.experiments import nb04_extrapolation as nb04
+from helpers.experiments import nb05_rl_extra as nb05
+from helpers.experiments.training_log import read_log
 from helpers.lib import cli
 from helpers.lib import config as config_mod
+from helpers.lib import extrapolation, models, probes, relex, runs, scoring, training
+from helpers.lib.cache import build_info
+from helpers.lib.device import cpu_threads, pick
+from helpers.lib.linearity import r2, weight_r2
+from helpers.lib.trajectory import Trajectory
 from helpers.lib.paths import atomic_write_json, atomic_write_text, outputs_root, resolve
 
 CRITERIA = ("min_gain", "max_end_drop", "min_weight_frac", "min_token_median", "max_rl_seconds")
@@ -78,8 +89,6 @@ def setting_config(sweep: Mapping, name: str, seed: int):
 
 def curve_stats(steps: Sequence[float], accuracy: Sequence[float]) -> dict:
     """Shape of a held-out accuracy curve (see the module docstring)."""
-    from helpers.lib.linearity import r2
-
     t, a = np.asarray(steps, dtype=float), np.asarray(accuracy, dtype=float)
     base, final, peak, span = a[0], a[-1], a.max(), t[-1] - t[0]
     late = t >= t[0] + 2 * span / 3
@@ -94,38 +103,26 @@ def curve_stats(steps: Sequence[float], accuracy: Sequence[float]) -> dict:
 
 def linearity_stats(cfg, run_dir: Path) -> dict:
     """Weight R² (notebook 01's sampling and filters) and token log-prob R² (notebook 02's probes) of a run."""
-    from helpers.experiments import nb02_output_linearity as output_linearity
-    from helpers.lib import probes
-    from helpers.lib.device import pick
-    from helpers.lib.linearity import weight_r2
-    from helpers.lib.trajectory import Trajectory
-
     traj = Trajectory(run_dir)
-    w = weight_r2(traj, seed=cfg.seed, progress=False, **cfg.weight_linearity.entries).summary()
-    tok = output_linearity.token_r2(traj, probes.for_run(cfg, traj), cfg, pick(cfg.device))
+    w = nb01.summary(weight_r2(traj, seed=cfg.seed, progress=False, **cfg.weight_linearity.entries))
+    tok = nb02.token_r2(traj, probes.for_run(cfg, traj), cfg, pick(cfg.device))
     return {"weight_r2_median": w["median"], "weight_r2_frac_above_0_7": w["frac_above"],
             "token_r2_median": tok["median"], "tokens_kept": tok["kept"]}
 
 
 def measure(cfg) -> dict:
     """Stage 1 of one config: train (or reuse) its run, then curve, linearity and cost."""
-    from helpers.lib import training
-
     run = training.embedded_trajectory(cfg)
-    log = training.read_log(run).dropna(subset=["heldout_accuracy"])
+    log = read_log(run).dropna(subset=["heldout_accuracy"])
     return {**curve_stats(log["step"], log["heldout_accuracy"]), **linearity_stats(cfg, run),
-            "heldout_items": int(cfg.eval.heldout_during_training), "rl_seconds": training.build_info(run)["train_seconds"],
+            "heldout_items": int(cfg.eval.heldout_during_training), "rl_seconds": build_info(run)["seconds"],
             "run": str(run)}
 
 
 def greedy_accuracy(cfg, model_dir) -> float:
     """Greedy held-out accuracy of a model directory on the `eval.heldout_during_training` problems (the items
     `log.csv` scores), so it compares directly with the run's curve."""
-    from helpers.lib import models
-    from helpers.lib import scoring
-    from helpers.lib.training import cpu_threads
-
-    items = scoring.heldout_items(cfg)[:int(cfg.eval.heldout_during_training)]
+    items = runs.heldout_items(cfg)[:int(cfg.eval.heldout_during_training)]
     with cpu_threads():
         model, tok = models.load_model(model_dir, cfg.device)
         return scoring.greedy_accuracy(model, tok, items, int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
@@ -133,21 +130,13 @@ def greedy_accuracy(cfg, model_dir) -> float:
 
 def payoffs(cfg) -> dict:
     """Stage 2 of one config (its run must be trained): weight extrapolation, RELEX and RL-Extra against the run."""
-    import tempfile
-
-    from helpers.lib import extrapolation
-    from helpers.lib import relex
-    from helpers.lib import rl_extra
-    from helpers.lib import training
-    from helpers.lib.trajectory import Trajectory
-
     run = training.embedded_trajectory(cfg)
     traj = Trajectory(run)
-    log = training.read_log(run).dropna(subset=["heldout_accuracy"])
+    log = read_log(run).dropna(subset=["heldout_accuracy"])
     real = dict(zip(log["step"].astype(int), log["heldout_accuracy"]))
     last = traj.steps[-1]
     out = {"final": real[last]}
-    t1 = extrapolation.snap(traj, 0.3)
+    t1 = nb04.snap(traj, 0.3)
     with tempfile.TemporaryDirectory(dir=outputs_root(), prefix=".regime-") as tmp:
         path = extrapolation.extrapolate(traj, 0, t1, last, Path(tmp) / "weight", cfg.extrapolation.norms)
         out |= {"weight_t1": t1, "weight_t1_accuracy": real[t1], "weight_extrapolated": greedy_accuracy(cfg, path)}
@@ -155,8 +144,8 @@ def payoffs(cfg) -> dict:
             dec = relex.decompose(traj, relex.prefix_step(traj, frac, int(cfg.relex.min_points)), 1)
             path = relex.extrapolate(dec, last, Path(tmp) / f"relex-{frac}")
             out[f"relex_{int(frac * 100)}"] = greedy_accuracy(cfg, path)
-    m, n = (max(1, rl_extra.scaled(cfg, x)) for x in cfg.rl_extra.configs[0])
-    extra = training.read_log(rl_extra.train_run(cfg, m, n, "reset")).dropna(subset=["heldout_accuracy"])
+    m, n = (max(1, nb05.scaled(cfg, x)) for x in cfg.rl_extra.configs[0])
+    extra = read_log(nb05.train_run(cfg, m, n, "reset")).dropna(subset=["heldout_accuracy"])
     reach = next((int(s) for s, a in zip(extra["step"], extra["heldout_accuracy"]) if a >= out["final"] - 1e-9), None)
     std_reach = next(int(s) for s, a in zip(log["step"], log["heldout_accuracy"]) if a >= out["final"] - 1e-9)
     out |= {"rl_extra": f"({m},{n})", "rl_extra_final": float(extra["heldout_accuracy"].iloc[-1]),
@@ -179,8 +168,7 @@ def _job(sweep_file: str, name: str, seed: int, stage: str, dest: str) -> str:
         cfg = setting_config(sweep, name, seed)
         t0 = time.time()
         if stage == "base":
-            from helpers.lib.training import base_model
-            base_model(cfg)
+            training.base_model(cfg)
         else:
             result = measure(cfg) if stage == "measure" else payoffs(cfg)
             atomic_write_json(dest, {"setting": name, "seed": seed, "stage": stage,
@@ -193,13 +181,13 @@ def _job(sweep_file: str, name: str, seed: int, stage: str, dest: str) -> str:
 def run_jobs(sweep: Mapping, out: Path, names: Sequence[str], stage: str, workers: int) -> None:
     """Bases first (one per setting, so seeds never build the same base twice), then every (setting, seed), each in
     its own single-threaded process (`training.in_processes`)."""
-    from helpers.lib.training import in_processes
+
 
     todo = [(n, s) for n in names for s in sweep["seeds"] if not _record(out, n, s, stage).is_file()]
     bases = [(sweep["source"], n, sweep["seeds"][0], "base", "") for n in dict.fromkeys(n for n, _ in todo)]
     runs = [(sweep["source"], n, s, stage, str(_record(out, n, s, stage))) for n, s in todo]
     for phase in (bases, runs):
-        for line in in_processes(_job, phase, workers):
+        for line in training.in_processes(_job, phase, workers):
             print(line, file=sys.stderr if "FAILED" in line else sys.stdout, flush=True)
 
 

@@ -1,7 +1,8 @@
 """The pages a user opens to present results: a run's `index.html` / `index.md` and a grid's batch index.
 
-Everything is read back from what a run directory holds — executed notebooks, `results/*.json`, `figures/` and
-the batch runner's `run.json` (params, profile, overrides, hash, notebook order) — so pages can be rebuilt any time:
+Everything is read back from what a run directory holds (`helpers.pipeline.rundir`) — executed notebooks,
+`results/*.json`, `figures/` and the batch runner's `run.json` (params, profile, overrides, hash, notebook order) — so
+pages can be rebuilt any time:
 
     report.build_run_index("outputs/default")                 # -> outputs/default/index.html (+ index.md)
     report.build_batch_index([run_dir, ...], out=..., figures=[png, ...])
@@ -20,8 +21,9 @@ from urllib.parse import quote
 
 from helpers.experiments import claims as claims_mod
 from helpers.lib.paths import atomic_write_text
+from helpers.pipeline import results as results_mod
+from helpers.pipeline.rundir import RunDir
 
-MANIFEST = "run.json"  # written by helpers.pipeline.batch into each run directory
 HEADLINES = 8          # numbers shown per notebook
 PAPERMILL_CELL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
 
@@ -135,13 +137,13 @@ class RunSummary:
         return [(n.name, c) for n in self.notebooks for c in n.claims]
 
 
-def _entry(run_dir: Path, name: str, params_hash: str | None) -> NotebookEntry:
-    ipynb, page = run_dir / f"{name}.ipynb", run_dir / f"{name}.html"
+def _entry(run: RunDir, name: str, params_hash: str | None) -> NotebookEntry:
+    ipynb, page = run.executed(name), run.page(name)
     executed = _read_json(ipynb)
-    results = _read_json(run_dir / "results" / f"{name}.json")
+    results = results_mod.read(run, name)
     entry = NotebookEntry(name, "not run")
     entry.files = {k: p for k, p in (("html", page), ("ipynb", ipynb)) if p.is_file()}
-    entry.figures = sorted((run_dir / "figures" / name).glob("*.png"))
+    entry.figures = sorted(run.figures(name).glob("*.png"))
     pm = (executed or {}).get("metadata", {}).get("papermill", {})
     entry.seconds = pm.get("duration") or (results or {}).get("_meta", {}).get("seconds")
     failure = failure_of(executed) if executed else None
@@ -161,12 +163,11 @@ def _entry(run_dir: Path, name: str, params_hash: str | None) -> NotebookEntry:
 
 def summarize(run_dir: str | Path) -> RunSummary:
     """What a run directory holds, notebook by notebook (in the batch runner's order when `run.json` exists)."""
-    run_dir = Path(run_dir)
-    manifest = _read_json(run_dir / MANIFEST) or {}
+    run = RunDir(run_dir)
+    manifest = run.read_manifest()
     names = list(manifest.get("notebooks", []))
-    found = {p.stem for p in run_dir.glob("*.ipynb")} | {p.stem for p in (run_dir / "results").glob("*.json")}
-    names += sorted(found - set(names))
-    return RunSummary(run_dir, manifest, [_entry(run_dir, n, manifest.get("params_hash")) for n in names])
+    names += sorted(run.notebooks() - set(names))
+    return RunSummary(run.path, manifest, [_entry(run, n, manifest.get("params_hash")) for n in names])
 
 
 # ---------------------------------------------------------------- HTML / markdown rendering
@@ -291,8 +292,8 @@ def render_run_md(run: RunSummary) -> str:
 def build_run_index(run_dir: str | Path) -> Path:
     """Write `index.html` and `index.md` of a run directory; returns the HTML path."""
     run = summarize(run_dir)
-    atomic_write_text(run.dir / "index.md", render_run_md(run))
-    return atomic_write_text(run.dir / "index.html", render_run_html(run))
+    atomic_write_text(RunDir(run.dir).index_md, render_run_md(run))
+    return atomic_write_text(RunDir(run.dir).index, render_run_html(run))
 
 
 def _batch_runs(runs: str | Path | Iterable[str | Path]) -> tuple[list[Path], Path]:
@@ -300,7 +301,7 @@ def _batch_runs(runs: str | Path | Iterable[str | Path]) -> tuple[list[Path], Pa
     if isinstance(runs, (str, os.PathLike)):
         path = Path(runs)
         if path.is_dir():
-            return sorted(p for p in path.iterdir() if (p / MANIFEST).is_file()), path / "index.html"
+            return sorted(p for p in path.iterdir() if RunDir(p).manifest.is_file()), path / "index.html"
         manifest = _read_json(path)
         if manifest is None or "runs" not in manifest:
             raise ValueError(f"{path}: neither a directory of runs nor a batch manifest with a 'runs' list")
@@ -313,7 +314,7 @@ def _batch_runs(runs: str | Path | Iterable[str | Path]) -> tuple[list[Path], Pa
 
 def _chosen(run_dir: Path, notebook: str, keys: Sequence[str]) -> list[tuple[str, str]]:
     """The `keys` of a notebook's results (dotted for nested ones), formatted; missing ones left out."""
-    found = dict(scalars(_read_json(run_dir / "results" / f"{notebook}.json") or {}))
+    found = dict(scalars(results_mod.read(run_dir, notebook) or {}))
     return [(k, fmt(found[k])) for k in keys if k in found]
 
 
@@ -380,7 +381,7 @@ def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path |
     rows = []
     md = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for s, lab in zip(summaries, labels):
-        link = _href(s.dir / "index.html", here)
+        link = _href(RunDir(s.dir).index, here)
         over = s.manifest.get("overrides", {})
         by_name = {e.name: e for e in s.notebooks}
         nums: dict[str, list[tuple[str, str]]] = {

@@ -1,4 +1,4 @@
-"""The context a notebook runs in: its params, its output directory, and where figures and results go.
+"""The context a notebook runs in: its params, its run directory, and where figures and results go.
 
 Every notebook starts with
 
@@ -6,10 +6,12 @@ Every notebook starts with
 
 and ends with `run.compare(claims)` (the paper-vs-measured table and verdicts, `helpers.experiments.claims`) and
 `run.save_results({...})`, which stores the claims beside the measured numbers. The run directory defaults to
-`outputs/<params name>[-<profile>]/`.
+`outputs/<params name>[-<profile>]/`; its layout is `helpers.pipeline.rundir`.
 """
 from __future__ import annotations
 
+import io
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +20,23 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from helpers.experiments import claims as claims_mod
-from helpers.lib import config as config_mod
 from helpers.experiments import plots
-from helpers.pipeline import results
+from helpers.lib import config as config_mod
 from helpers.lib.paths import outputs_root
+from helpers.pipeline import results
+from helpers.pipeline.rundir import RunDir
+
+
+def write_figure(fig, path: str | os.PathLike) -> Path:
+    """Save `fig` as a PNG at `path` (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    tmp = path.with_suffix(".png.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return path
 
 
 @dataclass
@@ -29,17 +44,20 @@ class Run:
     notebook: str
     cfg: config_mod.Config
     dir: Path
+    helpers_version: str = field(default_factory=results.helpers_version)  # the sources this kernel imported
     started: float = field(default_factory=time.time)
     claims: list = field(default_factory=list)
 
     def savefig(self, fig, name: str) -> Path:
-        return plots.save(fig, self.dir, self.notebook, name)
+        """`figures/<notebook>/<name>.png` of the run directory."""
+        return write_figure(fig, RunDir(self.dir).figure(self.notebook, name))
 
     def save_results(self, measured: Mapping[str, Any]) -> Path:
         """`results/<notebook>.json`: the measured numbers, the claims of `compare` (`claims`: id, paper, measured,
         ci_low, ci_high, verdict, rule, ...) and their verdict sentences (`verdicts`)."""
         meta = {"notebook": self.notebook, "params": self.cfg.source, "profile": self.cfg.profile,
-                "params_hash": self.cfg.hash(), "seconds": round(time.time() - self.started, 1)}
+                "params_hash": self.cfg.hash(), "helpers_version": self.helpers_version,
+                "seconds": round(time.time() - self.started, 1)}
         payload = {**measured, "claims": [c.record() for c in self.claims],
                    "verdicts": [c.sentence() for c in self.claims]}
         return results.save(self.dir, self.notebook, payload, meta)

@@ -1,4 +1,4 @@
-"""Evaluation: the pass@k estimator against brute-force enumeration, the sampler registry, avg@k on a fake sampler."""
+"""Scoring: the pass@k estimator against brute-force enumeration, the sampler registry, avg@k on a fake sampler."""
 import itertools
 import math
 from types import SimpleNamespace
@@ -8,6 +8,7 @@ import torch
 
 from helpers.lib import backends
 from helpers.lib import models
+from helpers.lib import runs
 from helpers.lib import sampling
 from helpers.lib import scoring
 from helpers.lib import tasks
@@ -81,7 +82,7 @@ def test_cached_scorer_scores_once_and_closes(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "out"))
     cfg = config.load("params/default.yaml", profile="smoke", overrides={"eval.k": 4})
-    scorer = scoring.CachedScorer(cfg, 3)
+    scorer = scoring.CachedScorer(cfg, runs.heldout_items(cfg), 3)
     assert scorer.items == scoring.heldout_items(cfg)[:3]
     made, closed = [], []
 
@@ -95,7 +96,8 @@ def test_cached_scorer_scores_once_and_closes(tmp_path, monkeypatch):
 
     res = scorer.score({"model": "a"}, make)
     assert res["avg@4"] == 0.25 and made == [True] and closed == [True]
-    assert scoring.CachedScorer(cfg, 3).score({"model": "a"}, make) == res and made == [True]  # from disk
+    again = scoring.CachedScorer(cfg, runs.heldout_items(cfg), 3)
+    assert again.score({"model": "a"}, make) == res and made == [True]  # from disk
     assert scorer.score({"model": "b"}, make)["n_items"] == 3 and len(made) == 2
     d = tmp_path / "m"
     d.mkdir()
