@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -9,10 +10,10 @@ import time
 import nbformat
 import pytest
 
-from helpers.pipeline import batch
-from helpers.lib import cli
-from helpers.lib import config
+from helpers.lib import cli, config
 from helpers.lib.paths import REPO
+from helpers.pipeline import batch, results
+from helpers.pipeline.rundir import RunDir
 
 PARAMETERS = '''params_file = "params/default.yaml"   # model × algorithm × scale
 profile = "auto"                      # "default", "smoke" (CI), or "auto"
@@ -27,8 +28,8 @@ def notebook(path, *cells, start=True):
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"),
                 nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
                 *([nbformat.v4.new_code_cell(f"import helpers.pipeline.run\n"
-                                             f"run = helpers.pipeline.run.start({path.stem!r}, params_file, profile, run_dir, "
-                                             f"overrides)")] if start else []),
+                                             f"run = helpers.pipeline.run.start({path.stem!r}, params_file, profile, "
+                                             f"run_dir, overrides)")] if start else []),
                 *(nbformat.v4.new_code_cell(c) for c in cells)]
     nbformat.write(nb, str(path))
     return path
@@ -82,6 +83,54 @@ def test_unknown_grid_key_fails_before_running(tmp_path, params):
     with pytest.raises(config.ConfigError, match="overrides.*nope"):
         batch.run_batch(params, {"nope": [1]}, profile="default", out=tmp_path / "out", notebooks_dir=tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the code version (no kernel)
+
+def test_helpers_version_follows_the_sources_not_their_times(tmp_path):
+    pkg = tmp_path / "helpers"
+    shutil.copytree(results.HELPERS, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = results.helpers_version(pkg)
+    source = pkg / "lib" / "cache.py"
+    os.utime(source, (1, 1))
+    (pkg / "notes.txt").write_text("not a source")
+    assert results.helpers_version(pkg) == before
+    text = source.read_text()
+    source.write_text(text + "\n# fixed\n")
+    assert results.helpers_version(pkg) != before
+    source.write_text(text)
+    assert results.helpers_version(pkg) == before
+    (pkg / "lib" / "new.py").write_text("")
+    assert results.helpers_version(pkg) != before
+
+
+def test_results_of_other_code_run_again(tmp_path, params, monkeypatch):
+    """A changed helper or a changed notebook (even one with an older time) re-runs a complete notebook."""
+    source = notebook(tmp_path / "01_a.ipynb", 'run.save_results({"x": 1.0})')
+    cfg, run_dir = config.load(params, "default"), tmp_path / "out" / "tiny"
+    versions = []
+
+    def execute(nb, out, parameters, cwd, cell_timeout):  # what a good papermill run leaves
+        versions.append(results.code_version(nb))
+        RunDir(out).executed(nb.stem).write_text(json.dumps({"cells": [], "metadata": {"papermill": {}}}))
+        results.save(out, nb.stem, {"x": 1.0}, {"params_hash": cfg.hash()})
+        return 0.0
+
+    monkeypatch.setattr(batch, "execute", execute)
+    monkeypatch.setattr(batch, "export_html", lambda run, name: None)
+
+    def status():
+        return batch.run_combination([source], [source], str(params), cfg, {}, run_dir).status["01_a"]
+
+    assert (status(), status()) == ("ran", "skipped")
+    assert RunDir(run_dir).read_manifest()["code_versions"] == {"01_a": versions[0]}
+    monkeypatch.setattr(results, "helpers_version", lambda *a: "fixed")
+    assert not batch.is_complete(source, run_dir, cfg.hash())
+    assert (status(), status()) == ("ran", "skipped")
+    old = source.stat().st_mtime - 100
+    source.write_text(source.read_text().replace("1.0", "2.0"))
+    os.utime(source, (old, old))
+    assert (status(), status()) == ("ran", "skipped") and len(set(versions)) == 3
 
 
 # ---------------------------------------------------------------- real executions (5 in total)
@@ -219,7 +268,7 @@ def test_empty_only_is_an_error_not_all_notebooks(tmp_path, params, capsys):
 ])
 def test_every_command_line_ends_a_user_error_in_one_line(tmp_path, module, argv, message):
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", f"helpers.{module}", *argv, *extra], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", f"helpers.pipeline.{module}", *argv, *extra], cwd=tmp_path,
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     done = run()
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr

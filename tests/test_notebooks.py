@@ -2,8 +2,8 @@
 import nbformat
 import pytest
 
-from helpers.pipeline import notebooks
 from helpers.lib.paths import REPO
+from helpers.pipeline import notebooks
 
 COMMITTED = sorted((REPO / "notebooks").glob("*.ipynb"))
 PARAMETERS = 'params_file = "p"   # c\nprofile = "auto"   # c\nrun_dir = None   # c\noverrides = {}   # c\nk: int = 3'

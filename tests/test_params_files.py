@@ -130,7 +130,7 @@ def test_the_rules_fixed_choices_are_the_codes():
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.stem)
 def test_every_robustness_setting_of_every_profile_loads(path):
-    from helpers.pipeline import robustness
+    from helpers.experiments import nb07_robustness as robustness
 
     raw = yaml.safe_load(path.read_text())
     for profile in ["default", *(raw.get("profiles") or {})]:

@@ -28,7 +28,7 @@ def child(parent, body):
         import os, signal, sys, time
         from pathlib import Path
         from helpers.lib.paths import atomic_dir
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started in the background
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started in background
         with atomic_dir(Path({str(parent)!r}) / "out") as tmp:
             (tmp / "weights").write_bytes(b"x" * 1000)
             print(tmp, flush=True)

@@ -122,8 +122,8 @@ def test_from_samples_save_load_and_cache(tmp_path, monkeypatch):
         calls.append(1)
         return probes
 
-    a, where = P.cached({"base": "x", "k": 2}, build, run_dir=tmp_path / "run")
-    b, _ = P.cached({"base": "x", "k": 2}, build, run_dir=tmp_path / "run")
+    a, where = P.cached({"base": "x", "k": 2}, build, keep_in=tmp_path / "run" / "probes")
+    b, _ = P.cached({"base": "x", "k": 2}, build, keep_in=tmp_path / "run" / "probes")
     assert len(calls) == 1 and b.input_ids == probes.input_ids and b.meta["key"] == {"base": "x", "k": 2}
     assert (tmp_path / "run" / "probes" / P.PROBES_FILE).is_file()
     assert a.fingerprint() == b.fingerprint()

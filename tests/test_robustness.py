@@ -1,5 +1,5 @@
-"""Robustness grid: the design in the params, the overrides each setting runs with, the orchestration (batch runner
-faked), and the table, sentences and batch index read back from hand-written run directories (no kernel)."""
+"""Robustness grid runner: the overrides each setting runs with, the orchestration (batch runner faked), the grid
+handed to notebook 07 and the batch index, read back from hand-written run directories (no kernel)."""
 import json
 import math
 import os
@@ -7,13 +7,11 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-import pandas as pd
 import pytest
 
-from helpers.pipeline import batch
-from helpers.experiments import claims
+from helpers.experiments import nb07_robustness as nb07
 from helpers.lib import config
-from helpers.lib import training
+from helpers.pipeline import batch, results
 from helpers.pipeline import robustness as R
 
 NOTEBOOKS = ("00_trajectory", "01_weight_linearity", "02_output_linearity")
@@ -26,62 +24,21 @@ def params_with(tmp_path, settings, extra=""):
     return p
 
 
-# ------------------------------------------------------------------------------------------------------ the design
-
-def test_default_design_is_one_factor_at_a_time_around_the_default():
-    cfg = config.load("params/default.yaml", "default")
-    settings = R.design(cfg)
-    by = {}
-    for s in settings:
-        by.setdefault(s.factor, []).append(s)
-    assert [s.label for s in settings if s.is_reference] == ["reference=default"]
-    assert {k: len(v) for k, v in by.items()} == {"reference": 1, "algorithm": 2, "lr": 2, "rollouts": 2,
-                                                  "optimizer": 1, "model": 2, "training": 1}
-    assert {s.overrides["rl.algorithm"] for s in by["algorithm"]} == {"gspo", "reinforce++"} <= set(training.ALGORITHMS)
-    assert sorted(s.scale["rl.lr"] for s in by["lr"]) == [pytest.approx(1 / 3, rel=1e-5), 3]
-    assert sorted(s.overrides["rl.rollouts"] for s in by["rollouts"]) == [4, 16] and cfg.rl.rollouts == 8
-    assert by["optimizer"][0].overrides == {"rl.optimizer": "sgd", "rl.lr": R.SGD_LR}
-    assert by["training"][0].trajectory == "sft"
-    for s in settings:  # every setting's knobs load (the SGD lr token aside)
-        config.load("params/default.yaml", "default", {k: v for k, v in s.overrides.items() if v != R.SGD_LR})
-    smoke = R.design(config.load("params/default.yaml", "smoke"))
-    assert [(s.label, s.trajectory) for s in smoke] == [("reference=default", "rl"), ("training=SFT", "sft")]
-    table = R.design_table(cfg)
-    assert table.loc[3, "changes"] == "rl.lr × 0.333333" and table.loc[10, "run directory"] == "robustness/training=SFT"
-
-
-@pytest.mark.parametrize("settings, message", [
-    ([{"factor": "a"}], "expected a mapping with at least `factor` and `value`"),
-    ([{"factor": "a", "value": 1, "override": {}}], "unknown keys ['override']"),
-    ([{"factor": "a", "value": 1, "overrides": {"rl.lrr": 1}}], "(a=1): no parameter 'rl.lrr'"),
-    ([{"factor": "a", "value": 1, "scale": {"rl.algorithm": 2}}], "scale rl.algorithm: 2 needs a number"),
-    ([{"factor": "a", "value": 1, "trajectory": "dpo"}], "trajectory must be one of"),
-    ([{"factor": "a", "value": "x y", "overrides": {"seed": 1}}, {"factor": "a", "value": "x-y", "overrides":
-      {"seed": 2}}], "share a run directory name"),
-    ([{"factor": "a", "value": 1}, {"factor": "b", "value": 2}], "more than one setting without changes"),
-])
-def test_bad_designs_name_the_file_and_the_setting(tmp_path, settings, message):
-    p = params_with(tmp_path, settings)
-    with pytest.raises(ValueError) as e:
-        R.design(config.load(p, "default"))
-    assert str(p) in str(e.value) and message in str(e.value)
-
-
 def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
     ref = config.load("params/default.yaml", "default", {"origin.sgd_lr": 0.123456, "rl.lr": 2e-4})
-    scaled = R.run_overrides(R.Setting("lr", "3x", scale={"rl.lr": 3}), ref, "params/default.yaml", {"seed": 5})
+    scaled = R.run_overrides(nb07.Setting("lr", "3x", scale={"rl.lr": 3}), ref, {"seed": 5})
     assert scaled == {"seed": 5, "rl.seeds": 1, "rl.lr": 6e-4}     # one run per setting
-    third = R.run_overrides(R.Setting("lr", "0.33x", scale={"rl.lr": 0.333333}), ref, "params/default.yaml")
+    third = R.run_overrides(nb07.Setting("lr", "0.33x", scale={"rl.lr": 0.333333}), ref)
     assert third == {"rl.seeds": 1, "rl.lr": pytest.approx(6.667e-5, rel=1e-12)}
-    sgd = R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd", "rl.lr": R.SGD_LR})
-    assert R.run_overrides(sgd, ref, "params/default.yaml") == {"rl.seeds": 1, "rl.optimizer": "sgd", "rl.lr": 0.123456}  # as notebook 03 uses it
+    sgd = nb07.Setting("optimizer", "SGD", {"rl.optimizer": "sgd", "rl.lr": nb07.SGD_LR})
+    assert R.run_overrides(sgd, ref) == {"rl.seeds": 1, "rl.optimizer": "sgd", "rl.lr": 0.123456}  # as notebook 03
 
 
 # ------------------------------------------------------------------------------- hand-written run directories
 
 def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed=True, acc=(0.2, 0.4), ci=0.02):
-    """Results of notebooks 00-02 as the notebooks write them (+ executed copies and a run.json); the medians'
-    intervals are median ± `ci` (none when `ci` is None)."""
+    """Results of notebooks 00-02 as the notebooks write them, by these helpers sources (+ executed copies and a
+    run.json); the medians' intervals are median ± `ci` (none when `ci` is None)."""
     def interval(q):
         return {} if ci is None or not q else {"median_ci": [q[1] - ci, q[1] + ci]}
     numbers = {"00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
@@ -91,8 +48,8 @@ def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed
                | {f"token_r2_{k}": v for k, v in interval(token).items()}}
     (run_dir / "results").mkdir(parents=True, exist_ok=True)
     for nb, res in numbers.items():
-        (run_dir / "results" / f"{nb}.json").write_text(json.dumps({**res, "_meta": {"params_hash": params_hash,
-                                                                                       "seconds": 10.0}}))
+        meta = {"params_hash": params_hash, "helpers_version": results.helpers_version(), "seconds": 10.0}
+        (run_dir / "results" / f"{nb}.json").write_text(json.dumps({**res, "_meta": meta}))
         if executed:
             (run_dir / f"{nb}.ipynb").write_text(json.dumps({"cells": [], "metadata": {"papermill": {
                 "duration": 20.0, "exception": False}}}))
@@ -105,15 +62,15 @@ def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed
 def fake_batch(tmp_path):
     """A reference, a non-linear lr setting, SGD, SFT, and a setting whose results are from other params."""
     run_dir = tmp_path / "outputs" / "default"
-    specs = [(R.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95),
+    specs = [(nb07.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95),
               (0.8, 0.9, 0.97)),
-             (R.Setting("lr", "3x", scale={"rl.lr": 3}), {"optimizer": "adamw", "lr": 9e-4}, (0.3, 0.55, 0.8),
+             (nb07.Setting("lr", "3x", scale={"rl.lr": 3}), {"optimizer": "adamw", "lr": 9e-4}, (0.3, 0.55, 0.8),
               (0.7, 0.88, 0.95)),
-             (R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}), {"optimizer": "sgd", "lr": 0.4},
+             (nb07.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}), {"optimizer": "sgd", "lr": 0.4},
               (0.5, 0.78, 0.9), (0.6, 0.8, 0.9)),
-             (R.Setting("training", "SFT", trajectory="sft"), {"optimizer": "adamw", "lr": 3e-4}, (0.2, 0.45, 0.7),
+             (nb07.Setting("training", "SFT", trajectory="sft"), {"optimizer": "adamw", "lr": 3e-4}, (0.2, 0.45, 0.7),
               (0.1, 0.35, 0.6)),
-             (R.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None)]
+             (nb07.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None)]
     entries = []
     for i, (s, knobs, w, t) in enumerate(specs):
         d = run_dir if s.is_reference else run_dir / "robustness" / s.dirname
@@ -126,7 +83,7 @@ CFG = config.load("params/default.yaml", "default")
 
 
 def test_table_reads_the_results_and_marks_the_linear_regime(fake_batch):
-    t = R.collect(fake_batch, CFG)
+    t = nb07.collect(fake_batch.grid(), CFG)
     assert list(t.index) == ["reference=default", "lr=3x", "optimizer=SGD", "training=SFT", "model=2 layers"]
     ref = t.loc["reference=default"]
     assert (ref.weight_r2_median, ref.weight_r2_q1, ref.token_r2_q3, ref.final_accuracy) == (0.85, 0.6, 0.97, 0.4)
@@ -137,72 +94,20 @@ def test_table_reads_the_results_and_marks_the_linear_regime(fake_batch):
     stale = t.loc["model=2 layers"]
     assert not stale.measured and math.isnan(stale.weight_r2_median) and math.isnan(stale.seconds)
     assert all(math.isnan(x) for x in stale.weight_r2_median_ci)
-    shown = R.fig2_table(t)
+    shown = nb07.fig2_table(t)
     assert shown.loc["lr=3x", "weight R² IQR"] == "0.30 – 0.80" and shown.loc["model=2 layers", "linear"] == \
         "not measured"
 
 
-def _table(*rows):
-    """A `collect`-like table of (label, trajectory, reference, weight (median, lo, hi), token (median, lo, hi))."""
-    return pd.DataFrame([{"trajectory": traj, "reference": ref, "weight_r2_median": w[0], "weight_r2_median_ci": w[1:],
-                          "token_r2_median": k[0], "token_r2_median_ci": k[1:]} for _, traj, ref, w, k in rows],
-                        index=[r[0] for r in rows])
-
-
-NAN3 = (math.nan,) * 3
-
-
-def test_claims_from_the_grid(fake_batch):
-    rl, sft_w, sft_k = R.claims(R.collect(fake_batch, CFG), CFG)
-    assert [c.id for c in (rl, sft_w, sft_k)] == ["nb07.rl_settings_linear", "nb07.sft_less_linear_weight",
-                                                   "nb07.sft_less_linear_token"]
-    # lr=3x is the least linear RL setting (weight 0.55 ± 0.02); model=2 layers has no results: no interval
-    assert rl.measured == 0.55 and "least linear: lr=3x (weight)" in rl.detail and rl.verdict == "inconclusive"
-    assert "no median or interval for model=2 layers (weight), model=2 layers (token)" in rl.detail
-    assert sft_w.measured == pytest.approx(0.4) and sft_w.verdict == "holds" and sft_k.verdict == "holds"
-    assert "reference=default 0.850 [0.830, 0.870], training=SFT 0.450" in sft_w.detail
-
-
-REF = ("ref", "rl", True, (0.85, 0.8, 0.9), (0.9, 0.85, 0.95))
-
-
-@pytest.mark.parametrize("rows, verdict", [
-    ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.8, 0.77, 0.85))], "holds"),
-    ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.6, 0.55, 0.65))], "does not hold"),
-    ([REF, ("lr", "rl", False, (0.72, 0.65, 0.8), (0.8, 0.77, 0.85))], "inconclusive"),
-    ([("ref", "rl", True, (0.85, 0.8, 0.9), (0.9, math.nan, math.nan))], "inconclusive"),   # an interval missing
-    ([("sft", "sft", False, (0.4, 0.35, 0.45), (0.3, 0.25, 0.35))], "inconclusive"),       # no RL setting
-])
-def test_rl_settings_claim_takes_the_least_linear_setting_and_space(rows, verdict):
-    c = R.claims(_table(*rows), CFG)[0]
-    assert c.verdict == verdict and c.rule.threshold == claims.r2_threshold(CFG)
-    if verdict == "holds":                                 # [min of the lows, min of the highs]
-        assert c.interval == (0.75, 0.8) and c.measured == 0.78 and c.detail == "least linear: lr (weight)"
-
-
-@pytest.mark.parametrize("sft, verdicts", [
-    (((0.45, 0.43, 0.47), (0.35, 0.3, 0.4)), ("holds", "holds")),
-    (((0.84, 0.82, 0.86), (0.84, 0.74, 0.94)), ("does not hold", "inconclusive")),  # no gap / a wide one
-    (None, ("inconclusive", "inconclusive")),                                        # no SFT setting
-])
-def test_sft_claims_compare_the_reference_with_sft(sft, verdicts):
-    rows = [("ref", "rl", True, (0.85, 0.84, 0.86), (0.9, 0.86, 0.94)), ("lr", "rl", False, (0.2, 0.1, 0.3), NAN3)]
-    if sft:
-        rows.append(("sft", "sft", False, *sft))
-    _, w, k = R.claims(_table(*rows), CFG)
-    assert (w.verdict, k.verdict) == verdicts and w.rule.tolerance == claims.Settings.of(CFG).r2_margin
-
-
-def test_results_hold_the_issue_keys(fake_batch):
-    res = R.results(fake_batch, R.collect(fake_batch, CFG))
-    first = res["settings"][0]
-    for key in ("factor", "value", "weight_r2_median", "weight_r2_q1", "weight_r2_q3", "token_r2_median",
-                "token_r2_q1", "token_r2_q3", "weight_r2_median_ci", "token_r2_median_ci"):
-        assert key in first
-    assert first["run"] == "." and res["settings"][1]["run"] == "robustness/lr=3x"
-    assert (res["sft_weight_r2_median"], res["sft_token_r2_median"]) == (0.45, 0.35)
-    assert (res["rl_weight_r2_median_min"], res["rl_weight_r2_median_max"]) == (0.55, 0.85)
-    assert res["n_measured"] == 4 and res["nonlinear_settings"] == ["lr=3x", "training=SFT"]
+def test_grid_hands_over_each_settings_results_with_its_params(fake_batch):
+    grid = fake_batch.grid()
+    assert (grid.run_dir, grid.notebooks, grid.seconds) == (fake_batch.run_dir, list(NOTEBOOKS), 1.0)
+    ref, stale = grid.runs[0], grid.runs[-1]
+    assert ref.setting.label == "reference=default" and ref.dir == fake_batch.run_dir and ref.status == "complete"
+    assert list(ref.results) == list(NOTEBOOKS) and ref.results["01_weight_linearity"]["weight_r2_median"] == 0.85
+    assert ref.seconds == {nb: 20.0 for nb in NOTEBOOKS}          # the executed notebooks' durations
+    assert ref.knobs == {"optimizer": "adamw", "lr": 3e-4} and grid.runs[2].overrides == {"rl.optimizer": "sgd"}
+    assert stale.results == {} and stale.seconds == {}            # written with other params
 
 
 def test_batch_index_from_two_run_directories_opens_from_disk(tmp_path):
@@ -214,8 +119,8 @@ def test_batch_index_from_two_run_directories_opens_from_disk(tmp_path):
     figure = run_dir / "figures" / R.NOTEBOOK / "robustness.png"
     figure.write_bytes(b"png")
     b = R.Batch(run_dir, run_dir / "robustness", list(NOTEBOOKS),
-                [R.Entry(R.Setting("reference", "default"), run_dir, {}, "h0"),
-                 R.Entry(R.Setting("training", "SFT", trajectory="sft"), sft_dir, {"trajectory.dir": "x"}, "h1")])
+                [R.Entry(nb07.Setting("reference", "default"), run_dir, {}, "h0"),
+                 R.Entry(nb07.Setting("training", "SFT", trajectory="sft"), sft_dir, {"trajectory.dir": "x"}, "h1")])
     page = R.write_index(b, [figure])
     html = page.read_text()
     links = re.findall(r"(?:href|src)='([^']+)'", html)
@@ -276,6 +181,13 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
     again = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
     assert [e.status for e in again.entries[:2]] == ["complete", "complete"] and [c[0] for c in calls] == [
         "algorithm=bad"]
+    monkeypatch.setattr(results, "helpers_version", lambda *a: "fixed")  # a changed helper runs everything again
+    calls.clear()
+    R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
+    assert [c[0] for c in calls] == ["grid", "rollouts=4", "algorithm=bad"]
+    calls.clear()
+    R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
+    assert [c[0] for c in calls] == ["algorithm=bad"]
     edited = nbs / "01_weight_linearity.ipynb"  # an edited notebook runs again (its results are older)
     os.utime(edited, (edited.stat().st_mtime + 100,) * 2)
     calls.clear()

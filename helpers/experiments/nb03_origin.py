@@ -321,7 +321,7 @@ class Setting:
 
 def significant(x: float, digits: int = 4) -> float:
     """`x` rounded to `digits` significant digits: derived learning rates stay readable, and the same rounding as
-    notebook 07's design (`helpers.pipeline.robustness`) lets both notebooks share the cached runs."""
+    notebook 07's design (`helpers.experiments.nb07_robustness`) lets both notebooks share the cached runs."""
     return float(f"{x:.{digits}g}")
 
 

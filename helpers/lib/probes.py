@@ -155,11 +155,12 @@ def from_samples(tokenizer, prompts: Sequence[str], responses: Sequence[Sequence
     return Probes(ids, plens, pidx, ptxt, rtxt, dict(meta or {}))
 
 
-def cached(key: Mapping[str, Any], build, run_dir: str | Path | None = None) -> tuple[Probes, Path]:
+def cached(key: Mapping[str, Any], build, keep_in: str | Path | None = None) -> tuple[Probes, Path]:
     """The probes cached under `outputs/cache/probes-v<PROBES_VERSION>-<hash(key)>/`, built with `build()` on a miss.
 
     `key` must name everything the probes depend on (base checkpoint, prompts, sampling parameters, seed). A copy is
-    kept in `<run_dir>/probes/` so a run directory holds the exact probes its numbers were measured on.
+    kept in the directory `keep_in` (a run directory's `RunDir.probes`) so a run holds the exact probes its numbers
+    were measured on.
     """
     def make(tmp: Path) -> None:
         probes = build()
@@ -167,19 +168,18 @@ def cached(key: Mapping[str, Any], build, run_dir: str | Path | None = None) -> 
         probes.write(tmp)
 
     where = cached_build("probes", dict(key), make, PROBES_VERSION)
-    if run_dir is not None:
-        dest = Path(run_dir) / "probes"
-        with atomic_dir(dest) as tmp:
+    if keep_in is not None:
+        with atomic_dir(keep_in) as tmp:
             for name in (PROBES_FILE, META_FILE):
                 shutil.copy2(where / name, tmp / name)
     return Probes.load(where), where
 
 
-def for_run(cfg, traj, run_dir: str | Path | None = None, section: Mapping[str, Any] | None = None) -> Probes:
+def for_run(cfg, traj, keep_in: str | Path | None = None, section: Mapping[str, Any] | None = None) -> Probes:
     """The probes of a run: the base model (`traj` step 0) sampled on the first `prompts` held-out task prompts.
 
     `section` (default `cfg.output_linearity`) gives prompts, samples_per_prompt, temperature, top_p, max_new_tokens;
-    the seed is `cfg.seed`. Cached by base checkpoint + prompts + those parameters, copied into `run_dir/probes/`.
+    the seed is `cfg.seed`. Cached by base checkpoint + prompts + those parameters, a copy kept in `keep_in`.
     """
     o = cfg.output_linearity if section is None else section
     prompts = [it.prompt for it in tasks.split(cfg.task)[1][:int(o["prompts"])]]
@@ -195,7 +195,7 @@ def for_run(cfg, traj, run_dir: str | Path | None = None, section: Mapping[str, 
                                      seed=int(cfg.seed))
         return from_samples(tokenizer, prompts, responses, int(o["max_new_tokens"]), meta=params)
 
-    return cached(key, build, run_dir)[0]
+    return cached(key, build, keep_in)[0]
 
 
 # --------------------------------------------------------------------------------------------------- teacher forcing

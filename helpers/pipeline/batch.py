@@ -1,7 +1,7 @@
 """Execute the notebook set with papermill for every combination of a parameter grid, resuming what is done.
 
-    python -m helpers.pipeline.batch PARAMS.yaml [--grid KEY=V1,V2 ...] [--only NOTEBOOK] [--force] [--profile P] [--out DIR]
-                                        [--debug]
+    python -m helpers.pipeline.batch PARAMS.yaml [--grid KEY=V1,V2 ...] [--only NOTEBOOK] [--force] [--profile P]
+                                     [--out DIR] [--debug]
 
 Each combination gets `<out>/<run-name>/` (run-name = params name [-profile] [_key=value ...]) holding the executed
 notebooks (`NN_x.ipynb` + `NN_x.html`), `figures/`, `results/` (written by the notebooks), `run.json` and the
@@ -21,9 +21,15 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+
+import papermill as pm
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbconvert import HTMLExporter
+from papermill.exceptions import PapermillExecutionError
 
 from helpers.lib import cli
 from helpers.lib import config as config_mod
@@ -159,10 +165,6 @@ def _kernel_env() -> Iterator[None]:
 def execute(notebook: Path, run_dir: str | os.PathLike, parameters: dict, cwd: Path, cell_timeout: float) -> float:
     """Run `notebook` with papermill into `run_dir/<name>.ipynb` (kernel python3 of this venv), each cell for at
     most `cell_timeout` seconds; returns seconds."""
-    import papermill as pm
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
-
     out = RunDir(run_dir).executed(notebook.stem)
     start = time.time()
     try:
@@ -225,7 +227,6 @@ def export_html(run: RunDir, notebook: str) -> Path:
     if page.is_file() and page.stat().st_mtime >= executed.stat().st_mtime:
         return page
     if _exporter is None:
-        from nbconvert import HTMLExporter
         _exporter = HTMLExporter()
     body, _ = _exporter.from_filename(str(executed))
     return atomic_write_text(page, body)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import logging
 import re
 import sys
 from pathlib import Path
 
 import nbformat
+from papermill.translators import PythonTranslator
 
 from helpers.lib import cli
 from helpers.lib.paths import atomic_write_text
@@ -64,10 +66,6 @@ def strip(path: str | Path) -> bool:
 
 def papermill_parameters(source: str) -> set[str]:
     """The parameter names papermill recognises in a parameters cell (it warns and skips lines it cannot parse)."""
-    import logging
-
-    from papermill.translators import PythonTranslator
-
     logger = logging.getLogger("papermill")
     level, logger.level = logger.level, logging.ERROR
     try:
@@ -108,8 +106,8 @@ def check(path: str | Path) -> list[str]:
                         "(keep one `name = value  # comment` per line, with no '=' inside the comment)")
     names = {m for c in nb.cells if c.cell_type == "code" for m in START_CALL.findall(c.source)}
     if names - {path.stem}:
-        problems.append(f"{path}: helpers.pipeline.run.start is given {', '.join(sorted(names))} but the file is {path.stem} "
-                        f"(the batch runner looks for results/{path.stem}.json)")
+        problems.append(f"{path}: helpers.pipeline.run.start is given {', '.join(sorted(names))} but the file is "
+                        f"{path.stem} (the batch runner looks for results/{path.stem}.json)")
     return problems
 
 

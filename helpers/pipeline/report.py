@@ -14,9 +14,10 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from helpers.experiments import claims as claims_mod
@@ -206,9 +207,10 @@ def _scoreboard_md(run: RunSummary) -> list[str]:
         return ["No claims stored yet."]
     lines = [tally(c for _, c in run.claims), "", "| notebook | claim | paper | measured [interval] | verdict |",
              "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {nb} | {_md_cell(c.get('claim', c['id']))} | {_md_cell(c.get('paper', ''))} ({_md_cell(c.get('source', ''))}) "
-              f"| {measured_text(c)} | {c.get('verdict')} |" for nb, c in run.claims]
+    lines += [f"| {nb} | {_md_cell(c.get('claim', c['id']))} | {_md_cell(c.get('paper', ''))} "
+              f"({_md_cell(c.get('source', ''))}) | {measured_text(c)} | {c.get('verdict')} |" for nb, c in run.claims]
     return lines
+
 
 def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -353,8 +355,9 @@ def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path |
     """Write one page with a row per run (its overrides, status, a link to its index, each notebook's headline
     numbers) plus any `figures` (PNG paths, e.g. a cross-run robustness plot); also a `.md` twin. Returns the HTML path.
 
-    `runs` is a directory (every subdirectory with a `run.json`), a batch manifest written by helpers.pipeline.batch, or a list
-    of run directories; `out` defaults to `index.html` in that directory / `<manifest>-index.html` / `batch-index.html`.
+    `runs` is a directory (every subdirectory with a `run.json`), a batch manifest written by helpers.pipeline.batch,
+    or a list of run directories; `out` defaults to `index.html` in that directory / `<manifest>-index.html` /
+    `batch-index.html`.
     `headline` (notebook -> result keys) makes a notebook's cells show just those numbers under a link to that run's
     executed notebook; `labels` (one mapping per run, in order, e.g. {"factor": "lr", "value": "3x"}) adds leading
     columns.
@@ -404,9 +407,9 @@ def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path |
             e, text = by_name.get(n), "<br>".join(f"{k} = {v}" for k, v in nums[n])
             target = e and headline and (e.files.get("html") or e.files.get("ipynb"))
             md_nb.append((f"[{n}]({_href(target, here)})<br>" if target else "") + text)
-        md.append("| " + " | ".join(_md_cell(c) for c in [*(str(lab.get(k, "")) for k in label_keys),
-                                                            f"[{s.name}]({link})", *(str(over.get(k, "")) for k in keys),
-                                                            s.status, *md_nb]) + " |")
+        md_row = [*(str(lab.get(k, "")) for k in label_keys), f"[{s.name}]({link})",
+                  *(str(over.get(k, "")) for k in keys), s.status, *md_nb]
+        md.append("| " + " | ".join(_md_cell(c) for c in md_row) + " |")
     body = f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
     names = ["=".join(str(v) for v in lab.values()) or s.name for s, lab in zip(summaries, labels)]
     matrix_html, matrix_md = _claims_matrix(summaries, names)

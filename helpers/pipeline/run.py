@@ -13,9 +13,10 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -41,6 +42,7 @@ def write_figure(fig, path: str | os.PathLike) -> Path:
 
 @dataclass
 class Run:
+    """One notebook's session: its name, config and run directory, and the claims it compared."""
     notebook: str
     cfg: config_mod.Config
     dir: Path
@@ -48,9 +50,14 @@ class Run:
     started: float = field(default_factory=time.time)
     claims: list = field(default_factory=list)
 
+    @property
+    def paths(self) -> RunDir:
+        """Where each thing of this run's directory lives."""
+        return RunDir(self.dir)
+
     def savefig(self, fig, name: str) -> Path:
         """`figures/<notebook>/<name>.png` of the run directory."""
-        return write_figure(fig, RunDir(self.dir).figure(self.notebook, name))
+        return write_figure(fig, self.paths.figure(self.notebook, name))
 
     def save_results(self, measured: Mapping[str, Any]) -> Path:
         """`results/<notebook>.json`: the measured numbers, the claims of `compare` (`claims`: id, paper, measured,

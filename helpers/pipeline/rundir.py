@@ -6,9 +6,10 @@
       NN_x.ipynb, NN_x.html     the executed notebooks (batch runner)
       results/NN_x.json         what each notebook measured (`helpers.pipeline.results`)
       figures/NN_x/NAME.png     its figures (`helpers.pipeline.run.savefig`)
+      probes/                   the probes its output-linearity numbers were measured on (`helpers.lib.probes`)
       index.html, index.md      the pages to open (`helpers.pipeline.report`)
-      robustness/               the robustness grid (`helpers.pipeline.robustness`): a run directory per setting,
-                                `robustness.json` and the grid's index pages
+      robustness/               the robustness grid (`helpers.pipeline.robustness`): `<factor>=<value>/`, a run
+                                directory per setting, `robustness.json` and the grid's `index.html` / `index.md`
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ import os
 from pathlib import Path
 
 
-class RunDir:
-    """Where each thing of the run directory `path` lives."""
+class RunDir(os.PathLike):
+    """Where each thing of the run directory `path` lives; usable wherever the directory's path is."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -42,6 +46,22 @@ class RunDir:
     def robustness(self) -> Path:
         """The robustness grid's directory."""
         return self.path / "robustness"
+
+    @property
+    def robustness_manifest(self) -> Path:
+        return self.robustness / "robustness.json"
+
+    @property
+    def robustness_index(self) -> Path:
+        return self.robustness / "index.html"
+
+    def setting(self, dirname: str) -> Path:
+        """The run directory of one robustness setting (not the reference's: that is this one)."""
+        return self.robustness / dirname
+
+    @property
+    def probes(self) -> Path:
+        return self.path / "probes"
 
     def results(self, notebook: str) -> Path:
         return self.path / "results" / f"{notebook}.json"
