@@ -12,6 +12,7 @@ analysis / plain read per round and its median, peak RSS of this process (ru_max
 the measured R² median next to the known answer (helpers.lib.synthetic.reference_r2). Targets: peak RSS ≤ 1.5 GB,
 analysis ≤ 2 × plain read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.lib import linearity
-from helpers.lib import synthetic
+from helpers.lib import linearity, synthetic
 from helpers.lib.trajectory import Trajectory
 
 CHUNK = 16 << 20
@@ -86,15 +86,33 @@ def main(argv=None) -> None:
     steps = [i * a.every for i in range(a.checkpoints)]
     if not run.exists():
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "helpers.lib.synthetic", str(run), "--n-params", str(a.n_params),
-                        "--steps", ",".join(map(str, steps)), "--dtype", "bf16", "--drift", str(a.drift),
-                        "--noise", str(a.noise)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "helpers.lib.synthetic",
+                str(run),
+                "--n-params",
+                str(a.n_params),
+                "--steps",
+                ",".join(map(str, steps)),
+                "--dtype",
+                "bf16",
+                "--drift",
+                str(a.drift),
+                "--noise",
+                str(a.noise),
+            ],
+            check=True,
+        )
         print(f"wrote the trajectory in {time.perf_counter() - start:.1f} s")
     files = files_of(run)
     traj = Trajectory(run)
     n_params = sum(traj.numel(n) for n in traj.names)
-    print(f"{run}: {len(traj.steps)} checkpoints × {n_params / 1e6:.1f} M parameters (bf16), "
-          f"{sum(f.stat().st_size for f in files) / 1e9:.2f} GB on disk; RSS before analysis {peak_rss_gb():.2f} GB")
+    print(
+        f"{run}: {len(traj.steps)} checkpoints × {n_params / 1e6:.1f} M parameters (bf16), "
+        f"{sum(f.stat().st_size for f in files) / 1e9:.2f} GB on disk; RSS before analysis {peak_rss_gb():.2f} GB"
+    )
 
     rounds = [("warm", False)] + ([] if a.no_cold else [("cold", True)])
     result, ratios = None, {label: [] for label, _ in rounds}
@@ -113,8 +131,10 @@ def main(argv=None) -> None:
             read2, _ = plain_read(files)
             read = (read1 + read2) / 2
             ratios[label].append(wall / read)
-            print(f"[{label}] plain read {read1:.2f} s before / {read2:.2f} s after ({nbytes / 1e9 / read:.2f} GB/s); "
-                  f"R² analysis {wall:.2f} s; ratio {wall / read:.2f} (target ≤ 2)")
+            print(
+                f"[{label}] plain read {read1:.2f} s before / {read2:.2f} s after ({nbytes / 1e9 / read:.2f} GB/s); "
+                f"R² analysis {wall:.2f} s; ratio {wall / read:.2f} (target ≤ 2)"
+            )
     for label, r in ratios.items():
         print(f"[{label}] median ratio over {len(r)} round(s): {np.median(r):.2f} (target ≤ 2)")
     rss = peak_rss_gb()
@@ -122,10 +142,14 @@ def main(argv=None) -> None:
 
     s = result.summary()
     ref = synthetic.reference_r2(steps, a.drift, a.noise)
-    print(f"entries: {s['sampled']:,} sampled, {s['kept']:,} kept, {s['dropped_range']:,} dropped (range), "
-          f"{s['dropped_distinct']:,} dropped (distinct)")
-    print(f"R² median {s['median']:.3f} (known answer before bf16 rounding and filters: {np.median(ref):.3f}); "
-          f"share > 0.7: {s['frac_above']:.3f} (known: {np.mean(ref > 0.7):.3f})")
+    print(
+        f"entries: {s['sampled']:,} sampled, {s['kept']:,} kept, {s['dropped_range']:,} dropped (range), "
+        f"{s['dropped_distinct']:,} dropped (distinct)"
+    )
+    print(
+        f"R² median {s['median']:.3f} (known answer before bf16 rounding and filters: {np.median(ref):.3f}); "
+        f"share > 0.7: {s['frac_above']:.3f} (known: {np.mean(ref > 0.7):.3f})"
+    )
     if tmp is not None:
         tmp.cleanup()
 

@@ -6,4 +6,5 @@ below it):
 - `helpers.experiments` — one module per notebook (its tables, figures and claims), plus the claims protocol.
 - `helpers.pipeline`    — the notebook session, run directories, the batch runner, reports and the robustness grid.
 """
+
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """Sampler backend selection and the vllm backend's mapping onto vLLM, against a stand-in `vllm` module (the real engine
 is checked by `make test-vllm`, tests_vllm/)."""
+
 import random
 import sys
 import types
@@ -8,13 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.lib import config
-from helpers.lib import backends
-from helpers.lib import scoring
-from helpers.lib import math_tasks
-from helpers.lib import tasks
-from helpers.lib import tiny
-from helpers.lib import vllm_backend
+from helpers.lib import backends, config, math_tasks, scoring, tasks, tiny, vllm_backend
 
 TOKENIZER = tiny.make_tokenizer()
 
@@ -26,11 +21,12 @@ class FakeCompletion:
 
 class FakeLLM:
     """Records what the sampler asks for; completion i of a prompt = the prompt's tokens reversed, i+1 times, + EOS."""
+
     instances: list = []
 
     def __init__(self, **kwargs):
         self.kwargs, self.calls, self.shut = kwargs, [], False
-        random.seed(kwargs["seed"])           # like an in-process engine, which seeds the global RNGs
+        random.seed(kwargs["seed"])  # like an in-process engine, which seeds the global RNGs
         np.random.seed(kwargs["seed"])
         torch.manual_seed(kwargs["seed"])
         self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
@@ -45,8 +41,12 @@ class FakeLLM:
     def generate(self, inputs, params, use_tqdm):
         self.calls.append((inputs, params))
         eos = TOKENIZER.eos_token_id
-        return [types.SimpleNamespace(outputs=[FakeCompletion(x["prompt_token_ids"][::-1] * (i + 1) + [eos])
-                                               for i in range(p.n)]) for x, p in zip(inputs, params)]
+        return [
+            types.SimpleNamespace(
+                outputs=[FakeCompletion(x["prompt_token_ids"][::-1] * (i + 1) + [eos]) for i in range(p.n)]
+            )
+            for x, p in zip(inputs, params)
+        ]
 
 
 class FakeParams:
@@ -72,9 +72,12 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_not_installed_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", None)     # as in the main environment, whatever is installed
-    with pytest.raises(vllm_backend.BackendUnavailable, match=r"needs the vllm package.*pip install -e '\.\[gpu\]'"
-                                                              r".*make test-vllm.*eval\.backend: hf"):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as in the main environment, whatever is installed
+    with pytest.raises(
+        vllm_backend.BackendUnavailable,
+        match=r"needs the vllm package.*pip install -e '\.\[gpu\]'"
+        r".*make test-vllm.*eval\.backend: hf",
+    ):
         backends.make_sampler("vllm", "some/dir")
     assert issubclass(vllm_backend.BackendUnavailable, ImportError)
 
@@ -82,16 +85,25 @@ def test_vllm_not_installed_is_a_clear_error(monkeypatch):
 def test_sampling_settings_map_one_to_one(fake_vllm):
     sampler = backends.make_sampler("vllm", "some/dir", device="cpu", batch_size=7, max_model_len=64)
     llm = sampler.llm
-    assert llm.kwargs == {"model": "some/dir", "seed": 0, "dtype": "auto", "enforce_eager": True,
-                          "gpu_memory_utilization": 0.2, "max_model_len": 64}
+    assert llm.kwargs == {
+        "model": "some/dir",
+        "seed": 0,
+        "dtype": "auto",
+        "enforce_eager": True,
+        "gpu_memory_utilization": 0.2,
+        "max_model_len": 64,
+    }
     out = sampler.generate(["12+7=", "3-1="], n=3, temperature=0.6, top_p=0.95, max_new_tokens=9, seed=5)
     inputs, params = llm.calls[-1]
-    assert [x["prompt_token_ids"] for x in inputs] == [TOKENIZER("12+7=", add_special_tokens=False)["input_ids"],
-                                                       TOKENIZER("3-1=", add_special_tokens=False)["input_ids"]]
+    assert [x["prompt_token_ids"] for x in inputs] == [
+        TOKENIZER("12+7=", add_special_tokens=False)["input_ids"],
+        TOKENIZER("3-1=", add_special_tokens=False)["input_ids"],
+    ]
     assert [vars(p) for p in params] == [
         dict(n=3, temperature=0.6, top_p=0.95, max_tokens=9, seed=5, detokenize=False),
-        dict(n=3, temperature=0.6, top_p=0.95, max_tokens=9, seed=8, detokenize=False)]   # seed + j·n: all distinct
-    assert out == [["=7+21", "=7+21=7+21", "=7+21=7+21=7+21"], ["=1-3", "=1-3=1-3", "=1-3=1-3=1-3"]]   # EOS dropped
+        dict(n=3, temperature=0.6, top_p=0.95, max_tokens=9, seed=8, detokenize=False),
+    ]  # seed + j·n: all distinct
+    assert out == [["=7+21", "=7+21=7+21", "=7+21=7+21=7+21"], ["=1-3", "=1-3=1-3", "=1-3=1-3=1-3"]]  # EOS dropped
 
 
 def test_greedy_asks_for_one_completion_and_repeats_it(fake_vllm):
@@ -109,17 +121,22 @@ def test_engine_settings_environment_and_rng(fake_vllm, monkeypatch):
     torch.manual_seed(123)
     random.seed(123)
     sampler = backends.make_sampler("vllm", "m", seed=7, gpu_memory_utilization=0.5, enforce_eager=False)
-    assert (torch.rand(3).tolist(), random.random()) == (expected[0].tolist(), expected[1])   # caller's RNG untouched
-    assert sampler.llm.kwargs == {"model": "m", "seed": 7, "dtype": "auto", "enforce_eager": False,
-                                  "gpu_memory_utilization": 0.5}
+    assert (torch.rand(3).tolist(), random.random()) == (expected[0].tolist(), expected[1])  # caller's RNG untouched
+    assert sampler.llm.kwargs == {
+        "model": "m",
+        "seed": 7,
+        "dtype": "auto",
+        "enforce_eager": False,
+        "gpu_memory_utilization": 0.5,
+    }
     import os
 
     assert os.environ["VLLM_CACHE_ROOT"] == str(outputs_root() / "cache" / "vllm")
-    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"          # in-process engine without CUDA
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # in-process engine without CUDA
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-    assert backends.make_sampler("vllm", "m").llm.kwargs == {"model": "m", "seed": 0, "dtype": "auto"}   # GPU
-    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"          # a user's setting wins
+    assert backends.make_sampler("vllm", "m").llm.kwargs == {"model": "m", "seed": 0, "dtype": "auto"}  # GPU
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # a user's setting wins
 
 
 def test_close_frees_the_engine_once(fake_vllm):
@@ -127,7 +144,7 @@ def test_close_frees_the_engine_once(fake_vllm):
         llm = sampler.llm
         sampler.generate(["1="], max_new_tokens=2)
     assert llm.shut and sampler.llm is None and fake_vllm.cleanups == [True]
-    sampler.close()                                                      # idempotent
+    sampler.close()  # idempotent
     assert fake_vllm.cleanups == [True]
     with pytest.raises(RuntimeError, match="after close"):
         sampler.generate(["1="])
@@ -150,7 +167,7 @@ def test_vllm_needs_a_model_directory(fake_vllm):
 
 def test_eval_backend_knob_selects_the_sampler_and_closes_it(fake_vllm):
     cfg = config.load("params/default.yaml", "default")
-    assert cfg.eval.backend == "hf"                                      # the CPU default
+    assert cfg.eval.backend == "hf"  # the CPU default
     items = [tasks.Item("12+7=", 19, "19"), tasks.Item("3-1=", 2, "2")]
     ev = {**cfg.eval, "backend": "vllm", "k": 2}
     res = scoring.evaluate_model("m", items, ev)
@@ -172,12 +189,14 @@ class Scripted:
 
 def test_evaluate_scores_math_items_with_their_own_verifier():
     items = math_tasks.make_items([{"problem": "half?", "answer": "\\frac{1}{2}"}, {"problem": "two?", "answer": "2"}])
-    script = {items[0].prompt: ["\\boxed{0.5}", "\\boxed{2/4}", "1/2", "\\boxed{1}"],
-              items[1].prompt: ["\\boxed{3}", "\\boxed{2}", "\\boxed{2}", "\\boxed{2.0}"]}
+    script = {
+        items[0].prompt: ["\\boxed{0.5}", "\\boxed{2/4}", "1/2", "\\boxed{1}"],
+        items[1].prompt: ["\\boxed{3}", "\\boxed{2}", "\\boxed{2}", "\\boxed{2.0}"],
+    }
     res = scoring.evaluate(Scripted(script), items, k=4)
     assert res["avg@4"] == pytest.approx(5 / 8)
     assert res["pass@1"] == pytest.approx(5 / 8) and res["pass@4"] == 1.0
-    assert res["greedy_accuracy"] == 0.5                                  # first completions: right, wrong
+    assert res["greedy_accuracy"] == 0.5  # first completions: right, wrong
 
 
 def test_heldout_items_follow_task_kind(tmp_path):
@@ -185,12 +204,19 @@ def test_heldout_items_follow_task_kind(tmp_path):
     assert scoring.heldout_items(cfg) == tasks.split(cfg.task)[1]
     (tmp_path / "aime.jsonl").write_text('{"Problem": "p1", "Answer": 7}\n{"Problem": "p2", "Answer": 8}\n')
     tiny.init_model(dict(cfg.model, layers=1), 0, tmp_path / "run" / "checkpoint-0")
-    cfg = config.load("params/default.yaml", "default", {
-        "task.kind": "math", "math.dataset": str(tmp_path / "aime.jsonl"), "math.limit": 1,
-        "trajectory.dir": str(tmp_path / "run")})
+    cfg = config.load(
+        "params/default.yaml",
+        "default",
+        {
+            "task.kind": "math",
+            "math.dataset": str(tmp_path / "aime.jsonl"),
+            "math.limit": 1,
+            "trajectory.dir": str(tmp_path / "run"),
+        },
+    )
     items = scoring.heldout_items(cfg)
     assert [(it.problem, it.answer) for it in items] == [("p1", "7")]
-    assert items[0].prompt == math_tasks.format_prompt("p1")             # the tiny tokenizer has no chat template
+    assert items[0].prompt == math_tasks.format_prompt("p1")  # the tiny tokenizer has no chat template
     with pytest.raises(ValueError, match="task.kind must be arithmetic or math, not 'code'"):
         scoring.heldout_items(config.load("params/default.yaml", "default", {"task.kind": "code"}))
     with pytest.raises(math_tasks.DatasetError, match="math.dataset is not set"):

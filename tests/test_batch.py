@@ -1,4 +1,5 @@
 """Batch runner: grid expansion and names (no kernel), then a few real papermill executions of tiny notebooks."""
+
 import json
 import os
 import re
@@ -15,22 +16,32 @@ from helpers.lib.paths import REPO
 from helpers.pipeline import batch, results
 from helpers.pipeline.rundir import RunDir
 
-PARAMETERS = '''params_file = "params/default.yaml"   # model × algorithm × scale
+PARAMETERS = """params_file = "params/default.yaml"   # model × algorithm × scale
 profile = "auto"                      # "default", "smoke" (CI), or "auto"
 run_dir = None                        # where outputs go
-overrides = {}                        # dotted overrides'''
+overrides = {}                        # dotted overrides"""
 
 
 def notebook(path, *cells, start=True):
     """A notebook: title, the parameters cell, `run = helpers.pipeline.run.start(...)` (if `start`), then `cells`."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"),
-                nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
-                *([nbformat.v4.new_code_cell(f"import helpers.pipeline.run\n"
-                                             f"run = helpers.pipeline.run.start({path.stem!r}, params_file, profile, "
-                                             f"run_dir, overrides)")] if start else []),
-                *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {path.stem}"),
+        nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
+        *(
+            [
+                nbformat.v4.new_code_cell(
+                    f"import helpers.pipeline.run\n"
+                    f"run = helpers.pipeline.run.start({path.stem!r}, params_file, profile, "
+                    f"run_dir, overrides)"
+                )
+            ]
+            if start
+            else []
+        ),
+        *(nbformat.v4.new_code_cell(c) for c in cells),
+    ]
     nbformat.write(nb, str(path))
     return path
 
@@ -43,6 +54,7 @@ def params(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- no kernel
+
 
 def test_grid_values_are_typed_and_expanded():
     grid = batch.parse_grid(["rl.lr=1e-5,3.0e-5", "rl.algorithm=grpo,gspo", "x.flag=true", "x.n=8"])
@@ -59,8 +71,10 @@ def test_grid_values_are_typed_and_expanded():
 
 def test_run_names_are_readable_and_distinct():
     assert batch.run_name("default", {}) == "default"
-    assert batch.run_name("default-smoke", {"rl.lr": 1e-5, "rl.algorithm": "grpo"}) == \
-        "default-smoke_lr=1e-5_algorithm=grpo"
+    assert (
+        batch.run_name("default-smoke", {"rl.lr": 1e-5, "rl.algorithm": "grpo"})
+        == "default-smoke_lr=1e-5_algorithm=grpo"
+    )
     assert batch.run_name("p", {"rl.lr": 3e-5, "sft.lr": 1e-4}) == "p_rl.lr=3e-5_sft.lr=0.0001"
     assert batch.run_name("p", {"a.flag": False, "a.path": "x/y z"}) == "p_flag=false_path=x-y-z"
     assert batch.batch_name("p", {"rl.lr": [1], "rl.algorithm": [2]}) == "p_grid_lr_algorithm"
@@ -86,6 +100,7 @@ def test_unknown_grid_key_fails_before_running(tmp_path, params):
 
 
 # ---------------------------------------------------------------- the code version (no kernel)
+
 
 def test_helpers_version_follows_the_sources_not_their_times(tmp_path):
     pkg = tmp_path / "helpers"
@@ -135,15 +150,18 @@ def test_results_of_other_code_run_again(tmp_path, params, monkeypatch):
 
 # ---------------------------------------------------------------- real executions (5 in total)
 
+
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory, params):
     """01_alpha + 02_beta (which reads 01's results) over seed=1,2 in the smoke profile: 4 executions."""
     nbs = tmp_path_factory.mktemp("notebooks")
-    notebook(nbs / "01_alpha.ipynb",
-             "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1], [0, run.cfg.seed])\n"
-             "run.savefig(fig, 'line')",
-             'run.save_results({"x": 1.0, "seed": run.cfg.seed, "third": 1 / 3, "nested": {"a": 0.123456789}, '
-             '"curve": [1, 2, 3]})')
+    notebook(
+        nbs / "01_alpha.ipynb",
+        "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1], [0, run.cfg.seed])\n"
+        "run.savefig(fig, 'line')",
+        'run.save_results({"x": 1.0, "seed": run.cfg.seed, "third": 1 / 3, "nested": {"a": 0.123456789}, '
+        '"curve": [1, 2, 3]})',
+    )
     notebook(nbs / "02_beta.ipynb", 'run.save_results({"y": run.results_of("01_alpha")["x"] + run.cfg.seed})')
     out = tmp_path_factory.mktemp("outputs")
     outcomes = batch.run_batch(params, {"seed": [1, 2]}, profile="smoke", out=out, notebooks_dir=nbs)
@@ -179,8 +197,12 @@ def test_run_index_links_notebooks_and_shows_headline_numbers(grid_run):
     assert "01_alpha.html" in links and "02_beta.html" in links and "figures/01_alpha/line.png" in links
     assert not any(link.startswith(("/", "file:", "http")) for link in links)
     assert all((run / link).exists() for link in links)
-    for shown in ("<dt>third</dt><dd>0.3333</dd>", "<dt>nested.a</dt><dd>0.1235</dd>", "<dt>y</dt><dd>3</dd>",
-                  "<dt>seed</dt><dd>2</dd>"):
+    for shown in (
+        "<dt>third</dt><dd>0.3333</dd>",
+        "<dt>nested.a</dt><dd>0.1235</dd>",
+        "<dt>y</dt><dd>3</dd>",
+        "<dt>seed</dt><dd>2</dd>",
+    ):
         assert shown in page
     assert "curve" not in page and "complete 2/2" in page
     md = (run / "index.md").read_text()
@@ -192,8 +214,9 @@ def test_batch_index_has_a_row_per_combination(grid_run):
     page = (out / "tiny-smoke_grid_seed-index.html").read_text()
     links = re.findall(r"href='([^']+)'", page)
     assert links == [f"{o.name.replace('=', '%3D')}/index.html" for o in outcomes]
-    assert all((out / "tiny-smoke_grid_seed-index.html").parent.joinpath(link.replace("%3D", "=")).is_file()
-               for link in links)
+    assert all(
+        (out / "tiny-smoke_grid_seed-index.html").parent.joinpath(link.replace("%3D", "=")).is_file() for link in links
+    )
     assert page.count("complete 2/2") == 2 and "<dt>y</dt><dd>2</dd>" in page and "<dt>y</dt><dd>3</dd>" in page
 
 
@@ -225,19 +248,26 @@ def test_failure_names_notebook_and_cell_and_leaves_no_results(tmp_path, params,
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     notebook(nbs / "01_alpha.ipynb", 'run.save_results({"x": 1.0})')
-    notebook(nbs / "02_boom.ipynb",  # kept light (no helpers import): a kernel start is the slow part here
-             "from pathlib import Path\nres = Path(run_dir, 'results', '02_boom.json')\n"
-             "assert not res.exists(), 'the stale results file was not removed before the run'",
-             "res.write_text('{\"z\": 1.0}')  # as if results were saved before a later cell failed",
-             "# the failing cell\nraise ValueError('boom')", start=False)
+    notebook(
+        nbs / "02_boom.ipynb",  # kept light (no helpers import): a kernel start is the slow part here
+        "from pathlib import Path\nres = Path(run_dir, 'results', '02_boom.json')\n"
+        "assert not res.exists(), 'the stale results file was not removed before the run'",
+        "res.write_text('{\"z\": 1.0}')  # as if results were saved before a later cell failed",
+        "# the failing cell\nraise ValueError('boom')",
+        start=False,
+    )
     out = tmp_path / "out"
     run = out / "tiny"
-    stale = run / "results" / "02_boom.json"   # complete-looking results of an earlier run, but no executed notebook
+    stale = run / "results" / "02_boom.json"  # complete-looking results of an earlier run, but no executed notebook
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps({"z": 0.0, "_meta": {"params_hash": config.load(params, "default").hash()}}))
 
-    assert batch.main([str(params), "--only", "02_boom", "--profile", "default", "--out", str(out),
-                       "--notebooks", str(nbs)]) == 1
+    assert (
+        batch.main(
+            [str(params), "--only", "02_boom", "--profile", "default", "--out", str(out), "--notebooks", str(nbs)]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "notebook 02_boom failed in cell 4 (`# the failing cell`): ValueError: boom" in err
     assert "executed notebook kept for inspection" in err
@@ -250,6 +280,7 @@ def test_failure_names_notebook_and_cell_and_leaves_no_results(tmp_path, params,
 
 # ---------------------------------------------------------------- user errors, timeouts, dead kernels
 
+
 def test_empty_only_is_an_error_not_all_notebooks(tmp_path, params, capsys):
     notebook(tmp_path / "01_a.ipynb")
     with pytest.raises(ValueError, match=r"--only '': empty notebook name .*\(have: 01_a\)"):
@@ -260,16 +291,25 @@ def test_empty_only_is_an_error_not_all_notebooks(tmp_path, params, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-@pytest.mark.parametrize("module, argv, message", [
-    ("batch", ["missing.yaml"], "missing.yaml: params file not found"),
-    ("robustness", ["missing.yaml"], "missing.yaml: params file not found"),
-    ("regime", ["missing.yaml"], "missing.yaml"),
-    ("notebooks", ["strip", "missing.ipynb"], "missing.ipynb: not a readable notebook"),
-])
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("batch", ["missing.yaml"], "missing.yaml: params file not found"),
+        ("robustness", ["missing.yaml"], "missing.yaml: params file not found"),
+        ("regime", ["missing.yaml"], "missing.yaml"),
+        ("notebooks", ["strip", "missing.ipynb"], "missing.ipynb: not a readable notebook"),
+    ],
+)
 def test_every_command_line_ends_a_user_error_in_one_line(tmp_path, module, argv, message):
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", f"helpers.pipeline.{module}", *argv, *extra], cwd=tmp_path,
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        return subprocess.run(
+            [sys.executable, "-m", f"helpers.pipeline.{module}", *argv, *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
     done = run()
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert message in done.stderr
@@ -285,10 +325,13 @@ def hasty(tmp_path_factory):
     return p
 
 
-@pytest.mark.parametrize("cell, error", [
-    ("import time\ntime.sleep(30)", "CellTimeoutError: the cell ran longer than batch.cell_timeout = 1 s"),
-    ("import os\nos._exit(1)", "DeadKernelError: the kernel died while the cell ran"),
-])
+@pytest.mark.parametrize(
+    "cell, error",
+    [
+        ("import time\ntime.sleep(30)", "CellTimeoutError: the cell ran longer than batch.cell_timeout = 1 s"),
+        ("import os\nos._exit(1)", "DeadKernelError: the kernel died while the cell ran"),
+    ],
+)
 def test_timeout_and_dead_kernel_name_notebook_and_cell(tmp_path, hasty, capfd, cell, error):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
@@ -297,7 +340,7 @@ def test_timeout_and_dead_kernel_name_notebook_and_cell(tmp_path, hasty, capfd, 
     start = time.time()
     assert batch.main([str(hasty), "--profile", "default", "--out", str(out), "--notebooks", str(nbs)]) == 1
     assert time.time() - start < 25
-    err = capfd.readouterr().err   # the kernel's own stderr included: no shutdown traceback
+    err = capfd.readouterr().err  # the kernel's own stderr included: no shutdown traceback
     line = cell.splitlines()[0]
     assert "Traceback" not in err
     assert f"notebook 01_stuck failed in cell 3 (`{line}`): {error}" in err, err

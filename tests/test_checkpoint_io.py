@@ -13,8 +13,14 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from helpers.lib.checkpoint_io import write_checkpoint
 from helpers.lib.trajectory import Trajectory
 
-TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
-            vocab_size=32)
+TINY = dict(
+    hidden_size=64,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    vocab_size=32,
+)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
@@ -34,7 +40,7 @@ def state(like):
 def header(path):
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return n, json.loads(raw[8:8 + n])
+    return n, json.loads(raw[8 : 8 + n])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -72,9 +78,13 @@ def test_tied_head_skipped_and_trajectory_reads_it(tmp_path, like):
 
 
 def test_mixed_dtypes_are_aligned(tmp_path, like):
-    tensors = [("a", torch.arange(3, dtype=torch.bfloat16)), ("b", torch.arange(5, dtype=torch.float32)),
-               ("c", torch.tensor([True, False, True])), ("d", torch.arange(3, dtype=torch.int64)),
-               ("e", torch.tensor(2.5))]
+    tensors = [
+        ("a", torch.arange(3, dtype=torch.bfloat16)),
+        ("b", torch.arange(5, dtype=torch.float32)),
+        ("c", torch.tensor([True, False, True])),
+        ("d", torch.arange(3, dtype=torch.int64)),
+        ("e", torch.tensor(2.5)),
+    ]
     out = write_checkpoint(tmp_path / "o", tensors, like, dtype_of={"b": torch.float64})
     n, h = header(out / "model.safetensors")
     assert (8 + n) % 8 == 0
@@ -122,14 +132,18 @@ def test_atomic_on_failure(tmp_path, like):
 
 # --- issue 18 ---------------------------------------------------------------------------------------------------------
 
+
 def test_never_replaces_a_directory_it_did_not_write(tmp_path, like):
     """Item 1: an existing directory is replaced only when asked to and only if it is an earlier output."""
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "precious.txt").write_text("keep")
     for overwrite in (False, True):
-        with pytest.raises(FileExistsError, match=r"theirs: exists and is not a checkpoint written by this tool "
-                                                  r"\(no extrapolation.json\); not replaced"):
+        with pytest.raises(
+            FileExistsError,
+            match=r"theirs: exists and is not a checkpoint written by this tool "
+            r"\(no extrapolation.json\); not replaced",
+        ):
             write_checkpoint(theirs, [("x", torch.ones(1))], like, record={"beta": 2}, overwrite=overwrite)
     assert (theirs / "precious.txt").read_text() == "keep"
     mine = write_checkpoint(tmp_path / "mine", [("x", torch.ones(1))], like, record={"beta": 2})
@@ -157,5 +171,6 @@ def test_output_gets_umask_permissions(tmp_path, like):
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {
-        f: 0o644 for f in ("model.safetensors", "extrapolation.json", "config.json", "generation_config.json",
-                           "tokenizer.json")}
+        f: 0o644
+        for f in ("model.safetensors", "extrapolation.json", "config.json", "generation_config.json", "tokenizer.json")
+    }

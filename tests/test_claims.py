@@ -1,4 +1,5 @@
 """The claims protocol: rules, verdicts, intervals (coverage on simulated data), the held-out split."""
+
 import math
 
 import numpy as np
@@ -12,20 +13,29 @@ def claim(lo, hi, rule):
     return C.Claim("nb99.x", "x", paper.get("rl_gain"), (lo + hi) / 2, (lo, hi), rule, "test")
 
 
-@pytest.mark.parametrize("interval, verdict", [((0.72, 0.80), "holds"), ((0.60, 0.69), "does not hold"),
-                                               ((0.65, 0.75), "inconclusive")])
+@pytest.mark.parametrize(
+    "interval, verdict", [((0.72, 0.80), "holds"), ((0.60, 0.69), "does not hold"), ((0.65, 0.75), "inconclusive")]
+)
 def test_above_decides_on_the_interval(interval, verdict):
     assert claim(*interval, C.above(0.7)).verdict == verdict
 
 
-@pytest.mark.parametrize("interval, verdict", [((0.001, 0.05), "holds"), ((-0.03, 0.015), "does not hold"),
-                                               ((-0.01, 0.04), "inconclusive"), ((0.001, 0.015), "holds")])
+@pytest.mark.parametrize(
+    "interval, verdict",
+    [
+        ((0.001, 0.05), "holds"),
+        ((-0.03, 0.015), "does not hold"),
+        ((-0.01, 0.04), "inconclusive"),
+        ((0.001, 0.015), "holds"),
+    ],
+)
 def test_a_gain_fails_when_its_interval_rules_out_the_smallest_effect(interval, verdict):
     assert claim(*interval, C.above(0.0, tolerance=0.02)).verdict == verdict
 
 
-@pytest.mark.parametrize("interval, verdict", [((0.01, 0.04), "holds"), ((0.06, 0.2), "does not hold"),
-                                               ((0.03, 0.07), "inconclusive")])
+@pytest.mark.parametrize(
+    "interval, verdict", [((0.01, 0.04), "holds"), ((0.06, 0.2), "does not hold"), ((0.03, 0.07), "inconclusive")]
+)
 def test_below(interval, verdict):
     assert claim(*interval, C.below(0.05)).verdict == verdict
 
@@ -67,7 +77,7 @@ def test_exact_median_and_share_intervals_cover_at_the_stated_rate():
     rng = np.random.default_rng(2)
     sims, med_hits, share_hits = 400, 0, 0
     for _ in range(sims):
-        x = rng.normal(size=301)                     # true median 0, true share above 1.0 = 0.1587
+        x = rng.normal(size=301)  # true median 0, true share above 1.0 = 0.1587
         lo, hi = C.median_interval(x, 0.95)
         med_hits += lo <= 0 <= hi
         lo, hi = C.share_interval(int((x > 1).sum()), x.size, 0.95)
@@ -80,13 +90,13 @@ def test_paired_difference_is_tighter_than_unpaired_on_correlated_items():
     rng = np.random.default_rng(3)
     a = rng.random(500) < 0.6
     b = a.copy()
-    b[rng.choice(500, 15, replace=False)] = False          # b loses 15 items a got right
+    b[rng.choice(500, 15, replace=False)] = False  # b loses 15 items a got right
     d, (lo, hi) = C.paired_difference(a, b, n_boot=1000)
     assert d == pytest.approx(a.mean() - b.mean())
-    assert lo > 0                                           # paired: clearly positive
+    assert lo > 0  # paired: clearly positive
     wa, wb = C.binomial_interval(a.mean(), 500), C.binomial_interval(b.mean(), 500)
     _, (ulo, _) = C.difference(a.mean(), wa, b.mean(), wb)
-    assert ulo < 0                                          # unpaired cannot tell
+    assert ulo < 0  # unpaired cannot tell
     with pytest.raises(ValueError, match="same items"):
         C.paired_difference(a, b[:10])
 
@@ -95,7 +105,7 @@ def test_across_seeds_is_the_mean_and_the_hull():
     m, (lo, hi) = C.across_seeds([0.2, 0.4], [(0.1, 0.3), (0.35, 0.5)])
     assert m == pytest.approx(0.3) and (lo, hi) == (0.1, 0.5)
     m, (lo, hi) = C.across_seeds([0.2, 0.4, math.nan], [(0.1, 0.3), (0.35, 0.5), (math.nan, math.nan)])
-    assert math.isnan(lo) and math.isnan(hi)               # an undefined seed is not silently left out
+    assert math.isnan(lo) and math.isnan(hi)  # an undefined seed is not silently left out
     assert math.isnan(C.across_seeds([], [])[0])
 
 
@@ -141,4 +151,4 @@ def test_an_unbounded_side_still_decides():
     assert claim(0.5, math.inf, C.above(1)).verdict == "inconclusive"
     c = C.Claim("nb99.x", "x", paper.get("rl_gain"), 2.4, (0.5, math.inf), C.above(1), "test")
     assert "2.400 [0.500, ∞]" in c.sentence() and c.record()["ci_high"] is None
-    assert C.table([c.record()])["measured [interval]"].iloc[0] == "2.400 [0.500, ∞]"   # as stored in JSON
+    assert C.table([c.record()])["measured [interval]"].iloc[0] == "2.400 [0.500, ∞]"  # as stored in JSON

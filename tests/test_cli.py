@@ -1,4 +1,5 @@
 """Command lines end a user error with one clear line and exit status 2; --debug keeps the traceback."""
+
 import pytest
 
 from helpers.lib import cli
@@ -33,5 +34,6 @@ def test_success_exits_with_mains_status():
 def test_a_bug_keeps_its_traceback():
     def bug(argv):
         raise ZeroDivisionError("bug")
+
     with pytest.raises(ZeroDivisionError):
         cli.run(bug, [])

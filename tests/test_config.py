@@ -3,8 +3,7 @@ import os
 
 import pytest
 
-from helpers.lib import config
-from helpers.lib import paths
+from helpers.lib import config, paths
 from helpers.pipeline import results
 
 
@@ -82,35 +81,48 @@ def test_yaml_reads_exponent_floats():
 
 # ------------------------------------------------------------------------- types, ranges and shapes (issue #18, 2-3)
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"rl.lr": "fast"}, "overrides: rl.lr must be a number > 0, not the string 'fast'"),
-    ({"rl.steps": -5}, "overrides: rl.steps must be at least 1, not -5"),
-    ({"rl.save_every": 0}, "overrides: rl.save_every must be at least 1, not 0"),
-    ({"rl.lr": None}, "overrides: rl.lr must be a number > 0, not null"),
-    ({"sft.lr": None}, "overrides: sft.lr must be a number > 0, not null"),
-    ({"relex.rank": 0}, "overrides: relex.rank must be at least 1, not 0"),
-    ({"relex.rank": -1}, "overrides: relex.rank must be at least 1, not -1"),
-    ({"rl.steps": 240.0}, "overrides: rl.steps must be an integer ≥ 1, not 240.0"),
-    ({"trajectory.allow_pickle": "false"},
-     "overrides: trajectory.allow_pickle must be true or false, not the string 'false'"),
-    ({"rl": 1e-5}, "overrides: rl is a section (rl.algorithm, rl.optimizer, rl.lr, …): set one of its knobs, "
-                   "not the whole section to 1e-05"),
-    ({"rl.lr.x": 1}, "overrides: rl.lr must be a number > 0, not a section ({'x': 1})"),
-    ({"eval.backend": "vlm"}, "overrides: eval.backend must be hf or vllm, not 'vlm'"),
-    ({"rl.algorithm": "ppo"}, "overrides: rl.algorithm must be grpo, gspo or reinforce++, not 'ppo'"),
-    ({"claims.r2_threshold": 1.0}, "overrides: claims.r2_threshold must be a number in (0, 1) or null, not 1.0"),
-    ({"claims.level": 95}, "overrides: claims.level must be in (0, 1), not 95"),
-    ({"eval.top_p": 0}, "overrides: eval.top_p must be in (0, 1], not 0"),
-    ({"relex.eval_items": 0}, "overrides: relex.eval_items must be an integer ≥ 1 or null, not 0"),
-    ({"trajectory.dir": 3}, "overrides: trajectory.dir must be a path or null, not 3"),
-    ({"relex.ablation.fits": ["linear", "cubic"]},
-     "overrides: relex.ablation.fits must be a list of linear, polynomial or sinusoid, not ['linear', 'cubic']"),
-    ({"extrapolation.weight_pairs": [[0.0, 2.0]]},
-     "overrides: extrapolation.weight_pairs must be a list of pairs of numbers in [0, 1], not [[0.0, 2.0]]"),
-    ({"origin.sgd_lr": "fast"}, "overrides: origin.sgd_lr must be auto or a number > 0, not 'fast'"),
-    ({"rl.lr": 1e-5, "rl": 1}, "overrides: rl is a section"),
-    ({"rl": 1, "rl.lr": 1e-5}, "overrides: rl.lr and rl are both set"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rl.lr": "fast"}, "overrides: rl.lr must be a number > 0, not the string 'fast'"),
+        ({"rl.steps": -5}, "overrides: rl.steps must be at least 1, not -5"),
+        ({"rl.save_every": 0}, "overrides: rl.save_every must be at least 1, not 0"),
+        ({"rl.lr": None}, "overrides: rl.lr must be a number > 0, not null"),
+        ({"sft.lr": None}, "overrides: sft.lr must be a number > 0, not null"),
+        ({"relex.rank": 0}, "overrides: relex.rank must be at least 1, not 0"),
+        ({"relex.rank": -1}, "overrides: relex.rank must be at least 1, not -1"),
+        ({"rl.steps": 240.0}, "overrides: rl.steps must be an integer ≥ 1, not 240.0"),
+        (
+            {"trajectory.allow_pickle": "false"},
+            "overrides: trajectory.allow_pickle must be true or false, not the string 'false'",
+        ),
+        (
+            {"rl": 1e-5},
+            "overrides: rl is a section (rl.algorithm, rl.optimizer, rl.lr, …): set one of its knobs, "
+            "not the whole section to 1e-05",
+        ),
+        ({"rl.lr.x": 1}, "overrides: rl.lr must be a number > 0, not a section ({'x': 1})"),
+        ({"eval.backend": "vlm"}, "overrides: eval.backend must be hf or vllm, not 'vlm'"),
+        ({"rl.algorithm": "ppo"}, "overrides: rl.algorithm must be grpo, gspo or reinforce++, not 'ppo'"),
+        ({"claims.r2_threshold": 1.0}, "overrides: claims.r2_threshold must be a number in (0, 1) or null, not 1.0"),
+        ({"claims.level": 95}, "overrides: claims.level must be in (0, 1), not 95"),
+        ({"eval.top_p": 0}, "overrides: eval.top_p must be in (0, 1], not 0"),
+        ({"relex.eval_items": 0}, "overrides: relex.eval_items must be an integer ≥ 1 or null, not 0"),
+        ({"trajectory.dir": 3}, "overrides: trajectory.dir must be a path or null, not 3"),
+        (
+            {"relex.ablation.fits": ["linear", "cubic"]},
+            "overrides: relex.ablation.fits must be a list of linear, polynomial or sinusoid, not ['linear', 'cubic']",
+        ),
+        (
+            {"extrapolation.weight_pairs": [[0.0, 2.0]]},
+            "overrides: extrapolation.weight_pairs must be a list of pairs of numbers in [0, 1], not [[0.0, 2.0]]",
+        ),
+        ({"origin.sgd_lr": "fast"}, "overrides: origin.sgd_lr must be auto or a number > 0, not 'fast'"),
+        ({"rl.lr": 1e-5, "rl": 1}, "overrides: rl is a section"),
+        ({"rl": 1, "rl.lr": 1e-5}, "overrides: rl.lr and rl are both set"),
+    ],
+)
 def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(overrides, message):
     with pytest.raises(config.ConfigError) as e:
         config.load(profile="default", overrides=overrides)
@@ -120,26 +132,36 @@ def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(overrides, mess
 def test_every_bad_key_is_reported_at_once():
     with pytest.raises(config.ConfigError) as e:
         config.load(profile="default", overrides={"rl.lr": "fast", "rl.steps": -5, "seed": 1})
-    assert str(e.value) == ("overrides: rl.lr must be a number > 0, not the string 'fast'; "
-                            "rl.steps must be at least 1, not -5")
+    assert str(e.value) == (
+        "overrides: rl.lr must be a number > 0, not the string 'fast'; rl.steps must be at least 1, not -5"
+    )
 
 
 def test_a_quoted_boolean_in_a_file_names_the_file(tmp_path):
     bad = write(tmp_path, "mine.yaml", 'trajectory:\n  allow_pickle: "false"\n')
-    with pytest.raises(config.ConfigError, match=r"mine\.yaml: trajectory\.allow_pickle must be true or false, "
-                                                 r"not the string 'false'"):
+    with pytest.raises(
+        config.ConfigError,
+        match=r"mine\.yaml: trajectory\.allow_pickle must be true or false, "
+        r"not the string 'false'",
+    ):
         config.load(bad, profile="default")
-    assert config.load(write(tmp_path, "ok.yaml", "trajectory:\n  allow_pickle: true\n"),
-                       "default").trajectory.allow_pickle is True
+    assert (
+        config.load(
+            write(tmp_path, "ok.yaml", "trajectory:\n  allow_pickle: true\n"), "default"
+        ).trajectory.allow_pickle
+        is True
+    )
 
 
 def test_a_bad_profile_value_names_the_profile(tmp_path):
     p = write(tmp_path, "mine.yaml", "rl: {lr: 1e-5}\nprofiles:\n  tiny: {rl: {steps: 0}}\n")
-    assert config.load(p, "default").rl.lr == 1e-5        # the file itself is fine; only the profile is checked here
+    assert config.load(p, "default").rl.lr == 1e-5  # the file itself is fine; only the profile is checked here
     with pytest.raises(config.ConfigError, match=r"mine\.yaml profiles\.tiny: rl\.steps must be at least 1, not 0"):
         config.load(p, "tiny")
     empty = write(tmp_path, "empty.yaml", "profiles:\n  tiny: 5\n")
-    with pytest.raises(config.ConfigError, match=r"empty\.yaml profiles\.tiny: expected a mapping of parameters, not 5"):
+    with pytest.raises(
+        config.ConfigError, match=r"empty\.yaml profiles\.tiny: expected a mapping of parameters, not 5"
+    ):
         config.load(empty, "tiny")
     whole = write(tmp_path, "whole.yaml", "eval: 3\n")
     with pytest.raises(config.ConfigError, match=r"whole\.yaml: eval is a section"):
@@ -147,9 +169,18 @@ def test_a_bad_profile_value_names_the_profile(tmp_path):
 
 
 def test_ints_count_as_floats_and_nullable_knobs_take_null():
-    cfg = config.load(profile="default", overrides={"rl.lr": 1, "relex.eval_items": None, "rl_extra.ablation": None,
-                                                    "origin.sgd_lr": 0.1, "weight_linearity.entries.min_range": 0,
-                                                    "device": "cuda:1", "origin.snr_db": [3, "signal=0"]})
+    cfg = config.load(
+        profile="default",
+        overrides={
+            "rl.lr": 1,
+            "relex.eval_items": None,
+            "rl_extra.ablation": None,
+            "origin.sgd_lr": 0.1,
+            "weight_linearity.entries.min_range": 0,
+            "device": "cuda:1",
+            "origin.snr_db": [3, "signal=0"],
+        },
+    )
     assert cfg.rl.lr == 1 and cfg.rl_extra.ablation is None and cfg.device == "cuda:1"
 
 

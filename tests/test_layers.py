@@ -3,6 +3,7 @@
 Layers, bottom up: `helpers.lib` (library) < `helpers.experiments` (one module per notebook) < `helpers.pipeline`.
 Every `import` statement counts, also one inside a function.
 """
+
 import ast
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def imports(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names = [f"{base}.{a.name}" for a in node.names]
             found |= {n for n in names if n in MODULES} or {base}
     return {n if n in MODULES else n.split(".")[0] if not n.startswith("helpers") else n for n in found}
@@ -54,8 +57,12 @@ def test_every_module_is_in_a_layer():
 
 
 def test_no_upward_import():
-    upward = [f"{m} -> {n}" for m, deps in graph().items() for n in deps
-              if layer(m) is not None and layer(n) is not None and layer(n) > layer(m)]
+    upward = [
+        f"{m} -> {n}"
+        for m, deps in graph().items()
+        for n in deps
+        if layer(m) is not None and layer(n) is not None and layer(n) > layer(m)
+    ]
     assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
 
 
@@ -66,7 +73,7 @@ def test_no_import_cycle():
         state[m] = "open"
         for n in sorted(g[m]):
             if state.get(n) == "open":
-                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+                cycles.append(" -> ".join(path[path.index(n) :] + [n]))
             elif n not in state:
                 visit(n, path + [n])
         state[m] = "done"
@@ -106,8 +113,13 @@ print(";".join(f"{who} imports {name}" for name, who in seen if who.startswith("
 def test_library_module_imports_alone_without_the_notebook_stack(module):
     """In a fresh interpreter, importing a library module makes no helpers module import pandas / matplotlib /
     seaborn / papermill."""
-    out = subprocess.run([sys.executable, "-c", WHO_IMPORTS, module, ",".join(NOTEBOOK_STACK)], capture_output=True,
-                         text=True, cwd=REPO, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", WHO_IMPORTS, module, ",".join(NOTEBOOK_STACK)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", out.stdout
 
@@ -117,15 +129,24 @@ def test_the_import_watch_names_a_helpers_importer(tmp_path):
     (tmp_path / "helpers").mkdir()
     (tmp_path / "helpers" / "__init__.py").write_text("")
     (tmp_path / "helpers" / "bad.py").write_text("import pandas\n")
-    out = subprocess.run([sys.executable, "-c", WHO_IMPORTS, "helpers.bad", "pandas"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300, env={"PYTHONPATH": str(tmp_path), "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", WHO_IMPORTS, "helpers.bad", "pandas"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={"PYTHONPATH": str(tmp_path), "PATH": ""},
+    )
     assert out.stdout.strip() == "helpers.bad imports pandas", (out.stdout, out.stderr[-500:])
 
 
 def test_the_checker_sees_a_cycle_and_an_upward_import(monkeypatch):
     """The graph checks fail on a planted cycle and a planted upward import (they can fail)."""
-    fake = {"helpers.lib.a": {"helpers.lib.b"}, "helpers.lib.b": {"helpers.lib.a", "helpers.pipeline.c"},
-            "helpers.pipeline.c": set()}
+    fake = {
+        "helpers.lib.a": {"helpers.lib.b"},
+        "helpers.lib.b": {"helpers.lib.a", "helpers.pipeline.c"},
+        "helpers.pipeline.c": set(),
+    }
     monkeypatch.setattr(sys.modules[__name__], "graph", lambda: fake)
     with pytest.raises(AssertionError, match="helpers.lib.a -> helpers.lib.b -> helpers.lib.a"):
         test_no_import_cycle()

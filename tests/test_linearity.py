@@ -1,4 +1,5 @@
 """helpers.lib.linearity: the R² core, the entry filters, tensor naming, and weight R² over synthetic trajectories."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,23 +65,26 @@ def test_fit_line_matches_polyfit():
 
 
 # ----------------------------------------------------------------------------------------------- naming, sampling
-@pytest.mark.parametrize("name, expected", [
-    ("model.embed_tokens.weight", (None, "embed")),
-    ("model.layers.0.self_attn.q_proj.weight", (0, "q")),
-    ("model.layers.12.self_attn.k_proj.weight", (12, "k")),
-    ("model.layers.3.self_attn.v_proj.bias", (3, "v")),
-    ("model.layers.27.self_attn.o_proj.weight", (27, "o")),
-    ("model.layers.5.self_attn.q_norm.weight", (5, "q_norm")),
-    ("model.layers.1.mlp.gate_proj.weight", (1, "gate")),
-    ("model.layers.1.mlp.up_proj.weight", (1, "up")),
-    ("model.layers.31.mlp.down_proj.weight", (31, "down")),
-    ("model.layers.4.input_layernorm.weight", (4, "input_norm")),
-    ("model.layers.4.post_attention_layernorm.weight", (4, "post_attn_norm")),
-    ("model.norm.weight", (None, "final_norm")),
-    ("lm_head.weight", (None, "head")),
-    ("model.language_model.layers.2.mlp.down_proj.weight", (2, "down")),
-    ("model.rotary_emb.inv_freq", (None, "inv_freq")),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("model.embed_tokens.weight", (None, "embed")),
+        ("model.layers.0.self_attn.q_proj.weight", (0, "q")),
+        ("model.layers.12.self_attn.k_proj.weight", (12, "k")),
+        ("model.layers.3.self_attn.v_proj.bias", (3, "v")),
+        ("model.layers.27.self_attn.o_proj.weight", (27, "o")),
+        ("model.layers.5.self_attn.q_norm.weight", (5, "q_norm")),
+        ("model.layers.1.mlp.gate_proj.weight", (1, "gate")),
+        ("model.layers.1.mlp.up_proj.weight", (1, "up")),
+        ("model.layers.31.mlp.down_proj.weight", (31, "down")),
+        ("model.layers.4.input_layernorm.weight", (4, "input_norm")),
+        ("model.layers.4.post_attention_layernorm.weight", (4, "post_attn_norm")),
+        ("model.norm.weight", (None, "final_norm")),
+        ("lm_head.weight", (None, "head")),
+        ("model.language_model.layers.2.mlp.down_proj.weight", (2, "down")),
+        ("model.rotary_emb.inv_freq", (None, "inv_freq")),
+    ],
+)
 def test_parse_name_qwen2_and_llama(name, expected):
     assert L.parse_name(name) == expected
 
@@ -88,8 +92,20 @@ def test_parse_name_qwen2_and_llama(name, expected):
 def test_parse_name_covers_every_weight_of_a_qwen2_model():
     config = S.qwen2_config(0, **TINY)
     parsed = [L.parse_name(n) for n in S.qwen2_shapes(config) if n.endswith(".weight")]
-    assert {m for _, m in parsed} == {"embed", "q", "k", "v", "o", "gate", "up", "down", "input_norm",
-                                       "post_attn_norm", "final_norm", "head"}
+    assert {m for _, m in parsed} == {
+        "embed",
+        "q",
+        "k",
+        "v",
+        "o",
+        "gate",
+        "up",
+        "down",
+        "input_norm",
+        "post_attn_norm",
+        "final_norm",
+        "head",
+    }
     assert sorted({layer for layer, _ in parsed if layer is not None}) == [0, 1]
 
 
@@ -99,8 +115,8 @@ def test_sample_index_size_determinism_and_memory():
     assert torch.equal(idx, L.sample_index("model.layers.0.mlp.up_proj.weight", 200_000, 0.001, 50, 3))
     assert not torch.equal(idx, L.sample_index("model.layers.1.mlp.up_proj.weight", 200_000, 0.001, 50, 3))
     assert not torch.equal(idx, L.sample_index("model.layers.0.mlp.up_proj.weight", 200_000, 0.001, 50, 4))
-    assert len(L.sample_index("n.weight", 1000, 0.001, 50)) == 50       # min_samples wins
-    assert len(L.sample_index("n.weight", 30, 0.001, 50)) == 30         # never more than the tensor
+    assert len(L.sample_index("n.weight", 1000, 0.001, 50)) == 50  # min_samples wins
+    assert len(L.sample_index("n.weight", 30, 0.001, 50)) == 30  # never more than the tensor
     assert len(L.sample_index("big.weight", 10**10, 1e-6, 50)) == 10_000  # O(k) memory, no 10^10 permutation
     assert L.tensor_seed(0, "model.norm.weight") == 301792021039251606  # pinned: stable across runs and machines
 
@@ -108,7 +124,7 @@ def test_sample_index_size_determinism_and_memory():
 # ------------------------------------------------------------------------------------------------------- filters
 def test_resolution_is_one_ulp_of_the_dtype():
     res = L.resolution([0.03, -0.01, 1.0, 0.0], torch.bfloat16)
-    np.testing.assert_allclose(res[:3], [2.0 ** -13, 2.0 ** -14, 2.0 ** -7])
+    np.testing.assert_allclose(res[:3], [2.0**-13, 2.0**-14, 2.0**-7])
     assert 0 < res[3] < 1e-38
     for x in (0.03, 0.5, 3.0):  # the spacing torch itself uses
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
@@ -120,11 +136,11 @@ def test_resolution_is_one_ulp_of_the_dtype():
 def test_entry_filters_drop_exactly_frozen_and_three_valued_entries():
     t = np.arange(16)
     ulp = L.resolution([0.02], torch.bfloat16)[0]
-    y = np.full((16, 5), 0.02)                       # 0: frozen
-    y[:, 1] = 0.02 + ulp * (t % 2)                   # 1: flickers by one ulp (2 values) -> too little range
-    y[:, 2] = 0.02 + 5 * ulp * (t % 3)               # 2: moves far, 3 distinct values
-    y[:, 3] = 0.02 + ulp * t                         # 3: moves, 16 values
-    y[:, 4] = 0.02 + 2 * ulp * (t % 4)               # 4: range exactly 6 ulps, 4 values
+    y = np.full((16, 5), 0.02)  # 0: frozen
+    y[:, 1] = 0.02 + ulp * (t % 2)  # 1: flickers by one ulp (2 values) -> too little range
+    y[:, 2] = 0.02 + 5 * ulp * (t % 3)  # 2: moves far, 3 distinct values
+    y[:, 3] = 0.02 + ulp * t  # 3: moves, 16 values
+    y[:, 4] = 0.02 + 2 * ulp * (t % 4)  # 4: range exactly 6 ulps, 4 values
     y = torch.tensor(y, dtype=torch.bfloat16).double().numpy()  # values as stored
     moved, varied = L.entry_filters(y, torch.bfloat16)
     assert moved.tolist() == [False, False, True, True, True]
@@ -181,11 +197,14 @@ def test_same_seed_same_results_other_seed_other_entries(linear):
     assert not np.array_equal(a.entries["index"], c.entries["index"])
 
 
-@pytest.mark.parametrize("drift, noise, walk, low, high", [
-    (0.0, 0.0, 1e-3, 0.3, 0.6),      # pure random walk: spurious trends, but a low median
-    (0.0, 1e-3, 0.0, 0.0, 0.12),     # pure noise: R² ≈ 1/(T-1)
-    (1e-2, 2e-3, 0.0, 0.45, 0.75),   # drift + noise
-])
+@pytest.mark.parametrize(
+    "drift, noise, walk, low, high",
+    [
+        (0.0, 0.0, 1e-3, 0.3, 0.6),  # pure random walk: spurious trends, but a low median
+        (0.0, 1e-3, 0.0, 0.0, 0.12),  # pure noise: R² ≈ 1/(T-1)
+        (1e-2, 2e-3, 0.0, 0.45, 0.75),  # drift + noise
+    ],
+)
 def test_measured_r2_matches_the_known_answer(tmp_path, drift, noise, walk, low, high):
     wl = L.weight_r2(tiny_run(tmp_path / "run", drift=drift, noise=noise, walk=walk), fraction=0.1, progress=False)
     s = wl.summary(0.7)

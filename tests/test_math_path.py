@@ -1,6 +1,7 @@
 """The real-model path on CPU: every notebook runs through the batch runner on `task.kind: math` — a tiny model with
 a printable-character tokenizer, SFT-taught to answer in `\\boxed{}`, as `trajectory.base`; JSONL problem files;
 RL trained here with math-verify's reward."""
+
 import json
 import math
 import string
@@ -9,40 +10,52 @@ import pytest
 import yaml
 
 from helpers.experiments.training_log import read_log
+from helpers.lib import config, device, tiny, training, trajectory
 from helpers.pipeline import batch
-from helpers.lib import config
-from helpers.lib import device
-from helpers.lib import tiny
-from helpers.lib import training
-from helpers.lib import trajectory
 
 PRINTABLE = "".join(ch for ch in string.printable if ch not in "\t\n\r\x0b\x0c")
-SMALL = {"rl": {"steps": 8, "save_every": 2, "batch": 8, "rollouts": 4, "max_completion_length": 24, "lr": 3.0e-4},
-         "eval": {"k": 4, "heldout_during_training": 8, "max_new_tokens": 24},
-         "model": {"max_positions": 128}}
+SMALL = {
+    "rl": {"steps": 8, "save_every": 2, "batch": 8, "rollouts": 4, "max_completion_length": 24, "lr": 3.0e-4},
+    "eval": {"k": 4, "heldout_during_training": 8, "max_new_tokens": 24},
+    "model": {"max_positions": 128},
+}
 
 
 @pytest.fixture(scope="module")
 def math_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("math")
-    rows = [{"problem": f"What is {a}+{b}?", "answer": str(a + b), "solution": f"{a}+{b}={a + b}, so \\boxed{{{a + b}}}"}
-            for a in range(6) for b in range(6)]
+    rows = [
+        {"problem": f"What is {a}+{b}?", "answer": str(a + b), "solution": f"{a}+{b}={a + b}, so \\boxed{{{a + b}}}"}
+        for a in range(6)
+        for b in range(6)
+    ]
     (d / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[28:]))
-    params = {**yaml.safe_load(open("params/default.yaml"))["profiles"]["smoke"], **SMALL, "name": "math-cpu",
-              "task": {"kind": "math"}, "trajectory": {"base": str(d / "base")},
-              "math": {"dataset": str(d / "test.jsonl"), "train_dataset": str(d / "all.jsonl")}}
+    params = {
+        **yaml.safe_load(open("params/default.yaml"))["profiles"]["smoke"],
+        **SMALL,
+        "name": "math-cpu",
+        "task": {"kind": "math"},
+        "trajectory": {"base": str(d / "base")},
+        "math": {"dataset": str(d / "test.jsonl"), "train_dataset": str(d / "all.jsonl")},
+    }
     (d / "math.yaml").write_text(yaml.safe_dump(params))
     cfg = config.load(d / "math.yaml", profile="default")
     init = tiny.init_model(cfg.model, 0, d / "init", alphabet=PRINTABLE)
-    with device.cpu_threads():   # teach the answer format (the base then solves part of the problems)
-        training.train_sft(config.derive(cfg, {"sft.lr": 3e-3, "sft.batch": 28}), init, d / "base", steps=150,
-                           save_every=0, save_final=True)
+    with device.cpu_threads():  # teach the answer format (the base then solves part of the problems)
+        training.train_sft(
+            config.derive(cfg, {"sft.lr": 3e-3, "sft.batch": 28}),
+            init,
+            d / "base",
+            steps=150,
+            save_every=0,
+            save_final=True,
+        )
     mp = pytest.MonkeyPatch()
     mp.setenv("RLVR_OUTPUTS", str(d / "out"))
     try:
         outcome = batch.run_batch(d / "math.yaml", profile="default", out=d / "out")[0]
-        rl_run = trajectory.run_dir(cfg)   # cached by the batch: the RL run the notebooks analysed
+        rl_run = trajectory.run_dir(cfg)  # cached by the batch: the RL run the notebooks analysed
     finally:
         mp.undo()
     return outcome, rl_run

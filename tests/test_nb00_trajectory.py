@@ -1,4 +1,5 @@
 """Notebook 00's claims: RL's held-out gain is paired over items and covers every seed; token entropy falls."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,8 +13,10 @@ def scores_table(base, finals, base_entropy=1.0, entropies=None):
     """A scores table as `nb00_trajectory.endpoint_scores` gives it: greedy per-item hits and entropy per model."""
     entropies = entropies or [0.5] * len(finals)
     rows = {"base": {"greedy_per_item": list(base), "entropy": base_entropy}}
-    rows |= {f"seed {s}": {"greedy_per_item": PerItem(np.asarray(f)), "entropy": e}
-             for s, (f, e) in enumerate(zip(finals, entropies))}
+    rows |= {
+        f"seed {s}": {"greedy_per_item": PerItem(np.asarray(f)), "entropy": e}
+        for s, (f, e) in enumerate(zip(finals, entropies))
+    }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -21,11 +24,14 @@ def hits(n, p, seed):
     return (np.random.default_rng(seed).random(n) < p).astype(int)
 
 
-@pytest.mark.parametrize("finals, verdict", [
-    (lambda b: [b | hits(500, 0.5, 1), b | hits(500, 0.4, 2)], "holds"),             # every seed gains ~ +0.2
-    (lambda b: [b, b & hits(500, 0.9, 1)], "does not hold"),                          # no gain, or a loss
-    (lambda b: [b | hits(500, 0.5, 1), b & hits(500, 0.9, 2)], "inconclusive"),      # the seeds disagree
-])
+@pytest.mark.parametrize(
+    "finals, verdict",
+    [
+        (lambda b: [b | hits(500, 0.5, 1), b | hits(500, 0.4, 2)], "holds"),  # every seed gains ~ +0.2
+        (lambda b: [b, b & hits(500, 0.9, 1)], "does not hold"),  # no gain, or a loss
+        (lambda b: [b | hits(500, 0.5, 1), b & hits(500, 0.9, 2)], "inconclusive"),  # the seeds disagree
+    ],
+)
 def test_rl_gain_claim_pairs_items_and_covers_every_seed(finals, verdict):
     base = hits(500, 0.4, 0)
     got = {c.id: c for c in nb.claims(scores_table(base, finals(base)), micro_cfg())}
@@ -40,9 +46,15 @@ def test_rl_gain_claim_is_inconclusive_on_few_items():
     assert c.verdict == "inconclusive" and "hull" not in c.how
 
 
-@pytest.mark.parametrize("entropies, verdict", [
-    ([0.6, 0.8], "holds"), ([1.2, 1.1], "does not hold"), ([0.8, 1.1], "inconclusive"), ([None, 0.8], "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "entropies, verdict",
+    [
+        ([0.6, 0.8], "holds"),
+        ([1.2, 1.1], "does not hold"),
+        ([0.8, 1.1], "inconclusive"),
+        ([None, 0.8], "inconclusive"),
+    ],
+)
 def test_entropy_claim_spans_the_seeds(entropies, verdict):
     base = hits(50, 0.4, 0)
     c = nb.claims(scores_table(base, [base, base], 1.0, entropies), micro_cfg())[1]

@@ -1,5 +1,6 @@
 """Notebook 01: weight R² tables (per module type, layer × module grid), summaries with intervals, saved results and
 the claims (share and median over seeds, norms the least linear)."""
+
 import numpy as np
 import pytest
 import torch
@@ -35,14 +36,32 @@ def test_bf16_norms_that_barely_move_are_dropped(tmp_path):
 def test_result_tables_and_saved_keys(linear):
     wl = L.weight_r2(linear, fraction=0.05, progress=False)
     res = nb.results(wl)
-    for key in ("weight_r2_median", "weight_r2_q1", "weight_r2_q3", "weight_r2_frac_above_0_7", "entries_kept",
-                "entries_dropped"):
+    for key in (
+        "weight_r2_median",
+        "weight_r2_q1",
+        "weight_r2_q3",
+        "weight_r2_frac_above_0_7",
+        "entries_kept",
+        "entries_dropped",
+    ):
         assert key in res
     assert res["weight_r2_frac_above_0_7"] == 1.0 and res["entries_kept"] == len(wl.values)
     grid = nb.grid(wl)
     assert list(grid.index) == ["0", "1", "—"] and grid.index.name == "layer"
-    assert list(grid.columns) == ["embed", "q", "k", "v", "o", "input_norm", "gate", "up", "down", "post_attn_norm",
-                                  "final_norm", "head"]
+    assert list(grid.columns) == [
+        "embed",
+        "q",
+        "k",
+        "v",
+        "o",
+        "input_norm",
+        "gate",
+        "up",
+        "down",
+        "post_attn_norm",
+        "final_norm",
+        "head",
+    ]
     assert np.isnan(grid.loc["0", "embed"]) and grid.loc["—", "head"] == pytest.approx(1.0)
     assert list(nb.by_layer(wl).index) == [0, 1]
 
@@ -77,12 +96,23 @@ def fake(r2_by_module: dict) -> L.WeightLinearity:
     names = np.array(list(r2_by_module), dtype=object)
     counts = np.array([len(xs) for xs in r2_by_module.values()])
     modules = np.repeat(names, counts)
-    entries = {"tensor": modules, "layer": np.zeros(len(modules)), "module": modules,
-               "index": np.concatenate([np.arange(n) for n in counts]),
-               "r2": np.concatenate([np.asarray(xs, dtype=float) for xs in r2_by_module.values()]),
-               "slope": np.ones(len(modules))}
-    tensors = {"tensor": names, "layer": np.zeros(len(names)), "module": names, "sampled": counts,
-               "dropped_range": np.zeros_like(counts), "dropped_distinct": np.zeros_like(counts), "kept": counts}
+    entries = {
+        "tensor": modules,
+        "layer": np.zeros(len(modules)),
+        "module": modules,
+        "index": np.concatenate([np.arange(n) for n in counts]),
+        "r2": np.concatenate([np.asarray(xs, dtype=float) for xs in r2_by_module.values()]),
+        "slope": np.ones(len(modules)),
+    }
+    tensors = {
+        "tensor": names,
+        "layer": np.zeros(len(names)),
+        "module": names,
+        "sampled": counts,
+        "dropped_range": np.zeros_like(counts),
+        "dropped_distinct": np.zeros_like(counts),
+        "kept": counts,
+    }
     return L.WeightLinearity([0, 1, 2], entries, tensors)
 
 
@@ -95,11 +125,14 @@ def spread(n, centre, width, seed=0):
     return np.clip(centre + width * np.random.default_rng(seed).uniform(-1, 1, n), 0, 1)
 
 
-@pytest.mark.parametrize("seeds_r2, verdict", [
-    ([spread(2000, 0.90, 0.05), spread(2000, 0.92, 0.05, 1)], "holds"),           # every entry above 0.7
-    ([spread(2000, 0.55, 0.30), spread(2000, 0.50, 0.30, 1)], "does not hold"),   # ~ 40 % above
-    ([spread(2000, 0.90, 0.05), spread(2000, 0.50, 0.30, 1)], "inconclusive"),    # the seeds disagree
-])
+@pytest.mark.parametrize(
+    "seeds_r2, verdict",
+    [
+        ([spread(2000, 0.90, 0.05), spread(2000, 0.92, 0.05, 1)], "holds"),  # every entry above 0.7
+        ([spread(2000, 0.55, 0.30), spread(2000, 0.50, 0.30, 1)], "does not hold"),  # ~ 40 % above
+        ([spread(2000, 0.90, 0.05), spread(2000, 0.50, 0.30, 1)], "inconclusive"),  # the seeds disagree
+    ],
+)
 def test_share_and_median_claims(seeds_r2, verdict):
     by_seed = {s: nb.summary(fake({"q": r}), 0.7, 0.95) for s, r in enumerate(seeds_r2)}
     got = verdicts(fake({"q": seeds_r2[0]}), by_seed)
@@ -110,16 +143,19 @@ def test_share_and_median_claims(seeds_r2, verdict):
 
 
 def test_share_claim_is_inconclusive_on_few_entries():
-    r = spread(30, 0.75, 0.1)    # share ≈ 0.7 … 0.75 of 30 entries: the interval straddles the 0.7 share bar
+    r = spread(30, 0.75, 0.1)  # share ≈ 0.7 … 0.75 of 30 entries: the interval straddles the 0.7 share bar
     got = verdicts(fake({"q": r}), {0: nb.summary(fake({"q": r}), 0.7, 0.95)})
     assert got["nb01.weight_r2_share"].verdict == "inconclusive"
 
 
-@pytest.mark.parametrize("norms, rest, verdict", [
-    (spread(500, 0.3, 0.1), spread(2000, 0.9, 0.05), "holds"),
-    (spread(500, 0.95, 0.03), spread(2000, 0.5, 0.2), "does not hold"),
-    (spread(20, 0.85, 0.1), spread(2000, 0.85, 0.1), "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "norms, rest, verdict",
+    [
+        (spread(500, 0.3, 0.1), spread(2000, 0.9, 0.05), "holds"),
+        (spread(500, 0.95, 0.03), spread(2000, 0.5, 0.2), "does not hold"),
+        (spread(20, 0.85, 0.1), spread(2000, 0.85, 0.1), "inconclusive"),
+    ],
+)
 def test_norms_claim(norms, rest, verdict):
     wl = fake({"input_norm": norms, "q": rest})
     c = verdicts(wl, {0: nb.summary(wl, 0.7, 0.95)})["nb01.norms_least_linear"]

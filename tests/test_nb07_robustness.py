@@ -1,5 +1,6 @@
 """Notebook 07's experiment: the design in the params, and the table, claims and results computed from what the grid's
 runs measured (handed over as a `Grid`, built here in memory)."""
+
 import json
 import math
 
@@ -20,6 +21,7 @@ def params_with(tmp_path, settings, extra=""):
 
 # ------------------------------------------------------------------------------------------------------ the design
 
+
 def test_default_design_is_one_factor_at_a_time_around_the_default():
     cfg = config.load("params/default.yaml", "default")
     settings = R.design(cfg)
@@ -27,8 +29,15 @@ def test_default_design_is_one_factor_at_a_time_around_the_default():
     for s in settings:
         by.setdefault(s.factor, []).append(s)
     assert [s.label for s in settings if s.is_reference] == ["reference=default"]
-    assert {k: len(v) for k, v in by.items()} == {"reference": 1, "algorithm": 2, "lr": 2, "rollouts": 2,
-                                                  "optimizer": 1, "model": 2, "training": 1}
+    assert {k: len(v) for k, v in by.items()} == {
+        "reference": 1,
+        "algorithm": 2,
+        "lr": 2,
+        "rollouts": 2,
+        "optimizer": 1,
+        "model": 2,
+        "training": 1,
+    }
     assert {s.overrides["rl.algorithm"] for s in by["algorithm"]} == {"gspo", "reinforce++"} <= set(training.ALGORITHMS)
     assert sorted(s.scale["rl.lr"] for s in by["lr"]) == [pytest.approx(1 / 3, rel=1e-5), 3]
     assert sorted(s.overrides["rl.rollouts"] for s in by["rollouts"]) == [4, 16] and cfg.rl.rollouts == 8
@@ -42,16 +51,24 @@ def test_default_design_is_one_factor_at_a_time_around_the_default():
     assert table.loc[3, "changes"] == "rl.lr × 0.333333" and table.loc[10, "run directory"] == "robustness/training=SFT"
 
 
-@pytest.mark.parametrize("settings, message", [
-    ([{"factor": "a"}], "expected a mapping with at least `factor` and `value`"),
-    ([{"factor": "a", "value": 1, "override": {}}], "unknown keys ['override']"),
-    ([{"factor": "a", "value": 1, "overrides": {"rl.lrr": 1}}], "(a=1): no parameter 'rl.lrr'"),
-    ([{"factor": "a", "value": 1, "scale": {"rl.algorithm": 2}}], "scale rl.algorithm: 2 needs a number"),
-    ([{"factor": "a", "value": 1, "trajectory": "dpo"}], "trajectory must be one of"),
-    ([{"factor": "a", "value": "x y", "overrides": {"seed": 1}}, {"factor": "a", "value": "x-y", "overrides":
-      {"seed": 2}}], "share a run directory name"),
-    ([{"factor": "a", "value": 1}, {"factor": "b", "value": 2}], "more than one setting without changes"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ([{"factor": "a"}], "expected a mapping with at least `factor` and `value`"),
+        ([{"factor": "a", "value": 1, "override": {}}], "unknown keys ['override']"),
+        ([{"factor": "a", "value": 1, "overrides": {"rl.lrr": 1}}], "(a=1): no parameter 'rl.lrr'"),
+        ([{"factor": "a", "value": 1, "scale": {"rl.algorithm": 2}}], "scale rl.algorithm: 2 needs a number"),
+        ([{"factor": "a", "value": 1, "trajectory": "dpo"}], "trajectory must be one of"),
+        (
+            [
+                {"factor": "a", "value": "x y", "overrides": {"seed": 1}},
+                {"factor": "a", "value": "x-y", "overrides": {"seed": 2}},
+            ],
+            "share a run directory name",
+        ),
+        ([{"factor": "a", "value": 1}, {"factor": "b", "value": 2}], "more than one setting without changes"),
+    ],
+)
 def test_bad_designs_name_the_file_and_the_setting(tmp_path, settings, message):
     p = params_with(tmp_path, settings)
     with pytest.raises(ValueError) as e:
@@ -66,13 +83,18 @@ NOTEBOOKS = ("00_trajectory", "01_weight_linearity", "02_output_linearity")
 
 def measured(weight=None, token=None, acc=(0.2, 0.4), ci=0.02) -> dict:
     """Results of notebooks 00-02 as the notebooks write them; the medians' intervals are median ± `ci`."""
+
     def interval(q):
         return {} if ci is None or not q else {"median_ci": [q[1] - ci, q[1] + ci]}
-    return {"00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
-            "01_weight_linearity": dict(zip(("weight_r2_q1", "weight_r2_median", "weight_r2_q3"), weight or ()))
-            | {"weight_r2_frac_above_0_7": 0.6} | {f"weight_r2_{k}": v for k, v in interval(weight).items()},
-            "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))
-            | {f"token_r2_{k}": v for k, v in interval(token).items()}}
+
+    return {
+        "00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
+        "01_weight_linearity": dict(zip(("weight_r2_q1", "weight_r2_median", "weight_r2_q3"), weight or ()))
+        | {"weight_r2_frac_above_0_7": 0.6}
+        | {f"weight_r2_{k}": v for k, v in interval(weight).items()},
+        "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))
+        | {f"token_r2_{k}": v for k, v in interval(token).items()},
+    }
 
 
 @pytest.fixture
@@ -80,15 +102,28 @@ def fake_grid(tmp_path):
     """A reference, a non-linear lr setting, SGD, SFT, and a setting with no results from its own params; each
     notebook's last execution took 20 s."""
     run_dir = tmp_path / "outputs" / "default"
-    specs = [(R.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95),
-              (0.8, 0.9, 0.97)),
-             (R.Setting("lr", "3x", scale={"rl.lr": 3}), {"optimizer": "adamw", "lr": 9e-4}, (0.3, 0.55, 0.8),
-              (0.7, 0.88, 0.95)),
-             (R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}), {"optimizer": "sgd", "lr": 0.4},
-              (0.5, 0.78, 0.9), (0.6, 0.8, 0.9)),
-             (R.Setting("training", "SFT", trajectory="sft"), {"optimizer": "adamw", "lr": 3e-4}, (0.2, 0.45, 0.7),
-              (0.1, 0.35, 0.6)),
-             (R.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None)]
+    specs = [
+        (R.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95), (0.8, 0.9, 0.97)),
+        (
+            R.Setting("lr", "3x", scale={"rl.lr": 3}),
+            {"optimizer": "adamw", "lr": 9e-4},
+            (0.3, 0.55, 0.8),
+            (0.7, 0.88, 0.95),
+        ),
+        (
+            R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}),
+            {"optimizer": "sgd", "lr": 0.4},
+            (0.5, 0.78, 0.9),
+            (0.6, 0.8, 0.9),
+        ),
+        (
+            R.Setting("training", "SFT", trajectory="sft"),
+            {"optimizer": "adamw", "lr": 3e-4},
+            (0.2, 0.45, 0.7),
+            (0.1, 0.35, 0.6),
+        ),
+        (R.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None),
+    ]
     runs = []
     for s, knobs, w, t in specs:
         d = run_dir if s.is_reference else run_dir / "robustness" / s.dirname
@@ -113,15 +148,27 @@ def test_table_reads_the_results_and_marks_the_linear_regime(fake_grid):
     assert not stale.measured and math.isnan(stale.weight_r2_median) and math.isnan(stale.seconds)
     assert all(math.isnan(x) for x in stale.weight_r2_median_ci)
     shown = R.fig2_table(t)
-    assert shown.loc["lr=3x", "weight R² IQR"] == "0.30 – 0.80" and shown.loc["model=2 layers", "linear"] == \
-        "not measured"
+    assert (
+        shown.loc["lr=3x", "weight R² IQR"] == "0.30 – 0.80" and shown.loc["model=2 layers", "linear"] == "not measured"
+    )
 
 
 def _table(*rows):
     """A `collect`-like table of (label, trajectory, reference, weight (median, lo, hi), token (median, lo, hi))."""
-    return pd.DataFrame([{"trajectory": traj, "reference": ref, "weight_r2_median": w[0], "weight_r2_median_ci": w[1:],
-                          "token_r2_median": k[0], "token_r2_median_ci": k[1:]} for _, traj, ref, w, k in rows],
-                        index=[r[0] for r in rows])
+    return pd.DataFrame(
+        [
+            {
+                "trajectory": traj,
+                "reference": ref,
+                "weight_r2_median": w[0],
+                "weight_r2_median_ci": w[1:],
+                "token_r2_median": k[0],
+                "token_r2_median_ci": k[1:],
+            }
+            for _, traj, ref, w, k in rows
+        ],
+        index=[r[0] for r in rows],
+    )
 
 
 NAN3 = (math.nan,) * 3
@@ -129,8 +176,11 @@ NAN3 = (math.nan,) * 3
 
 def test_claims_from_the_grid(fake_grid):
     rl, sft_w, sft_k = R.claims(R.collect(fake_grid, CFG), CFG)
-    assert [c.id for c in (rl, sft_w, sft_k)] == ["nb07.rl_settings_linear", "nb07.sft_less_linear_weight",
-                                                   "nb07.sft_less_linear_token"]
+    assert [c.id for c in (rl, sft_w, sft_k)] == [
+        "nb07.rl_settings_linear",
+        "nb07.sft_less_linear_weight",
+        "nb07.sft_less_linear_token",
+    ]
     # lr=3x is the least linear RL setting (weight 0.55 ± 0.02); model=2 layers has no results: no interval
     assert rl.measured == 0.55 and "least linear: lr=3x (weight)" in rl.detail and rl.verdict == "inconclusive"
     assert "no median or interval for model=2 layers (weight), model=2 layers (token)" in rl.detail
@@ -141,25 +191,31 @@ def test_claims_from_the_grid(fake_grid):
 REF = ("ref", "rl", True, (0.85, 0.8, 0.9), (0.9, 0.85, 0.95))
 
 
-@pytest.mark.parametrize("rows, verdict", [
-    ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.8, 0.77, 0.85))], "holds"),
-    ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.6, 0.55, 0.65))], "does not hold"),
-    ([REF, ("lr", "rl", False, (0.72, 0.65, 0.8), (0.8, 0.77, 0.85))], "inconclusive"),
-    ([("ref", "rl", True, (0.85, 0.8, 0.9), (0.9, math.nan, math.nan))], "inconclusive"),   # an interval missing
-    ([("sft", "sft", False, (0.4, 0.35, 0.45), (0.3, 0.25, 0.35))], "inconclusive"),       # no RL setting
-])
+@pytest.mark.parametrize(
+    "rows, verdict",
+    [
+        ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.8, 0.77, 0.85))], "holds"),
+        ([REF, ("lr", "rl", False, (0.78, 0.75, 0.8), (0.6, 0.55, 0.65))], "does not hold"),
+        ([REF, ("lr", "rl", False, (0.72, 0.65, 0.8), (0.8, 0.77, 0.85))], "inconclusive"),
+        ([("ref", "rl", True, (0.85, 0.8, 0.9), (0.9, math.nan, math.nan))], "inconclusive"),  # an interval missing
+        ([("sft", "sft", False, (0.4, 0.35, 0.45), (0.3, 0.25, 0.35))], "inconclusive"),  # no RL setting
+    ],
+)
 def test_rl_settings_claim_takes_the_least_linear_setting_and_space(rows, verdict):
     c = R.claims(_table(*rows), CFG)[0]
     assert c.verdict == verdict and c.rule.threshold == claims.r2_threshold(CFG)
-    if verdict == "holds":                                 # [min of the lows, min of the highs]
+    if verdict == "holds":  # [min of the lows, min of the highs]
         assert c.interval == (0.75, 0.8) and c.measured == 0.78 and c.detail == "least linear: lr (weight)"
 
 
-@pytest.mark.parametrize("sft, verdicts", [
-    (((0.45, 0.43, 0.47), (0.35, 0.3, 0.4)), ("holds", "holds")),
-    (((0.84, 0.82, 0.86), (0.84, 0.74, 0.94)), ("does not hold", "inconclusive")),  # no gap / a wide one
-    (None, ("inconclusive", "inconclusive")),                                        # no SFT setting
-])
+@pytest.mark.parametrize(
+    "sft, verdicts",
+    [
+        (((0.45, 0.43, 0.47), (0.35, 0.3, 0.4)), ("holds", "holds")),
+        (((0.84, 0.82, 0.86), (0.84, 0.74, 0.94)), ("does not hold", "inconclusive")),  # no gap / a wide one
+        (None, ("inconclusive", "inconclusive")),  # no SFT setting
+    ],
+)
 def test_sft_claims_compare_the_reference_with_sft(sft, verdicts):
     rows = [("ref", "rl", True, (0.85, 0.84, 0.86), (0.9, 0.86, 0.94)), ("lr", "rl", False, (0.2, 0.1, 0.3), NAN3)]
     if sft:
@@ -171,8 +227,18 @@ def test_sft_claims_compare_the_reference_with_sft(sft, verdicts):
 def test_results_hold_the_issue_keys(fake_grid):
     res = R.results(fake_grid, R.collect(fake_grid, CFG))
     first = res["settings"][0]
-    for key in ("factor", "value", "weight_r2_median", "weight_r2_q1", "weight_r2_q3", "token_r2_median",
-                "token_r2_q1", "token_r2_q3", "weight_r2_median_ci", "token_r2_median_ci"):
+    for key in (
+        "factor",
+        "value",
+        "weight_r2_median",
+        "weight_r2_q1",
+        "weight_r2_q3",
+        "token_r2_median",
+        "token_r2_q1",
+        "token_r2_q3",
+        "weight_r2_median_ci",
+        "token_r2_median_ci",
+    ):
         assert key in first
     assert first["run"] == "." and res["settings"][1]["run"] == "robustness/lr=3x"
     assert (res["sft_weight_r2_median"], res["sft_token_r2_median"]) == (0.45, 0.35)

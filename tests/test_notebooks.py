@@ -1,4 +1,5 @@
 """Notebook hygiene: every committed notebook is stripped and has a well-formed `parameters` cell."""
+
 import nbformat
 import pytest
 
@@ -20,8 +21,11 @@ def write(path, parameters=PARAMETERS, tag="parameters", executed=False, name=No
     start = f"run = helpers.pipeline.run.start({name or path.stem!r}, params_file, profile, run_dir, overrides)"
     transient = {"execution": {"iopub.status.busy": "2025-01-01T00:00:00"}}
     code = nbformat.v4.new_code_cell(start, metadata={**transient, "tags": ["keep"]})
-    nb.cells = [nbformat.v4.new_markdown_cell("# t"),
-                nbformat.v4.new_code_cell(parameters, metadata={"tags": [tag]}), code]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# t"),
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": [tag]}),
+        code,
+    ]
     if executed:
         code.execution_count = 1
         code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
@@ -44,14 +48,19 @@ def test_strip_clears_outputs_and_transient_metadata(tmp_path):
     assert notebooks.strip(path) is False and path.stat().st_mtime_ns == before  # clean files are not rewritten
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"tag": "other"}, "no code cell tagged `parameters`"),
-    ({"parameters": 'params_file = "p"\nprofile = "auto"'}, "cell 1) lacks run_dir, overrides"),
-    ({"parameters": "params_file = (\n"}, "not valid Python"),
-    ({"name": "01_other"}, "start is given 01_other but the file is bad"),
-    ({"parameters": PARAMETERS.replace("run_dir = None   # c", "run_dir = None   # None = default")},
-     "papermill cannot parse the parameters cell's lines for run_dir"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tag": "other"}, "no code cell tagged `parameters`"),
+        ({"parameters": 'params_file = "p"\nprofile = "auto"'}, "cell 1) lacks run_dir, overrides"),
+        ({"parameters": "params_file = (\n"}, "not valid Python"),
+        ({"name": "01_other"}, "start is given 01_other but the file is bad"),
+        (
+            {"parameters": PARAMETERS.replace("run_dir = None   # c", "run_dir = None   # None = default")},
+            "papermill cannot parse the parameters cell's lines for run_dir",
+        ),
+    ],
+)
 def test_check_names_the_file_and_the_problem(tmp_path, kwargs, message):
     path = write(tmp_path / "bad.ipynb", **kwargs)
     problems = notebooks.check(path)

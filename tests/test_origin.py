@@ -1,5 +1,6 @@
 """Origin of linearity: the exact first/second-order split, the SNR of the injected noise, hook capture on probes, and
 SFT / RL runs sharing one layout."""
+
 import math
 
 import numpy as np
@@ -10,16 +11,21 @@ import torch
 from helpers.experiments import claims as C
 from helpers.experiments import nb03_origin as O
 from helpers.experiments.training_log import read_log
-from helpers.lib import cache
-from helpers.lib import config
+from helpers.lib import cache, config, tiny, training
 from helpers.lib import probes as P
-from helpers.lib import tiny
-from helpers.lib import training
 from helpers.lib.scoring import PerItem
 from helpers.lib.trajectory import Trajectory
 
-TINY = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=2, intermediate_size=64, max_positions=32,
-            tie_embeddings=True)
+TINY = dict(
+    arch="llama",
+    hidden_size=64,
+    heads=2,
+    kv_heads=1,
+    layers=2,
+    intermediate_size=64,
+    max_positions=32,
+    tie_embeddings=True,
+)
 
 
 def test_decomposition_sums_exactly_to_the_output_change():
@@ -49,9 +55,9 @@ def test_decomposition_sums_exactly_to_the_output_change():
 def test_decomposition_edge_cases_and_float32_inputs():
     W = torch.randn(4, 3)
     x = torch.randn(5, 3)
-    t = O.decompose(W, W, x, x + 1)                      # weights unchanged: all of Δy is the input term
+    t = O.decompose(W, W, x, x + 1)  # weights unchanged: all of Δy is the input term
     assert float(t["weight"].abs().max()) == 0 and float(t["second"].abs().max()) == 0
-    t = O.decompose(W, W + 1, x, x)                      # inputs unchanged: all of Δy is the weight term
+    t = O.decompose(W, W + 1, x, x)  # inputs unchanged: all of Δy is the weight term
     assert float(t["input"].abs().max()) == 0 and float(t["second"].abs().max()) == 0
     assert O.term_stats(t)["share_weight"] == 1.0
     assert t["delta"].dtype == torch.float64
@@ -67,7 +73,7 @@ def test_noise_has_the_requested_power(db):
     assert O.power_db(signal, noise) == pytest.approx(db, abs=1e-9)
     s, sigma = O.noise_scales(db)
     p_noise, p_total = float(noise.pow(2).mean()), float(ell.pow(2).mean())
-    assert p_noise == pytest.approx(sigma ** 2 * p_total, rel=1e-12)               # the requested noise power
+    assert p_noise == pytest.approx(sigma**2 * p_total, rel=1e-12)  # the requested noise power
     assert float(signal.pow(2).mean()) + p_noise == pytest.approx(p_total, rel=1e-12)  # total power kept
     eps = noise / (sigma * ell)
     assert set(eps.round().unique().tolist()) == {-1.0, 1.0} and abs(float(eps.mean())) < 0.05
@@ -90,8 +96,8 @@ def test_noise_levels_signal_zero_plain_sft_and_seeds():
 def _batch(tokenizer, n=3):
     ids = torch.randint(3, len(tokenizer), (n, 9), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
-    labels[:, :4] = -100                                 # prompt
-    labels[0, -2:] = -100                                # padding
+    labels[:, :4] = -100  # prompt
+    labels[0, -2:] = -100  # padding
     return ids, labels
 
 
@@ -107,8 +113,9 @@ def test_noisy_loss_is_the_model_loss_plus_signed_token_noise(tmp_path):
     n = int((labels[:, 1:] != -100).sum())
     torch.testing.assert_close(O.NoisyLoss(None)(out, labels, num_items_in_batch=torch.tensor(n)), ref)
     # noise: the same per-token losses, reweighted by s + σ·ε with the signs the seed gives
-    ell = torch.nn.functional.cross_entropy(out.logits[:, :-1][labels[:, 1:] != -100],
-                                            labels[:, 1:][labels[:, 1:] != -100], reduction="none")
+    ell = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1][labels[:, 1:] != -100], labels[:, 1:][labels[:, 1:] != -100], reduction="none"
+    )
     s, sigma = O.noise_scales(-10)
     eps = O.NoisyLoss(-10, seed=5).signs(n).float()
     torch.testing.assert_close(O.NoisyLoss(-10, seed=5)(out, labels), ((s + sigma * eps) * ell).sum() / n)
@@ -177,24 +184,37 @@ def test_decompose_trajectory_closes_exactly_and_is_quadratic_in_the_step(traj):
 
 def test_sft_and_rl_runs_share_training_checkpointing_and_log(tmp_path, monkeypatch):
     monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "outputs"))
-    cfg = config.load("params/default.yaml", "default", overrides={
-        **{f"model.{k}": v for k, v in TINY.items()}, "task.train_size": 200, "task.heldout_size": 8,
-        "sft.base_steps": 2, "rl.steps": 2, "rl.save_every": 1, "rl.batch": 2, "rl.rollouts": 2,
-        "rl.max_completion_length": 4, "eval.max_new_tokens": 4, "eval.heldout_during_training": 4,
-        "origin.sgd_lr": 0.5})
+    cfg = config.load(
+        "params/default.yaml",
+        "default",
+        overrides={
+            **{f"model.{k}": v for k, v in TINY.items()},
+            "task.train_size": 200,
+            "task.heldout_size": 8,
+            "sft.base_steps": 2,
+            "rl.steps": 2,
+            "rl.save_every": 1,
+            "rl.batch": 2,
+            "rl.rollouts": 2,
+            "rl.max_completion_length": 4,
+            "eval.max_new_tokens": 4,
+            "eval.heldout_during_training": 4,
+            "origin.sgd_lr": 0.5,
+        },
+    )
     study = O.Study(cfg, probes=None)
     sft_dir, rl_dir = study.run(study.noisy(-10)), study.run(study.rl)
     sft, rl = Trajectory(sft_dir), Trajectory(rl_dir)
     assert sft.steps == rl.steps == [0, 1, 2] and sft.names == rl.names
     assert (sft.path(0) / "model.safetensors").read_bytes() == (rl.path(0) / "model.safetensors").read_bytes()
     assert list(read_log(sft_dir).columns) == list(read_log(rl_dir).columns) == training.LOG_COLUMNS
-    info = cache.build_info(sft_dir)          # the SFT parameters and noise, as trained
+    info = cache.build_info(sft_dir)  # the SFT parameters and noise, as trained
     assert info["steps"] == 2 and info["snr_db"] == "-10" and info["version"] == O.SFT_VERSION and info["seconds"] > 0
     assert sft_dir.name.startswith(f"sft-run-v{O.SFT_VERSION}-") and study.cached(study.noisy(-10))
     assert {p.name for p in sft.path(2).iterdir()} == {p.name for p in rl.path(2).iterdir()}
-    assert O.Study(cfg, probes=None).run(study.noisy(-10)) == sft_dir          # cached
+    assert O.Study(cfg, probes=None).run(study.noisy(-10)) == sft_dir  # cached
     assert study.sft_params()["batch"] == 4 and study.sgd.rl_changes == {"lr": 0.5, "optimizer": "sgd"}
-    m = O.measure_run(cfg, rl_dir, _probes())      # medians with their intervals, values kept out of results
+    m = O.measure_run(cfg, rl_dir, _probes())  # medians with their intervals, values kept out of results
     for space, n in (("weight", m["weight_entries"]), ("token", m["tokens_kept"])):
         lo, hi = m[f"{space}_r2_median_ci"]
         assert len(m[f"{space}_r2_values"].values) == n and (n == 0 or lo <= m[f"{space}_r2_median"] <= hi)
@@ -208,16 +228,32 @@ ST = C.Settings(bootstrap=400)
 
 def _dec(cells):
     """A Decomposition of {module: [(input share, weight share), ...] per checkpoint}."""
-    rows = [{"module": mod, "step": step + 1, "share_input": i, "share_weight": w, "share_second": 1 - i - w,
-             "second_token_p99": 1 - i - w} for mod, shares in cells.items() for step, (i, w) in enumerate(shares)]
+    rows = [
+        {
+            "module": mod,
+            "step": step + 1,
+            "share_input": i,
+            "share_weight": w,
+            "share_second": 1 - i - w,
+            "second_token_p99": 1 - i - w,
+        }
+        for mod, shares in cells.items()
+        for step, (i, w) in enumerate(shares)
+    ]
     return O.Decomposition(pd.DataFrame(rows))
 
 
 def _run(median, lo, hi, token=(math.nan, math.nan, math.nan), values=None, **kw):
     """A `Study.measure` dict with a weight (and token) R² median and interval."""
-    return {"weight_r2_median": median, "weight_r2_median_ci": (lo, hi), "token_r2_median": token[0],
-            "token_r2_median_ci": token[1:], "weight_entries": 100,
-            "weight_r2_values": PerItem(np.asarray(values if values is not None else [median])), **kw}
+    return {
+        "weight_r2_median": median,
+        "weight_r2_median_ci": (lo, hi),
+        "token_r2_median": token[0],
+        "token_r2_median_ci": token[1:],
+        "weight_entries": 100,
+        "weight_r2_values": PerItem(np.asarray(values if values is not None else [median])),
+        **kw,
+    }
 
 
 def test_input_term_claim_bootstraps_over_modules():
@@ -228,10 +264,11 @@ def test_input_term_claim_bootstraps_over_modules():
     assert fails.verdict == "does not hold"
     # input-dominant in two of three modules: the cell medians favour the input term, but a resample of modules may
     # draw the weight-dominant one twice, so the module bootstrap cannot decide (a bootstrap over the 30 cells would)
-    mixed = O.input_term_dominates(_dec({"a": [(0.6, 0.35)] * steps, "b": [(0.35, 0.6)] * steps,
-                                         "c": [(0.55, 0.4)] * steps}), ST)
+    mixed = O.input_term_dominates(
+        _dec({"a": [(0.6, 0.35)] * steps, "b": [(0.35, 0.6)] * steps, "c": [(0.55, 0.4)] * steps}), ST
+    )
     assert mixed.measured > 0 and mixed.verdict == "inconclusive" and mixed.ci_low < 0 < mixed.ci_high
-    still = O.input_term_dominates(_dec({"a": [(math.nan, math.nan)] * 2}), ST)   # Δy = 0 everywhere
+    still = O.input_term_dominates(_dec({"a": [(math.nan, math.nan)] * 2}), ST)  # Δy = 0 everywhere
     assert still.verdict == "inconclusive" and math.isnan(still.measured)
 
 
@@ -241,12 +278,18 @@ def test_second_order_claim_is_the_maximum_with_no_interval():
     assert "maximum over all 3" in tiny.how and "no sampling interval" in tiny.how
     big = O.second_order_tiny(_dec({"a": [(0.6, 0.38), (0.5, 0.42)]}))
     assert big.verdict == "does not hold" and big.measured == pytest.approx(0.08)
-    assert O.second_order_tiny(_dec({"a": [(math.nan, math.nan)]})).verdict == "inconclusive"   # Δy = 0
+    assert O.second_order_tiny(_dec({"a": [(math.nan, math.nan)]})).verdict == "inconclusive"  # Δy = 0
 
 
-@pytest.mark.parametrize("run, verdict", [(_run(0.8, 0.75, 0.85), "holds"), (_run(0.5, 0.45, 0.55), "does not hold"),
-                                          (_run(0.72, 0.65, 0.78), "inconclusive"),
-                                          (_run(math.nan, math.nan, math.nan), "inconclusive")])
+@pytest.mark.parametrize(
+    "run, verdict",
+    [
+        (_run(0.8, 0.75, 0.85), "holds"),
+        (_run(0.5, 0.45, 0.55), "does not hold"),
+        (_run(0.72, 0.65, 0.78), "inconclusive"),
+        (_run(math.nan, math.nan, math.nan), "inconclusive"),
+    ],
+)
 def test_rl_linear_claim(run, verdict):
     c = O.rl_linear(run, ST)
     assert c.verdict == verdict and c.id == "nb03.rl_linear" and c.rule.threshold == ST.r2_threshold
@@ -257,7 +300,7 @@ def test_rl_vs_sft_claims_per_space():
     weight, token = O.rl_more_linear_than_sft(rl, sft, ST)
     assert (weight.id, weight.verdict) == ("nb03.rl_more_linear_than_sft_weight", "holds")
     assert weight.measured == pytest.approx(0.35) and weight.ci_low == pytest.approx(0.35 - math.hypot(0.02, 0.02))
-    assert (token.id, token.verdict) == ("nb03.rl_more_linear_than_sft_token", "does not hold")   # −0.02: no effect
+    assert (token.id, token.verdict) == ("nb03.rl_more_linear_than_sft_token", "does not hold")  # −0.02: no effect
     wide = O.rl_more_linear_than_sft(_run(0.6, 0.4, 0.8, token=(0.6, 0.4, 0.8)), sft, ST)
     assert [c.verdict for c in wide] == ["inconclusive", "inconclusive"]
 
@@ -265,9 +308,11 @@ def test_rl_vs_sft_claims_per_space():
 def _levels(spread, centres, n):
     """Noisy SFT runs at three SNR levels: weight R² values around each centre."""
     rng = np.random.default_rng(0)
-    return {key: _run(float(np.median(v)), math.nan, math.nan, values=v)
-            for key, c in zip(("0", "-10", O.ZERO_SIGNAL), centres)
-            for v in [np.clip(c + spread * rng.standard_normal(n), -1, 1)]}
+    return {
+        key: _run(float(np.median(v)), math.nan, math.nan, values=v)
+        for key, c in zip(("0", "-10", O.ZERO_SIGNAL), centres)
+        for v in [np.clip(c + spread * rng.standard_normal(n), -1, 1)]
+    }
 
 
 def test_noise_peak_claim_uses_bonferroni_intervals():
@@ -277,8 +322,9 @@ def test_noise_peak_claim_uses_bonferroni_intervals():
     assert c.verdict == "holds" and "peak at -10 dB" in c.detail and "Bonferroni over 3 candidates" in c.how
     level = C.bonferroni(ST.level, 3)
     peak = noisy["-10"]
-    want = C.difference(peak["weight_r2_median"], C.median_interval(peak["weight_r2_values"].values, level),
-                        0.45, (0.44, 0.46))
+    want = C.difference(
+        peak["weight_r2_median"], C.median_interval(peak["weight_r2_values"].values, level), 0.45, (0.44, 0.46)
+    )
     assert (c.measured, c.interval) == (pytest.approx(want[0]), pytest.approx(want[1]))
     plain = C.median_interval(peak["weight_r2_values"].values, ST.level)
     assert C.difference(peak["weight_r2_median"], plain, 0.45, (0.44, 0.46))[1][0] > c.ci_low  # wider than 95 %
@@ -291,11 +337,11 @@ def test_noise_peak_claim_uses_bonferroni_intervals():
 
 def test_noise_peak_correction_can_change_the_verdict():
     """The same peak clears the margin as the only level, but not as the best of 7 (Bonferroni-wide interval)."""
-    sft = _run(0.45, 0.45, 0.45)                          # a point: the difference's low end is the peak's − 0.45
+    sft = _run(0.45, 0.45, 0.45)  # a point: the difference's low end is the peak's − 0.45
     v = np.random.default_rng(1).normal(0.6, 0.3, 200)
     lo95, lo7 = C.median_interval(v, ST.level)[0], C.median_interval(v, C.bonferroni(ST.level, 7))[0]
     assert lo7 < lo95
-    v = v + 0.45 - (lo95 + lo7) / 2                       # plain SFT's 0.45 falls between the two low ends
+    v = v + 0.45 - (lo95 + lo7) / 2  # plain SFT's 0.45 falls between the two low ends
     peak = _run(float(np.median(v)), math.nan, math.nan, values=v)
     assert O.noise_raises_sft_linearity(sft, {"-10": peak}, ST).verdict == "holds"
     others = {str(k): _run(0.0, math.nan, math.nan, values=v - 1) for k in range(6)}
@@ -307,8 +353,14 @@ def _sgd(median, lo, hi):
     return _run(median, lo, hi, heldout_first=0.2, heldout_last=0.3, reward_first=0.3, reward_last=0.4)
 
 
-@pytest.mark.parametrize("sgd, verdict", [(_sgd(0.78, 0.76, 0.80), "holds"), (_sgd(0.5, 0.48, 0.52), "does not hold"),
-                                          (_sgd(0.7, 0.55, 0.85), "inconclusive")])
+@pytest.mark.parametrize(
+    "sgd, verdict",
+    [
+        (_sgd(0.78, 0.76, 0.80), "holds"),
+        (_sgd(0.5, 0.48, 0.52), "does not hold"),
+        (_sgd(0.7, 0.55, 0.85), "inconclusive"),
+    ],
+)
 def test_sgd_claim_is_non_inferiority(sgd, verdict):
     c = O.sgd_persists(sgd, _sgd(0.8, 0.78, 0.82), 0.1, ST)
     assert c.verdict == verdict and c.rule.threshold == -ST.r2_margin and "SGD (lr 0.1)" in c.detail
@@ -320,8 +372,10 @@ def test_lr_claim_takes_the_least_linear_lr():
     c = O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(0.6, 0.55, 0.65)}, ST)
     assert c.verdict == "does not hold" and c.interval == (0.55, 0.65)
     assert O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(0.72, 0.68, 0.76)}, ST).verdict == "inconclusive"
-    assert O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(math.nan, math.nan, math.nan)},
-                       ST).verdict == "inconclusive"
+    assert (
+        O.lr_linear({"1e-4": _run(0.8, 0.76, 0.84), "3e-4": _run(math.nan, math.nan, math.nan)}, ST).verdict
+        == "inconclusive"
+    )
 
 
 def test_claims_of_a_study_in_order():
@@ -332,11 +386,26 @@ def test_claims_of_a_study_in_order():
     runs = {"rl": _sgd(0.8, 0.78, 0.82), "sft": _sgd(0.45, 0.43, 0.47), "sgd": _sgd(0.78, 0.76, 0.8)}
     for r in runs.values():
         r |= {"token_r2_median": r["weight_r2_median"], "token_r2_median_ci": r["weight_r2_median_ci"]}
-    study = SimpleNamespace(cfg=cfg, rl="rl", sft="sft", sgd="sgd", sgd_lr=lambda: 0.1, noisy=lambda x: "sft",
-                            adamw_at=lambda x: "rl", measure=runs.__getitem__)
+    study = SimpleNamespace(
+        cfg=cfg,
+        rl="rl",
+        sft="sft",
+        sgd="sgd",
+        sgd_lr=lambda: 0.1,
+        noisy=lambda x: "sft",
+        adamw_at=lambda x: "rl",
+        measure=runs.__getitem__,
+    )
     got = O.claims(study, _dec({m: [(0.7, 0.25)] * 3 for m in "ab"}))
-    assert [c.id for c in got] == ["nb03.input_term_dominates", "nb03.second_order_tiny", "nb03.rl_linear",
-                                   "nb03.rl_more_linear_than_sft_weight", "nb03.rl_more_linear_than_sft_token",
-                                   "nb03.noise_raises_sft_linearity", "nb03.sgd_persists", "nb03.lr_linear"]
+    assert [c.id for c in got] == [
+        "nb03.input_term_dominates",
+        "nb03.second_order_tiny",
+        "nb03.rl_linear",
+        "nb03.rl_more_linear_than_sft_weight",
+        "nb03.rl_more_linear_than_sft_token",
+        "nb03.noise_raises_sft_linearity",
+        "nb03.sgd_persists",
+        "nb03.lr_linear",
+    ]
     assert f"best of {len(cfg.origin.snr_db)} SNR levels" in got[5].how
     assert all(c.paper.source for c in got)

@@ -3,9 +3,8 @@ import inspect
 import numpy as np
 import pytest
 
-from helpers.lib import config
-from helpers.lib import linearity
 from helpers.experiments import nb02_output_linearity as OL
+from helpers.lib import config, linearity
 from helpers.lib import probes as P
 
 
@@ -23,7 +22,7 @@ def test_categories_are_a_pure_function_of_change_and_r2():
     assert got.tolist() == ["behaviour", "behaviour", "erratic", "stable", "erratic", "stable", "erratic", "stable"]
     # elementwise: a token's category does not depend on the other tokens, and thresholds move it as expected
     for i in range(len(change)):
-        assert OL.categorize(change[i:i + 1], r2[i:i + 1], 0.2, 0.7)[0] == got[i]
+        assert OL.categorize(change[i : i + 1], r2[i : i + 1], 0.2, 0.7)[0] == got[i]
     assert OL.categorize([0.5], [0.69], 0.2, 0.6).tolist() == ["behaviour"]
     assert OL.categorize([0.5], [0.9], 0.6, 0.7).tolist() == ["stable"]
     with pytest.raises(ValueError, match="same shape"):
@@ -34,8 +33,9 @@ def synthetic(seed=0):
     """Probes with 3 tokens each; token kinds: big linear drift, big noisy change, tiny change."""
     g = np.random.default_rng(seed)
     n_probes, T = 40, 8
-    probes = P.Probes([[5, 1, 2, 3]] * n_probes, [1] * n_probes, list(range(n_probes)), [""] * n_probes,
-                      [""] * n_probes)
+    probes = P.Probes(
+        [[5, 1, 2, 3]] * n_probes, [1] * n_probes, list(range(n_probes)), [""] * n_probes, [""] * n_probes
+    )
     steps = np.arange(T) * 10.0
     N = probes.n_tokens
     kind = np.tile([0, 1, 2], n_probes)
@@ -44,7 +44,7 @@ def synthetic(seed=0):
     t = steps / steps[-1]
     lp[:, kind == 0] = -3 + np.outer(t, size[kind == 0]) + 0.02 * g.standard_normal((T, (kind == 0).sum()))
     noisy = g.standard_normal((T, (kind == 1).sum()))
-    noisy[-1] = noisy[0] + 1.0                       # net change 1.0, no trend in between
+    noisy[-1] = noisy[0] + 1.0  # net change 1.0, no trend in between
     lp[:, kind == 1] = -3 + noisy
     lp[:, kind == 2] = -1 + 0.01 * g.standard_normal((T, (kind == 2).sum()))
     # hidden states: layer 0 = noise, layers 1-2 = linear drift + small noise
@@ -54,8 +54,13 @@ def synthetic(seed=0):
     drift = g.standard_normal((Pn, D))
     for layer in (1, 2):
         hidden[:, layer] = t[:, None, None] * drift + 0.01 * g.standard_normal((T, Pn, D))
-    forced = P.TrajectoryForced(steps.astype(int), lp.astype(np.float32), (lp + 7).astype(np.float32),
-                                hidden.astype(np.float32), (np.arange(Pn), np.arange(D)))
+    forced = P.TrajectoryForced(
+        steps.astype(int),
+        lp.astype(np.float32),
+        (lp + 7).astype(np.float32),
+        hidden.astype(np.float32),
+        (np.arange(Pn), np.arange(D)),
+    )
     return probes, forced, kind
 
 
@@ -69,26 +74,34 @@ def test_analyse_recovers_known_categories_and_numbers():
     assert res.summary()["kept"] == (kind != 2).sum()
     assert tok["label"][kind == 0].unique().tolist() == ["#1"]
     out = res.results()
-    for key in ("token_r2_median", "token_r2_q1", "token_r2_q3", "token_r2_frac_above_0_7", "tokens_kept",
-                "change_r2_correlation", "activation_r2_median_by_layer"):
+    for key in (
+        "token_r2_median",
+        "token_r2_q1",
+        "token_r2_q3",
+        "token_r2_frac_above_0_7",
+        "tokens_kept",
+        "change_r2_correlation",
+        "activation_r2_median_by_layer",
+    ):
         assert key in out
     assert out["tokens_kept"] == 80 and out["tokens_total"] == 120
     assert out["token_r2_q1"] <= out["token_r2_median"] <= out["token_r2_q3"]
     assert abs(out["token_r2_frac_above_0_7"] - (tok[tok.kept]["r2"] > 0.7).mean()) < 1e-12
-    np.testing.assert_allclose(out["token_r2_median"],
-                               np.median(linearity.r2(forced.logprobs, forced.steps)[kind != 2]))
+    np.testing.assert_allclose(
+        out["token_r2_median"], np.median(linearity.r2(forced.logprobs, forced.steps)[kind != 2])
+    )
     # logits = log-probs + constant here, so their R² are the log-prob R²
     np.testing.assert_allclose(tok["logit_r2"], tok["r2"], atol=1e-4)
     layers = out["activation_r2_median_by_layer"]
     assert len(layers) == 3 and layers[0] < 0.5 and min(layers[1:]) > 0.95
     assert res.layers()["layer"].tolist() == ["embeddings", "block 1", "block 2"]
-    assert res.settings["probes"] == 40 and res.settings["probes_distinct"] == 1   # 40 samples of one sequence
+    assert res.settings["probes"] == 40 and res.settings["probes_distinct"] == 1  # 40 samples of one sequence
     assert res.categories().loc["behaviour", "tokens"] == 40
-    assert len(res.movers(6)) == 2                   # one per distinct (sequence, position) that moved
+    assert len(res.movers(6)) == 2  # one per distinct (sequence, position) that moved
     lo, hi = out["token_r2_median_ci"]
     assert lo <= out["token_r2_median"] <= hi and out["r2_threshold"] == 0.7
     assert out["token_r2_frac_above_threshold"] == out["token_r2_frac_above_0_7"]
-    assert verdicts(res)["nb02.activations_linear"].verdict == "holds"    # blocks 2+ drift linearly
+    assert verdicts(res)["nb02.activations_linear"].verdict == "holds"  # blocks 2+ drift linearly
 
 
 def test_probe_table_has_one_row_per_probe():
@@ -107,16 +120,16 @@ def test_change_r2_correlation_sign():
     noise = g.standard_normal((T, N))
     probes = P.Probes([[0] + [1] * N], [1], [0], [""], [""])
     for sign in (+1, -1):
-        scale = 0.3 if sign > 0 else 0.3 * size ** 2   # noise / change falls (+) or grows (-) with the change
+        scale = 0.3 if sign > 0 else 0.3 * size**2  # noise / change falls (+) or grows (-) with the change
         lp = np.outer(t / t[-1], size) + noise * scale
-        lp[-1] = lp[0] + size                        # exact net change = size (all kept)
+        lp[-1] = lp[0] + size  # exact net change = size (all kept)
         forced = P.TrajectoryForced(t.astype(int), lp, lp, None, None)
         res = OL.analyse(forced, probes)
         c = res.correlation()
         assert c["method"] == "spearman" and np.sign(c["kept"]) == sign and abs(c["kept"]) > 0.3
         claim = verdicts(res)["nb02.change_vs_r2"]
         assert claim.verdict == ("holds" if sign > 0 else "does not hold") and claim.measured == c["kept"]
-    small = P.TrajectoryForced(t.astype(int), lp[:, :5], lp[:, :5], None, None)   # 5 tokens: too few to decide
+    small = P.TrajectoryForced(t.astype(int), lp[:, :5], lp[:, :5], None, None)  # 5 tokens: too few to decide
     res = OL.analyse(small, P.Probes([[0] * 6], [1], [0], [""], [""]))
     assert verdicts(res)["nb02.change_vs_r2"].verdict == "inconclusive"
 
@@ -154,17 +167,22 @@ def seed(median, lo, hi):
     return {"median": median, "median_ci": (lo, hi), "threshold": 0.7, "level": 0.95}
 
 
-@pytest.mark.parametrize("by_seed, verdict", [
-    ({0: seed(0.90, 0.88, 0.92), 1: seed(0.85, 0.82, 0.87)}, "holds"),
-    ({0: seed(0.50, 0.45, 0.55), 1: seed(0.60, 0.58, 0.65)}, "does not hold"),
-    ({0: seed(0.90, 0.88, 0.92), 1: seed(0.60, 0.58, 0.65)}, "inconclusive"),   # the seeds disagree
-])
+@pytest.mark.parametrize(
+    "by_seed, verdict",
+    [
+        ({0: seed(0.90, 0.88, 0.92), 1: seed(0.85, 0.82, 0.87)}, "holds"),
+        ({0: seed(0.50, 0.45, 0.55), 1: seed(0.60, 0.58, 0.65)}, "does not hold"),
+        ({0: seed(0.90, 0.88, 0.92), 1: seed(0.60, 0.58, 0.65)}, "inconclusive"),  # the seeds disagree
+    ],
+)
 def test_token_median_claim_covers_every_seed(by_seed, verdict):
     probes, forced, _ = synthetic()
     c = verdicts(OL.analyse(forced, probes), by_seed)["nb02.token_r2_median"]
     assert c.verdict == verdict and "hull over 2 seeds" in c.how
-    assert c.interval == (min(s["median_ci"][0] for s in by_seed.values()),
-                          max(s["median_ci"][1] for s in by_seed.values()))
+    assert c.interval == (
+        min(s["median_ci"][0] for s in by_seed.values()),
+        max(s["median_ci"][1] for s in by_seed.values()),
+    )
 
 
 def test_token_median_claim_refuses_another_level():
@@ -181,18 +199,22 @@ def test_spearman_interval_is_the_fisher_z_interval():
     assert np.isnan(OL.spearman_interval(0.9, 3)).all()
 
 
-@pytest.mark.parametrize("layer2, verdict, detail", [
-    ("drift", "holds", "least linear block 2"), ("noise", "does not hold", "least linear block 2"),
-    ("frozen", "inconclusive", "no R² in block 2"), (None, "inconclusive", "1 block"),
-])
+@pytest.mark.parametrize(
+    "layer2, verdict, detail",
+    [
+        ("drift", "holds", "least linear block 2"),
+        ("noise", "does not hold", "least linear block 2"),
+        ("frozen", "inconclusive", "no R² in block 2"),
+        (None, "inconclusive", "1 block"),
+    ],
+)
 def test_activation_claim_takes_the_least_linear_layer_after_block_1(layer2, verdict, detail):
     probes, forced, _ = synthetic()
     if layer2 == "noise":
         forced.hidden[:, 2] = np.random.default_rng(3).standard_normal(forced.hidden[:, 2].shape)
     if layer2 == "frozen":
         forced.hidden[:, 2] = forced.hidden[0, 2]
-    if layer2 is None:                                   # one block: no layer after the first
+    if layer2 is None:  # one block: no layer after the first
         forced.hidden = forced.hidden[:, :2]
     c = verdicts(OL.analyse(forced, probes))["nb02.activations_linear"]
     assert c.verdict == verdict and detail in c.detail
-

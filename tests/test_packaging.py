@@ -1,4 +1,5 @@
 """pyproject.toml and environment.yml agree; the README's test command is what CI runs; Makefile entry points exist."""
+
 import importlib.util
 import re
 
@@ -21,8 +22,9 @@ def test_pyproject_and_environment_list_the_same_packages():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     ours, theirs = requirements(pyproject), requirements(pip)
-    assert set(ours) == set(theirs), f"only in pyproject: {set(ours) - set(theirs)}; only in environment.yml: " \
-                                     f"{set(theirs) - set(ours)}"
+    assert set(ours) == set(theirs), (
+        f"only in pyproject: {set(ours) - set(theirs)}; only in environment.yml: {set(theirs) - set(ours)}"
+    )
     different = {name: (str(ours[name][0]), str(theirs[name][0])) for name in ours if ours[name] != theirs[name]}
     assert not different, f"version specs differ (pyproject, environment.yml): {different}"
     assert len(ours) >= 10  # the comparison really read both lists

@@ -1,11 +1,10 @@
 """Every params file parses, changes only knobs params/default.yaml defines (the notebooks' knobs), with values the code
 accepts; the papers' settings carry the papers' numbers."""
+
 import pytest
 import yaml
 
-from helpers.lib import config
-from helpers.lib import backends
-from helpers.lib import training
+from helpers.lib import backends, config, training
 from helpers.lib.paths import REPO
 
 PARAMS = sorted((REPO / "params").glob("*.yaml"))
@@ -26,8 +25,12 @@ def knob_paths(node: dict) -> list[str]:
 
 
 def test_the_papers_settings_are_there():
-    assert {p.stem for p in PAPER} >= {"lin-r1-distill-1.5b-grpo", "lin-r1-distill-1.5b-gspo",
-                                       "lin-r1-distill-1.5b-reinforce-pp", "relex-qwen2.5-math-1.5b"}
+    assert {p.stem for p in PAPER} >= {
+        "lin-r1-distill-1.5b-grpo",
+        "lin-r1-distill-1.5b-gspo",
+        "lin-r1-distill-1.5b-reinforce-pp",
+        "relex-qwen2.5-math-1.5b",
+    }
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.stem)
@@ -58,7 +61,7 @@ def test_points_at_a_user_run_and_says_what_hardware_it_needs(path):
     header = text.split("\nname:")[0]
     assert "Hardware:" in header and "GPU" in header
     cfg = config.load(path, "default")
-    assert cfg.trajectory.dir and cfg.trajectory.base                # the user's run and its step-0 model
+    assert cfg.trajectory.dir and cfg.trajectory.base  # the user's run and its step-0 model
     assert cfg.task.kind == "math" and cfg.eval.backend == "vllm"
 
 
@@ -68,7 +71,7 @@ def test_lin_reference_and_variants():
     for name, c in cfgs.items():
         rl, ev = c.rl, c.eval
         assert (rl.lr, rl.batch, rl.rollouts, rl.epsilon, rl.epsilon_high) == (1e-6, 128, 16, 0.2, 0.28), name
-        assert list(range(0, rl.steps + 1, rl.save_every)) == list(range(0, 1301, 100)), name   # 14 checkpoints
+        assert list(range(0, rl.steps + 1, rl.save_every)) == list(range(0, 1301, 100)), name  # 14 checkpoints
         assert (ev.k, ev.temperature, ev.top_p, ev.max_new_tokens) == (64, 0.6, 0.95, 32768), name
         assert "DeepSeek-R1-Distill-Qwen-1.5B" in c.trajectory.base and "aime24" in c.math.dataset, name
         assert (c.output_linearity.prompts, c.output_linearity.samples_per_prompt) == (30, 64), name
@@ -82,10 +85,10 @@ def test_lin_reference_and_variants():
 
 def test_relex_setting():
     c = config.load(REPO / "params" / "relex-qwen2.5-math-1.5b.yaml", "default")
-    assert (c.rl.steps, c.rl.save_every) == (500, 1)                  # every step saved
+    assert (c.rl.steps, c.rl.save_every) == (500, 1)  # every step saved
     assert [round(f * c.rl.steps) for f in c.relex.t_cut_fractions] == [75]
     assert c.relex.rank == 1 and c.relex.fit == "linear"
-    assert (c.eval.temperature, c.eval.k, c.eval.max_new_tokens) == (0.0, 1, 4096)   # greedy, 4K tokens
+    assert (c.eval.temperature, c.eval.k, c.eval.max_new_tokens) == (0.0, 1, 4096)  # greedy, 4K tokens
     assert "Qwen2.5-Math-1.5B" in c.trajectory.base and "math500" in c.math.dataset
 
 
@@ -98,6 +101,7 @@ def test_a_knob_the_notebooks_do_not_define_is_an_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- the rule table
 
+
 def test_every_rule_names_a_knob_and_every_null_default_has_a_rule():
     knobs = knob_values(config._defaults()[0])
     assert not set(config.RULES) - set(knobs), "rules for knobs params/default.yaml does not define"
@@ -106,11 +110,7 @@ def test_every_rule_names_a_knob_and_every_null_default_has_a_rule():
 
 
 def test_the_rules_fixed_choices_are_the_codes():
-    from helpers.lib import extrapolation
-    from helpers.lib import linearity
-    from helpers.lib import relex
-    from helpers.lib import rl_extra
-    from helpers.lib import tiny
+    from helpers.lib import extrapolation, linearity, relex, rl_extra, tiny
 
     def allowed(key, values):
         return {v for v in values if config.RULES[key].complaint(key, v) is None}
@@ -142,7 +142,7 @@ def test_every_robustness_setting_of_every_profile_loads(path):
 def test_every_sweep_setting_loads(path):
     from helpers.pipeline import regime
 
-    sweep = regime.load_sweep(path)           # builds every setting's config (helpers.pipeline.regime.setting_config)
+    sweep = regime.load_sweep(path)  # builds every setting's config (helpers.pipeline.regime.setting_config)
     for s in sweep["settings"]:
         for seed in sweep["seeds"]:
             assert regime.setting_config(sweep, s["name"], seed).rl.seed == seed

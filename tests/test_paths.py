@@ -34,8 +34,9 @@ def child(parent, body):
             print(tmp, flush=True)
             {body}
     """)
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def partials(parent):
@@ -43,6 +44,7 @@ def partials(parent):
 
 
 # --- item 5: no orphaned temporary directories -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_removes_the_temporary_directory(tmp_path, sig):
@@ -71,9 +73,12 @@ def test_stale_partial_of_a_dead_process_is_removed_on_start(tmp_path, capsys):
 
 # --- item 9: outputs get the umask's permissions -------------------------------------------------------------------
 
-@pytest.mark.parametrize("mask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600),
-                                                        (0o002, 0o775, 0o664)],
-                         ids=["022", "077", "002"])
+
+@pytest.mark.parametrize(
+    "mask, dir_mode, file_mode",
+    [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)],
+    ids=["022", "077", "002"],
+)
 def test_outputs_get_umask_permissions(tmp_path, umask, mask, dir_mode, file_mode):
     umask(mask)
     with atomic_dir(tmp_path / "d") as tmp:

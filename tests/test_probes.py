@@ -11,8 +11,15 @@ VOCAB = 40
 
 
 def tiny_qwen(seed=0):
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(cfg).eval()
 
@@ -21,7 +28,7 @@ def random_probes(n=5, seed=0):
     g = np.random.default_rng(seed)
     ids, plens = [], []
     for _ in range(n):
-        p, r = int(g.integers(1, 6)), int(g.integers(1, 9))   # different prompt and response lengths
+        p, r = int(g.integers(1, 6)), int(g.integers(1, 9))  # different prompt and response lengths
         ids.append(g.integers(0, VOCAB, p + r).tolist())
         plens.append(p)
     return P.Probes(ids, plens, list(range(n)), [""] * n, [""] * n)
@@ -59,14 +66,14 @@ def test_logits_and_log_softmax_rows_normalise():
         full = model(input_ids=torch.tensor([probes.input_ids[0]])).logits[0]
     p = probes.prompt_lens[0]
     chosen = full[torch.arange(p - 1, len(probes.input_ids[0]) - 1), torch.tensor(probes.input_ids[0][p:])]
-    np.testing.assert_allclose(forced.logits[:len(chosen)], chosen.numpy(), atol=2e-5)
+    np.testing.assert_allclose(forced.logits[: len(chosen)], chosen.numpy(), atol=2e-5)
 
 
 def test_hidden_states_at_sampled_positions():
     model, probes = tiny_qwen(2), random_probes(6, seed=5)
     pos, dims = P.activation_index(probes, 32, positions=10, dims=5, seed=0)
     forced = P.teacher_force(model, probes, batch_size=4, hidden_index=(pos, dims))
-    assert forced.hidden.shape == (3, len(pos), 5)     # embeddings + 2 layers
+    assert forced.hidden.shape == (3, len(pos), 5)  # embeddings + 2 layers
     tok = probes.tokens()
     for j, flat in enumerate(pos[:4]):
         i, position = int(tok["probe"][flat]), int(tok["position"][flat])

@@ -1,4 +1,5 @@
 """Run and batch index pages, built from hand-made run directories (no kernel)."""
+
 import json
 import re
 
@@ -10,14 +11,20 @@ from helpers.pipeline import report
 def executed_notebook(path, error=None):
     """A papermill-style executed notebook; with `error`, cell 3 of the notebook as written raised it."""
     nb = nbformat.v4.new_notebook()
-    cells = [nbformat.v4.new_markdown_cell("# title"),
-             nbformat.v4.new_code_cell("params_file = 'x'", metadata={"tags": ["parameters"]}),
-             nbformat.v4.new_code_cell("overrides = {}", metadata={"tags": ["injected-parameters"]}),
-             nbformat.v4.new_code_cell("run = start()"),
-             nbformat.v4.new_code_cell("\n  x = compute()  \nmore()")]
+    cells = [
+        nbformat.v4.new_markdown_cell("# title"),
+        nbformat.v4.new_code_cell("params_file = 'x'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("overrides = {}", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("run = start()"),
+        nbformat.v4.new_code_cell("\n  x = compute()  \nmore()"),
+    ]
     if error:
-        cells.insert(0, nbformat.v4.new_markdown_cell("An Exception was encountered",
-                                                      metadata={"tags": ["papermill-error-cell-tag"]}))
+        cells.insert(
+            0,
+            nbformat.v4.new_markdown_cell(
+                "An Exception was encountered", metadata={"tags": ["papermill-error-cell-tag"]}
+            ),
+        )
         cells[-1].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue=error, traceback=[])]
     nb.cells = cells
     nb.metadata["papermill"] = {"duration": 12.34, "exception": bool(error)}
@@ -29,11 +36,31 @@ def make_run(run_dir, seed=1):
     (run_dir / "results").mkdir(parents=True)
     (run_dir / "figures" / "01_a").mkdir(parents=True)
     (run_dir / "figures" / "01_a" / "hist.png").write_bytes(b"png")
-    (run_dir / "run.json").write_text(json.dumps({"params_file": "params/default.yaml", "profile": "smoke",
-                                                  "overrides": {"rl.lr": 1e-5, "seed": seed}, "params_hash": "h1",
-                                                  "notebooks": ["01_a", "02_b", "03_c", "04_d"]}))
-    results = {"median_r2": 0.912345, "frac": 0.8, "n": 1234, "ok": True, "nan": None, "curve": [1, 2],
-               "by": {"q": 0.5, "k": 0.25}, "e": 5, "f": 6, "g": 7, "h": 8, "_meta": {"params_hash": "h1"}}
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "params_file": "params/default.yaml",
+                "profile": "smoke",
+                "overrides": {"rl.lr": 1e-5, "seed": seed},
+                "params_hash": "h1",
+                "notebooks": ["01_a", "02_b", "03_c", "04_d"],
+            }
+        )
+    )
+    results = {
+        "median_r2": 0.912345,
+        "frac": 0.8,
+        "n": 1234,
+        "ok": True,
+        "nan": None,
+        "curve": [1, 2],
+        "by": {"q": 0.5, "k": 0.25},
+        "e": 5,
+        "f": 6,
+        "g": 7,
+        "h": 8,
+        "_meta": {"params_hash": "h1"},
+    }
     (run_dir / "results" / "01_a.json").write_text(json.dumps(results))
     (run_dir / "results" / "03_c.json").write_text(json.dumps({"z": 2.0, "_meta": {"params_hash": "old"}}))
     executed_notebook(run_dir / "01_a.ipynb")
@@ -43,8 +70,9 @@ def make_run(run_dir, seed=1):
 
 
 def test_headlines_are_the_first_scalars_rounded():
-    shown, more = report.headlines({"a": 0.123456, "b": {"c": 12345678.9}, "d": [1], "e": None, "f": False,
-                                    "g": 3, "_meta": {"x": 1}}, limit=4)
+    shown, more = report.headlines(
+        {"a": 0.123456, "b": {"c": 12345678.9}, "d": [1], "e": None, "f": False, "g": 3, "_meta": {"x": 1}}, limit=4
+    )
     assert shown == [("a", "0.1235"), ("b.c", "1.235e+07"), ("e", "n/a"), ("f", "false")] and more == 1
 
 
@@ -60,7 +88,11 @@ def test_run_index_statuses_numbers_and_relative_links(tmp_path):
     run = make_run(tmp_path / "out" / "default-smoke_lr=1e-5")
     summary = report.summarize(run)
     assert [(e.name, e.status) for e in summary.notebooks] == [
-        ("01_a", "complete"), ("02_b", "failed"), ("03_c", "stale"), ("04_d", "not run")]
+        ("01_a", "complete"),
+        ("02_b", "failed"),
+        ("03_c", "stale"),
+        ("04_d", "not run"),
+    ]
     assert summary.status == "failed: 02_b"
     assert summary.notebooks[0].seconds == 12.34 and summary.notebooks[0].more == 3
     assert summary.notebooks[1].error == "cell 3 (`x = compute()`): ValueError: bad | input"
@@ -100,8 +132,18 @@ def stored_claims(run_dir, notebook, verdicts):
     from helpers.experiments import paper
 
     rules = {"holds": (0.8, 0.9), "does not hold": (0.5, 0.6), "inconclusive": (0.6, 0.8)}
-    recs = [C.Claim(f"{notebook}.c{i}", f"claim {i} of {notebook}", paper.get("weight_r2_share"),
-                    sum(rules[v]) / 2, rules[v], C.above(0.7), "test").record() for i, v in enumerate(verdicts)]
+    recs = [
+        C.Claim(
+            f"{notebook}.c{i}",
+            f"claim {i} of {notebook}",
+            paper.get("weight_r2_share"),
+            sum(rules[v]) / 2,
+            rules[v],
+            C.above(0.7),
+            "test",
+        ).record()
+        for i, v in enumerate(verdicts)
+    ]
     path = run_dir / "results" / f"{notebook}.json"
     data = json.loads(path.read_text()) if path.is_file() else {"_meta": {"params_hash": "h1"}}
     path.write_text(json.dumps(data | {"claims": recs}))
@@ -126,10 +168,13 @@ def test_batch_index_shows_the_claims_per_run(tmp_path):
     a, b = make_run(out / "a"), make_run(out / "b")
     stored_claims(a, "01_a", ["holds", "inconclusive"])
     stored_claims(b, "01_a", ["does not hold"])
-    page = report.build_batch_index([a, b], out=out / "i.html", labels=[{"factor": "lr", "value": "1x"},
-                                                                        {"factor": "lr", "value": "3x"}]).read_text()
+    page = report.build_batch_index(
+        [a, b], out=out / "i.html", labels=[{"factor": "lr", "value": "1x"}, {"factor": "lr", "value": "3x"}]
+    ).read_text()
     assert "<th>lr=1x</th><th>lr=3x</th>" in page
-    row = page[page.index("01_a.c1"):].split("</tr>")[0]
+    row = page[page.index("01_a.c1") :].split("</tr>")[0]
     assert "inconclusive" in row and row.count("<td></td>") == 1  # run b has no claim c1
-    assert "| claim 0 of 01_a | holds: 0.850 [0.800, 0.900] | does not hold: 0.550 [0.500, 0.600] |" in (
-        out / "i.md").read_text()
+    assert (
+        "| claim 0 of 01_a | holds: 0.850 [0.800, 0.900] | does not hold: 0.550 [0.500, 0.600] |"
+        in (out / "i.md").read_text()
+    )

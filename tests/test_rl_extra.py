@@ -1,6 +1,7 @@
 """RL-Extra callback on tiny real GRPO runs: n = 0 is standard training bit for bit, a phase end applies
 W = P + (m+n)/m (Q − P) exactly (P, Q captured by spy callbacks), the counters, and a mid-cycle resume; the library
 imports without the notebook stack."""
+
 import csv
 import json
 import subprocess
@@ -18,12 +19,30 @@ from helpers.lib.extrapolation import is_norm
 from helpers.lib.rl_extra import ANCHOR, RECORD, RLExtra, effective_steps, generation_period
 
 # an easy task (2 operands below 4) so the tiny base model earns some reward and RL moves the weights
-TINY = {"task.operands": 2, "task.max_value": 4, "task.chain": False, "task.train_size": 200, "task.heldout_size": 8,
-        "model.hidden_size": 64, "model.heads": 2, "model.kv_heads": 1, "model.layers": 1,
-        "model.intermediate_size": 64, "model.max_positions": 32, "sft.base_steps": 40, "sft.batch": 16,
-        "rl.batch": 4, "rl.rollouts": 4, "rl.steps": 6, "rl.save_every": 3, "rl.max_completion_length": 4,
-        "eval.heldout_during_training": 8, "eval.batch_size": 64, "eval.max_new_tokens": 4}
-M, N = 2, 3   # boundaries at steps 2, 4, 6; checkpoint-3 is mid-cycle
+TINY = {
+    "task.operands": 2,
+    "task.max_value": 4,
+    "task.chain": False,
+    "task.train_size": 200,
+    "task.heldout_size": 8,
+    "model.hidden_size": 64,
+    "model.heads": 2,
+    "model.kv_heads": 1,
+    "model.layers": 1,
+    "model.intermediate_size": 64,
+    "model.max_positions": 32,
+    "sft.base_steps": 40,
+    "sft.batch": 16,
+    "rl.batch": 4,
+    "rl.rollouts": 4,
+    "rl.steps": 6,
+    "rl.save_every": 3,
+    "rl.max_completion_length": 4,
+    "eval.heldout_during_training": 8,
+    "eval.batch_size": 64,
+    "eval.max_new_tokens": 4,
+}
+M, N = 2, 3  # boundaries at steps 2, 4, 6; checkpoint-3 is mid-cycle
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +94,7 @@ def test_n0_is_standard_training_bit_for_bit(setup):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         base = load_file(std / "checkpoint-0" / "model.safetensors")
         moved |= any(not torch.equal(a[k], base[k]) for k in a)
-    assert moved                                                   # RL really changed the weights
+    assert moved  # RL really changed the weights
     assert (cb.rl_steps, cb.effective_steps, cb.extrapolations) == (6, 6, 0)
 
 
@@ -87,10 +106,10 @@ def test_phase_end_applies_the_formula_exactly(setup, extra_run, norms, optimize
         before, cb, after = Spy(), RLExtra(M, N, norms=norms, optimizer=optimizer), Spy()
         train(setup, f"extra-{norms}-{optimizer}", before, cb, after)
     beta = (M + N) / M
-    anchor = after.begin                                           # P of cycle 0: the weights at train begin
+    anchor = after.begin  # P of cycle 0: the weights at train begin
     for step in range(1, 7):
         q, w = before.at[step], after.at[step]
-        if step % M:                                               # inside a phase: the callback does nothing
+        if step % M:  # inside a phase: the callback does nothing
             assert all(torch.equal(q[k], w[k]) for k in q)
             continue
         moved = 0
@@ -98,10 +117,10 @@ def test_phase_end_applies_the_formula_exactly(setup, extra_run, norms, optimize
             expect = q[k] if norms == "copy-from-t1" and is_norm(k) else torch.lerp(anchor[k], q[k], beta)
             assert torch.equal(w[k], expect), (step, k)
             moved += not torch.equal(w[k], q[k])
-        assert moved > len(q) // 2                                 # the extrapolation really moved the weights
+        assert moved > len(q) // 2  # the extrapolation really moved the weights
         assert (after.opt_entries[step] == 0) == (optimizer == "reset")
         assert before.opt_entries[step] > 0
-        anchor = w                                                 # the next phase starts at the extrapolated W
+        anchor = w  # the next phase starts at the extrapolated W
     assert (cb.rl_steps, cb.effective_steps, cb.extrapolations) == (6, 6 + 3 * N, 3)
 
 
@@ -126,9 +145,9 @@ def test_resume_mid_cycle_restores_the_anchor(setup, extra_run, monkeypatch):
     monkeypatch.setattr(GRPOTrainer, "train", partialmethod(GRPOTrainer.train, resume_from_checkpoint=str(ckpt)))
     before, cb, after = Spy(), RLExtra(M, N, resume_from=ckpt), Spy()
     train(setup, "resumed", before, cb, after)
-    p = after_a.at[2]                                              # run A's P of the cycle holding step 3
-    assert all(torch.equal(v, p[k]) for k, v in load_file(ckpt / ANCHOR).items())   # P saved mid-cycle
-    assert all(torch.equal(before.begin[k], before_a.at[3][k]) for k in p)   # resumed from step 3's weights
+    p = after_a.at[2]  # run A's P of the cycle holding step 3
+    assert all(torch.equal(v, p[k]) for k, v in load_file(ckpt / ANCHOR).items())  # P saved mid-cycle
+    assert all(torch.equal(before.begin[k], before_a.at[3][k]) for k in p)  # resumed from step 3's weights
     q, w = before.at[4], after.at[4]
     for k in q:
         assert torch.equal(w[k], q[k] if is_norm(k) else torch.lerp(p[k], q[k], 2.5)), k
@@ -142,9 +161,10 @@ def test_resume_mid_cycle_restores_the_anchor(setup, extra_run, monkeypatch):
 
 def test_m_must_be_a_multiple_of_the_generation_period():
     args = SimpleNamespace(steps_per_generation=4, num_iterations=1, gradient_accumulation_steps=2, output_dir=".")
-    assert generation_period(args) == 2                            # 4 micro-steps = 2 optimizer steps
-    assert generation_period(SimpleNamespace(steps_per_generation=1, num_iterations=3,
-                                             gradient_accumulation_steps=1)) == 3
+    assert generation_period(args) == 2  # 4 micro-steps = 2 optimizer steps
+    assert (
+        generation_period(SimpleNamespace(steps_per_generation=1, num_iterations=3, gradient_accumulation_steps=1)) == 3
+    )
     state = SimpleNamespace(global_step=0)
     with pytest.raises(ValueError, match="not a multiple of GRPOTrainer's generation period 2"):
         RLExtra(3, 1).on_train_begin(args, state, None, model=torch.nn.Linear(2, 2))
@@ -158,7 +178,9 @@ def test_m_must_be_a_multiple_of_the_generation_period():
 
 
 def test_library_imports_without_the_notebook_stack():
-    code = ("import sys, helpers.lib.rl_extra; "
-            "print([m for m in ('pandas', 'matplotlib', 'seaborn', 'papermill') if m in sys.modules])")
+    code = (
+        "import sys, helpers.lib.rl_extra; "
+        "print([m for m in ('pandas', 'matplotlib', 'seaborn', 'papermill') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

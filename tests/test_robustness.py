@@ -1,5 +1,6 @@
 """Robustness grid runner: the overrides each setting runs with, the orchestration (batch runner faked), the grid
 handed to notebook 07 and the batch index, read back from hand-written run directories (no kernel)."""
+
 import json
 import math
 import os
@@ -27,7 +28,7 @@ def params_with(tmp_path, settings, extra=""):
 def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
     ref = config.load("params/default.yaml", "default", {"origin.sgd_lr": 0.123456, "rl.lr": 2e-4})
     scaled = R.run_overrides(nb07.Setting("lr", "3x", scale={"rl.lr": 3}), ref, {"seed": 5})
-    assert scaled == {"seed": 5, "rl.seeds": 1, "rl.lr": 6e-4}     # one run per setting
+    assert scaled == {"seed": 5, "rl.seeds": 1, "rl.lr": 6e-4}  # one run per setting
     third = R.run_overrides(nb07.Setting("lr", "0.33x", scale={"rl.lr": 0.333333}), ref)
     assert third == {"rl.seeds": 1, "rl.lr": pytest.approx(6.667e-5, rel=1e-12)}
     sgd = nb07.Setting("optimizer", "SGD", {"rl.optimizer": "sgd", "rl.lr": nb07.SGD_LR})
@@ -36,41 +37,62 @@ def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
 
 # ------------------------------------------------------------------------------- hand-written run directories
 
+
 def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed=True, acc=(0.2, 0.4), ci=0.02):
     """Results of notebooks 00-02 as the notebooks write them, by these helpers sources (+ executed copies and a
     run.json); the medians' intervals are median ± `ci` (none when `ci` is None)."""
+
     def interval(q):
         return {} if ci is None or not q else {"median_ci": [q[1] - ci, q[1] + ci]}
-    numbers = {"00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
-               "01_weight_linearity": dict(zip(("weight_r2_q1", "weight_r2_median", "weight_r2_q3"), weight or ()))
-               | {"weight_r2_frac_above_0_7": 0.6} | {f"weight_r2_{k}": v for k, v in interval(weight).items()},
-               "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))
-               | {f"token_r2_{k}": v for k, v in interval(token).items()}}
+
+    numbers = {
+        "00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
+        "01_weight_linearity": dict(zip(("weight_r2_q1", "weight_r2_median", "weight_r2_q3"), weight or ()))
+        | {"weight_r2_frac_above_0_7": 0.6}
+        | {f"weight_r2_{k}": v for k, v in interval(weight).items()},
+        "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))
+        | {f"token_r2_{k}": v for k, v in interval(token).items()},
+    }
     (run_dir / "results").mkdir(parents=True, exist_ok=True)
     for nb, res in numbers.items():
         meta = {"params_hash": params_hash, "helpers_version": results.helpers_version(), "seconds": 10.0}
         (run_dir / "results" / f"{nb}.json").write_text(json.dumps({**res, "_meta": meta}))
         if executed:
-            (run_dir / f"{nb}.ipynb").write_text(json.dumps({"cells": [], "metadata": {"papermill": {
-                "duration": 20.0, "exception": False}}}))
+            (run_dir / f"{nb}.ipynb").write_text(
+                json.dumps({"cells": [], "metadata": {"papermill": {"duration": 20.0, "exception": False}}})
+            )
             (run_dir / f"{nb}.html").write_text("<html></html>")
-    (run_dir / "run.json").write_text(json.dumps({"overrides": {}, "params_hash": params_hash,
-                                                  "notebooks": list(NOTEBOOKS)}))
+    (run_dir / "run.json").write_text(
+        json.dumps({"overrides": {}, "params_hash": params_hash, "notebooks": list(NOTEBOOKS)})
+    )
 
 
 @pytest.fixture
 def fake_batch(tmp_path):
     """A reference, a non-linear lr setting, SGD, SFT, and a setting whose results are from other params."""
     run_dir = tmp_path / "outputs" / "default"
-    specs = [(nb07.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95),
-              (0.8, 0.9, 0.97)),
-             (nb07.Setting("lr", "3x", scale={"rl.lr": 3}), {"optimizer": "adamw", "lr": 9e-4}, (0.3, 0.55, 0.8),
-              (0.7, 0.88, 0.95)),
-             (nb07.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}), {"optimizer": "sgd", "lr": 0.4},
-              (0.5, 0.78, 0.9), (0.6, 0.8, 0.9)),
-             (nb07.Setting("training", "SFT", trajectory="sft"), {"optimizer": "adamw", "lr": 3e-4}, (0.2, 0.45, 0.7),
-              (0.1, 0.35, 0.6)),
-             (nb07.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None)]
+    specs = [
+        (nb07.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95), (0.8, 0.9, 0.97)),
+        (
+            nb07.Setting("lr", "3x", scale={"rl.lr": 3}),
+            {"optimizer": "adamw", "lr": 9e-4},
+            (0.3, 0.55, 0.8),
+            (0.7, 0.88, 0.95),
+        ),
+        (
+            nb07.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}),
+            {"optimizer": "sgd", "lr": 0.4},
+            (0.5, 0.78, 0.9),
+            (0.6, 0.8, 0.9),
+        ),
+        (
+            nb07.Setting("training", "SFT", trajectory="sft"),
+            {"optimizer": "adamw", "lr": 3e-4},
+            (0.2, 0.45, 0.7),
+            (0.1, 0.35, 0.6),
+        ),
+        (nb07.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None),
+    ]
     entries = []
     for i, (s, knobs, w, t) in enumerate(specs):
         d = run_dir if s.is_reference else run_dir / "robustness" / s.dirname
@@ -95,8 +117,9 @@ def test_table_reads_the_results_and_marks_the_linear_regime(fake_batch):
     assert not stale.measured and math.isnan(stale.weight_r2_median) and math.isnan(stale.seconds)
     assert all(math.isnan(x) for x in stale.weight_r2_median_ci)
     shown = nb07.fig2_table(t)
-    assert shown.loc["lr=3x", "weight R² IQR"] == "0.30 – 0.80" and shown.loc["model=2 layers", "linear"] == \
-        "not measured"
+    assert (
+        shown.loc["lr=3x", "weight R² IQR"] == "0.30 – 0.80" and shown.loc["model=2 layers", "linear"] == "not measured"
+    )
 
 
 def test_grid_hands_over_each_settings_results_with_its_params(fake_batch):
@@ -105,9 +128,9 @@ def test_grid_hands_over_each_settings_results_with_its_params(fake_batch):
     ref, stale = grid.runs[0], grid.runs[-1]
     assert ref.setting.label == "reference=default" and ref.dir == fake_batch.run_dir and ref.status == "complete"
     assert list(ref.results) == list(NOTEBOOKS) and ref.results["01_weight_linearity"]["weight_r2_median"] == 0.85
-    assert ref.seconds == {nb: 20.0 for nb in NOTEBOOKS}          # the executed notebooks' durations
+    assert ref.seconds == {nb: 20.0 for nb in NOTEBOOKS}  # the executed notebooks' durations
     assert ref.knobs == {"optimizer": "adamw", "lr": 3e-4} and grid.runs[2].overrides == {"rl.optimizer": "sgd"}
-    assert stale.results == {} and stale.seconds == {}            # written with other params
+    assert stale.results == {} and stale.seconds == {}  # written with other params
 
 
 def test_batch_index_from_two_run_directories_opens_from_disk(tmp_path):
@@ -118,9 +141,15 @@ def test_batch_index_from_two_run_directories_opens_from_disk(tmp_path):
     (run_dir / "figures" / R.NOTEBOOK).mkdir(parents=True)
     figure = run_dir / "figures" / R.NOTEBOOK / "robustness.png"
     figure.write_bytes(b"png")
-    b = R.Batch(run_dir, run_dir / "robustness", list(NOTEBOOKS),
-                [R.Entry(nb07.Setting("reference", "default"), run_dir, {}, "h0"),
-                 R.Entry(nb07.Setting("training", "SFT", trajectory="sft"), sft_dir, {"trajectory.dir": "x"}, "h1")])
+    b = R.Batch(
+        run_dir,
+        run_dir / "robustness",
+        list(NOTEBOOKS),
+        [
+            R.Entry(nb07.Setting("reference", "default"), run_dir, {}, "h0"),
+            R.Entry(nb07.Setting("training", "SFT", trajectory="sft"), sft_dir, {"trajectory.dir": "x"}, "h1"),
+        ],
+    )
     page = R.write_index(b, [figure])
     html = page.read_text()
     links = re.findall(r"(?:href|src)='([^']+)'", html)
@@ -138,14 +167,20 @@ def test_batch_index_from_two_run_directories_opens_from_disk(tmp_path):
 
 # ------------------------------------------------------------------------------ orchestration (batch runner faked)
 
+
 def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     for nb in (*NOTEBOOKS, "03_other"):
         (nbs / f"{nb}.ipynb").write_text("{}")
-    p = params_with(tmp_path, [{"factor": "reference", "value": "default"},
-                               {"factor": "rollouts", "value": 4, "overrides": {"rl.rollouts": 4}},
-                               {"factor": "algorithm", "value": "bad", "overrides": {"rl.algorithm": "gspo"}}])
+    p = params_with(
+        tmp_path,
+        [
+            {"factor": "reference", "value": "default"},
+            {"factor": "rollouts", "value": 4, "overrides": {"rl.rollouts": 4}},
+            {"factor": "algorithm", "value": "bad", "overrides": {"rl.algorithm": "gspo"}},
+        ],
+    )
     calls = []
 
     pretrained = []
@@ -155,9 +190,14 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
         calls.append((run_dir.name, [nb.stem for nb in selected], overrides))
         assert len(notebooks) == (4 if run_dir.name == "grid" else 3)  # the reference run keeps the whole set
         assert os.environ["OMP_NUM_THREADS"] == "1"  # robustness.kernel_threads, for the kernels only
-        if cfg.rl.algorithm == "gspo":   # this setting's notebook 00 fails
-            return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "failed" for nb in selected},
-                                    "notebook 00_trajectory failed in cell 3: ValueError: rl.algorithm")
+        if cfg.rl.algorithm == "gspo":  # this setting's notebook 00 fails
+            return batch.RunOutcome(
+                run_dir.name,
+                run_dir,
+                overrides,
+                {nb.stem: "failed" for nb in selected},
+                "notebook 00_trajectory failed in cell 3: ValueError: rl.algorithm",
+            )
         write_run(run_dir, cfg.hash(), (0.5, 0.8, 0.9), (0.6, 0.9, 0.95))
         return batch.RunOutcome(run_dir.name, run_dir, overrides, {nb.stem: "ran" for nb in selected})
 
@@ -167,10 +207,15 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
     write_run(run_dir, config.load(p, "default").hash(), (0.5, 0.8, 0.9), (0.6, 0.9, 0.95), executed=False)
     b = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
     assert [(e.setting.label, e.status) for e in b.entries] == [
-        ("reference=default", "complete"), ("rollouts=4", "ran"), ("algorithm=bad", "failed")]
-    assert calls == [("rollouts=4", list(NOTEBOOKS), {"rl.seeds": 1, "rl.rollouts": 4}),
-                     ("algorithm=bad", list(NOTEBOOKS), {"rl.seeds": 1, "rl.algorithm": "gspo"})]
-    assert pretrained[0] == ["reference=default", "rollouts=4", "algorithm=bad"]   # trained ahead, two at a time
+        ("reference=default", "complete"),
+        ("rollouts=4", "ran"),
+        ("algorithm=bad", "failed"),
+    ]
+    assert calls == [
+        ("rollouts=4", list(NOTEBOOKS), {"rl.seeds": 1, "rl.rollouts": 4}),
+        ("algorithm=bad", list(NOTEBOOKS), {"rl.seeds": 1, "rl.algorithm": "gspo"}),
+    ]
+    assert pretrained[0] == ["reference=default", "rollouts=4", "algorithm=bad"]  # trained ahead, two at a time
     assert b.entries[1].dir == run_dir / "robustness" / "rollouts=4" and "OMP_NUM_THREADS" not in os.environ
     manifest = json.loads((run_dir / "robustness" / "robustness.json").read_text())
     assert [s["run"] for s in manifest["settings"]] == ["..", "rollouts=4", "algorithm=bad"]
@@ -180,7 +225,8 @@ def test_runs_reuse_skip_and_fail_per_setting(tmp_path, monkeypatch):
     calls.clear()
     again = R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)
     assert [e.status for e in again.entries[:2]] == ["complete", "complete"] and [c[0] for c in calls] == [
-        "algorithm=bad"]
+        "algorithm=bad"
+    ]
     monkeypatch.setattr(results, "helpers_version", lambda *a: "fixed")  # a changed helper runs everything again
     calls.clear()
     R.run_settings(str(p), "default", run_dir=run_dir, notebooks_dir=nbs)

@@ -1,8 +1,8 @@
 """Run resolution: a config's trajectory, its seeds (each its own cached RL run from the shared base), a user's run."""
+
 import pytest
 
-from helpers.lib import runs
-from helpers.lib import training
+from helpers.lib import runs, training
 from tests.test_training import micro_cfg
 
 
@@ -32,8 +32,9 @@ def test_seeds_share_the_base_and_differ_in_rl(tmp_path, monkeypatch, one_thread
     assert training.cached_trajectory(micro_cfg(**{"rl.seeds": 1})) == dirs[0]
     ends = runs.endpoints(cfg)
     assert list(ends) == ["base", "seed 0", "seed 1"]
-    assert (ends["base"] / "model.safetensors").read_bytes() == \
-        (dirs[1] / "checkpoint-0" / "model.safetensors").read_bytes()
+    assert (ends["base"] / "model.safetensors").read_bytes() == (
+        dirs[1] / "checkpoint-0" / "model.safetensors"
+    ).read_bytes()
     assert ends["seed 1"] == dirs[1] / "checkpoint-2"
     steps = runs.per_seed(cfg, lambda traj: traj.steps)
     assert steps == {0: [0, 1, 2], 1: [0, 1, 2]}

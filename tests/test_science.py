@@ -7,14 +7,15 @@ The floors sit well inside what every seed of the regime search measured (docs/r
 +0.23 to +0.24 on seeds 0–2 over 500 problems (noise margin of one accuracy ±0.045), the share of weight entries with
 R² > 0.7 0.61–0.62, and the token log-prob R² median 0.89.
 """
+
 import pytest
 
 from helpers.lib import config
 from helpers.pipeline import regime
 
-MIN_GAIN = 0.10                 # held-out greedy gain, final − base
-WEIGHT_SHARE = (0.45, 0.85)     # share of moved weight entries with R² > 0.7
-MIN_TOKEN_MEDIAN = 0.75         # token log-prob R² median
+MIN_GAIN = 0.10  # held-out greedy gain, final − base
+WEIGHT_SHARE = (0.45, 0.85)  # share of moved weight entries with R² > 0.7
+MIN_TOKEN_MEDIAN = 0.75  # token log-prob R² median
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,9 @@ def measured(one_thread):
 def test_the_default_rl_run_learns(measured):
     assert measured["heldout_items"] >= 500
     assert measured["gain"] >= MIN_GAIN, f"held-out gain {measured['gain']:+.3f} < {MIN_GAIN}: RL no longer learns"
-    assert measured["end_drop"] <= 0.05, f"the curve collapses: final {measured['final']:.3f}, peak {measured['peak']:.3f}"
+    assert measured["end_drop"] <= 0.05, (
+        f"the curve collapses: final {measured['final']:.3f}, peak {measured['peak']:.3f}"
+    )
 
 
 def test_the_default_rl_run_moves_in_straight_lines(measured):

@@ -1,4 +1,5 @@
 """Scoring: the pass@k estimator against brute-force enumeration, the sampler registry, avg@k on a fake sampler."""
+
 import itertools
 import math
 from types import SimpleNamespace
@@ -6,13 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers.lib import backends
-from helpers.lib import models
-from helpers.lib import runs
-from helpers.lib import sampling
-from helpers.lib import scoring
-from helpers.lib import tasks
-from helpers.lib import tiny
+from helpers.lib import backends, models, runs, sampling, scoring, tasks, tiny
 
 
 @pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
@@ -53,15 +48,23 @@ def test_evaluate_metrics():
 
 
 def test_registry():
-    with pytest.raises(ImportError, match="vllm"):   # not installed here (tests/test_backends.py: the vllm backend)
+    with pytest.raises(ImportError, match="vllm"):  # not installed here (tests/test_backends.py: the vllm backend)
         backends.make_sampler("vllm", "some/dir")
     with pytest.raises(ValueError, match="unknown sampler backend 'nope'"):
         backends.make_sampler("nope", "some/dir")
 
 
 def test_hf_sampler_is_seeded_and_left_padded(tmp_path):
-    model = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=1, intermediate_size=64,
-                 max_positions=32, tie_embeddings=True)
+    model = dict(
+        arch="llama",
+        hidden_size=64,
+        heads=2,
+        kv_heads=1,
+        layers=1,
+        intermediate_size=64,
+        max_positions=32,
+        tie_embeddings=True,
+    )
     path = tiny.init_model(model, 0, tmp_path / "m")
     sampler = backends.make_sampler("hf", path, device="cpu", batch_size=3)
     prompts = ["1+2=", "10+20+3="]
@@ -131,8 +134,9 @@ class Scripted:
         self.rows = [self.rows[i] for i in idx.tolist()]
 
 
-@pytest.mark.parametrize("stop,expected", [(7, [[5, 7, -1, -1], [6, 6, 8, 1]]),
-                                           ([7, 8], [[5, 7, -1, -1], [6, 6, 8, -1]])])
+@pytest.mark.parametrize(
+    "stop,expected", [(7, [[5, 7, -1, -1], [6, 6, 8, 1]]), ([7, 8], [[5, 7, -1, -1], [6, 6, 8, -1]])]
+)
 def test_decode_stops_at_any_stop_token(stop, expected):
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
     out, _, n = sampling.decode(Scripted([[5, 7, 2, 2], [6, 6, 8, 1]]), ids, mask, 4, 0.0, 1.0, stop, -1)
@@ -152,8 +156,16 @@ def test_stop_ids_join_tokenizer_and_generation_config():
 
 def pickle_only_model(path):
     """A tiny model directory whose weights are `pytorch_model.bin` only (no safetensors)."""
-    model = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=1, intermediate_size=64,
-                 max_positions=32, tie_embeddings=True)
+    model = dict(
+        arch="llama",
+        hidden_size=64,
+        heads=2,
+        kv_heads=1,
+        layers=1,
+        intermediate_size=64,
+        max_positions=32,
+        tie_embeddings=True,
+    )
     path = tiny.init_model(model, 0, path)
     from safetensors.torch import load_file
 
@@ -165,9 +177,11 @@ def pickle_only_model(path):
 
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):
     path = pickle_only_model(tmp_path / "m")
-    for load in (lambda: models.load_model(path, "cpu"),
-                 lambda: backends.make_sampler("hf", path, device="cpu"),
-                 lambda: backends.make_sampler("vllm", path)):   # refused before vLLM is even imported
+    for load in (
+        lambda: models.load_model(path, "cpu"),
+        lambda: backends.make_sampler("hf", path, device="cpu"),
+        lambda: backends.make_sampler("vllm", path),
+    ):  # refused before vLLM is even imported
         with pytest.raises(ValueError, match=rf"{path}: only pickle weights \(.bin\).*trajectory.allow_pickle: true"):
             load()
     model, tok = models.load_model(path, "cpu", allow_pickle=True)

@@ -1,4 +1,5 @@
 """Reporting over seeds: per-seed tables, spreads and hulls are exact."""
+
 import math
 
 import pytest

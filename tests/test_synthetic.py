@@ -1,4 +1,5 @@
 """helpers.lib.synthetic: Qwen2-shaped synthetic trajectories in TRL layout, with a known answer."""
+
 import json
 
 import numpy as np
@@ -16,8 +17,9 @@ TINY = dict(hidden_size=32, vocab_size=64, num_hidden_layers=2)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn") / "run"
-    return S.write_synthetic_trajectory(out, n_params=0, steps=STEPS, dtype=torch.bfloat16, drift=1e-2, noise=1e-3,
-                                        seed=3, **TINY)
+    return S.write_synthetic_trajectory(
+        out, n_params=0, steps=STEPS, dtype=torch.bfloat16, drift=1e-2, noise=1e-3, seed=3, **TINY
+    )
 
 
 def test_trl_layout_read_by_trajectory(run):
@@ -43,18 +45,21 @@ def test_values_follow_the_model(run):
 
 
 def test_same_seed_same_bytes_other_seed_differs(run, tmp_path):
-    again = S.write_synthetic_trajectory(tmp_path / "again", n_params=0, steps=STEPS, dtype=torch.bfloat16,
-                                         drift=1e-2, noise=1e-3, seed=3, **TINY)
-    other = S.write_synthetic_trajectory(tmp_path / "other", n_params=0, steps=STEPS, dtype=torch.bfloat16,
-                                         drift=1e-2, noise=1e-3, seed=4, **TINY)
+    again = S.write_synthetic_trajectory(
+        tmp_path / "again", n_params=0, steps=STEPS, dtype=torch.bfloat16, drift=1e-2, noise=1e-3, seed=3, **TINY
+    )
+    other = S.write_synthetic_trajectory(
+        tmp_path / "other", n_params=0, steps=STEPS, dtype=torch.bfloat16, drift=1e-2, noise=1e-3, seed=4, **TINY
+    )
     f = "checkpoint-30/model.safetensors"
     assert (run / f).read_bytes() == (again / f).read_bytes()
     assert (run / f).read_bytes() != (other / f).read_bytes()
 
 
 def test_noise_free_float64_run_is_exactly_linear(tmp_path):
-    out = S.write_synthetic_trajectory(tmp_path / "run", n_params=0, steps=[0, 5, 10, 30], dtype=torch.float64,
-                                       drift=1e-2, noise=0.0, **TINY)
+    out = S.write_synthetic_trajectory(
+        tmp_path / "run", n_params=0, steps=[0, 5, 10, 30], dtype=torch.float64, drift=1e-2, noise=0.0, **TINY
+    )
     with pytest.warns(UserWarning, match="uneven step spacing"):
         traj = Trajectory(out)
     y = traj.series("model.layers.1.mlp.up_proj.weight").numpy()
@@ -74,12 +79,32 @@ def test_param_count_and_shapes_match_transformers():
         model = AutoModelForCausalLM.from_config(hf_config)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
     with torch.device("meta"):
-        llama = AutoModelForCausalLM.from_config(LlamaConfig(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, tie_word_embeddings=False))
+        llama = AutoModelForCausalLM.from_config(
+            LlamaConfig(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                tie_word_embeddings=False,
+            )
+        )
     modules = {L.parse_name(n)[1] for n in llama.state_dict()}  # Llama names parse like Qwen2's
-    assert modules == {"embed", "q", "k", "v", "o", "gate", "up", "down", "input_norm", "post_attn_norm",
-                       "final_norm", "head"}
+    assert modules == {
+        "embed",
+        "q",
+        "k",
+        "v",
+        "o",
+        "gate",
+        "up",
+        "down",
+        "input_norm",
+        "post_attn_norm",
+        "final_norm",
+        "head",
+    }
 
 
 def test_loads_as_a_transformers_model(run):
@@ -90,8 +115,9 @@ def test_loads_as_a_transformers_model(run):
 
 
 def test_tied_embeddings_write_no_head(tmp_path):
-    traj = Trajectory(S.write_synthetic_trajectory(tmp_path / "run", n_params=0, steps=[0, 1, 2],
-                                                   tie_word_embeddings=True, **TINY))
+    traj = Trajectory(
+        S.write_synthetic_trajectory(tmp_path / "run", n_params=0, steps=[0, 1, 2], tie_word_embeddings=True, **TINY)
+    )
     assert traj.tied_embeddings and "lm_head.weight" not in traj.names
 
 
@@ -104,8 +130,21 @@ def test_reference_r2_limits():
 
 
 def test_cli(tmp_path, capsys):
-    S.main([str(tmp_path / "cli"), "--n-params", "0", "--steps", "0:20:10", "--dtype", "fp32", "--hidden-size", "32",
-            "--vocab-size", "64"])
+    S.main(
+        [
+            str(tmp_path / "cli"),
+            "--n-params",
+            "0",
+            "--steps",
+            "0:20:10",
+            "--dtype",
+            "fp32",
+            "--hidden-size",
+            "32",
+            "--vocab-size",
+            "64",
+        ]
+    )
     traj = Trajectory(tmp_path / "cli")
     assert traj.steps == [0, 10, 20] and traj.dtype("model.norm.weight") == torch.float32
     assert "3 checkpoints" in capsys.readouterr().out

@@ -1,4 +1,5 @@
 """Task: the verifier on right / wrong / malformed answers, the split, and the reward as TRL calls it."""
+
 import inspect
 
 import pytest
@@ -8,11 +9,23 @@ from helpers.lib import tasks
 TASK = dict(operands=3, max_value=50, ops="+-", chain=True, train_size=300, heldout_size=40, seed=7)
 
 
-@pytest.mark.parametrize("completion,ok", [
-    ("-11", True), ("19-30=-11", True), (" -11 ", True),
-    ("11", False), ("19-30=-12", False), ("-11=19", False),
-    ("", False), ("-", False), ("19-30=", False), ("1-1", False), ("--11", False), ("-11x", False),
-])
+@pytest.mark.parametrize(
+    "completion,ok",
+    [
+        ("-11", True),
+        ("19-30=-11", True),
+        (" -11 ", True),
+        ("11", False),
+        ("19-30=-12", False),
+        ("-11=19", False),
+        ("", False),
+        ("-", False),
+        ("19-30=", False),
+        ("1-1", False),
+        ("--11", False),
+        ("-11x", False),
+    ],
+)
 def test_verifier(completion, ok):
     assert tasks.is_correct(completion, -11) is ok
 
@@ -25,9 +38,9 @@ def test_parse_answer_malformed_is_none():
 def test_solutions_are_correct_and_chains_are_worked():
     train, heldout = tasks.split(TASK)
     for it in train + heldout:
-        assert eval(it.prompt[:-1]) == it.answer          # the prompt is a Python expression plus "="
+        assert eval(it.prompt[:-1]) == it.answer  # the prompt is a Python expression plus "="
         assert tasks.is_correct(it.solution, it.answer)
-        assert it.solution.count("=") == TASK["operands"] - 2   # one partial result per extra operand
+        assert it.solution.count("=") == TASK["operands"] - 2  # one partial result per extra operand
 
 
 def test_chain_example():
@@ -52,8 +65,15 @@ def test_reward_as_trl_calls_it():
     # log_metric=) -> one float per completion
     params = inspect.signature(tasks.reward).parameters
     assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    out = tasks.reward(prompts=["1+2+3=", "5-9+1="], completions=["3+3=6", "oops"], completion_ids=[[1], [2]],
-                       answer=[6, -3], trainer_state=None, log_extra=lambda *a: None, log_metric=lambda *a: None)
+    out = tasks.reward(
+        prompts=["1+2+3=", "5-9+1="],
+        completions=["3+3=6", "oops"],
+        completion_ids=[[1], [2]],
+        answer=[6, -3],
+        trainer_state=None,
+        log_extra=lambda *a: None,
+        log_metric=lambda *a: None,
+    )
     assert out == [1.0, 0.0]
 
 
@@ -63,7 +83,7 @@ def test_slip_corrupts_only_train_demonstrations():
     assert heldout == clean_heldout and [it.prompt for it in train] == [it.prompt for it in clean_train]
     wrong = [it for it in train if not tasks.is_correct(it.solution, it.answer)]
     assert 0.35 < len(wrong) / len(train) < 0.65
-    for it in wrong:                      # the slip: the last operand is forgotten
+    for it in wrong:  # the slip: the last operand is forgotten
         head = it.prompt[:-1].rstrip("0123456789")[:-1]
         assert int(it.solution) == eval(head)
 

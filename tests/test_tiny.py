@@ -1,19 +1,27 @@
 """Tiny model: the character tokenizer round-trips and reloads through AutoTokenizer; the model loads like any other."""
+
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers.lib import tasks
-from helpers.lib import tiny
+from helpers.lib import tasks, tiny
 
-MODEL = dict(arch="llama", hidden_size=64, heads=2, kv_heads=1, layers=1, intermediate_size=64, max_positions=32,
-             tie_embeddings=True)
+MODEL = dict(
+    arch="llama",
+    hidden_size=64,
+    heads=2,
+    kv_heads=1,
+    layers=1,
+    intermediate_size=64,
+    max_positions=32,
+    tie_embeddings=True,
+)
 
 
 def test_tokenizer_round_trip():
     tok = tiny.make_tokenizer()
     for text in ["12+7-30=", "19-30=-11", "0", tasks.ALPHABET]:
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        assert len(ids) == len(text)                         # one token per character
+        assert len(ids) == len(text)  # one token per character
         assert tok.unk_token_id not in ids
         assert tok.decode(ids) == text
     ids = tok("5+5=", add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.pad_token_id]

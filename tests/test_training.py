@@ -1,4 +1,5 @@
 """Training: a micro embedded trajectory is a complete TRL-layout run, deterministic for a seed, and cached."""
+
 import json
 import shutil
 
@@ -7,16 +8,30 @@ import torch
 from safetensors.torch import load_file
 
 from helpers.experiments.training_log import read_log
-from helpers.lib import config
-from helpers.lib import tasks
-from helpers.lib import training
+from helpers.lib import config, tasks, training
 from helpers.lib.trajectory import Trajectory
 
-MICRO = {"model.hidden_size": 64, "model.heads": 2, "model.kv_heads": 1, "model.layers": 1,
-         "model.intermediate_size": 64, "model.max_positions": 32,
-         "task.train_size": 64, "task.heldout_size": 8, "sft.base_steps": 3, "sft.batch": 8,
-         "rl.steps": 2, "rl.save_every": 1, "rl.batch": 2, "rl.rollouts": 2, "rl.max_completion_length": 6,
-         "eval.heldout_during_training": 8, "eval.max_new_tokens": 6, "eval.k": 2, "device": "cpu"}
+MICRO = {
+    "model.hidden_size": 64,
+    "model.heads": 2,
+    "model.kv_heads": 1,
+    "model.layers": 1,
+    "model.intermediate_size": 64,
+    "model.max_positions": 32,
+    "task.train_size": 64,
+    "task.heldout_size": 8,
+    "sft.base_steps": 3,
+    "sft.batch": 8,
+    "rl.steps": 2,
+    "rl.save_every": 1,
+    "rl.batch": 2,
+    "rl.rollouts": 2,
+    "rl.max_completion_length": 6,
+    "eval.heldout_during_training": 8,
+    "eval.max_new_tokens": 6,
+    "eval.k": 2,
+    "device": "cpu",
+}
 
 
 def micro_cfg(**extra):
@@ -74,7 +89,7 @@ def test_same_seed_same_weights(two_runs):
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
     w0 = load_file(a / "checkpoint-0" / "model.safetensors")
     w2 = load_file(a / "checkpoint-2" / "model.safetensors")
-    assert any(not torch.equal(w0[k], w2[k]) for k in w0)        # RL moved the weights
+    assert any(not torch.equal(w0[k], w2[k]) for k in w0)  # RL moved the weights
 
 
 def test_cached_build_is_reused(two_runs, monkeypatch):
@@ -100,8 +115,15 @@ def test_sft_run_shares_layout_and_takes_loss_and_callbacks(two_runs, tmp_path):
         losses.append(float(out.detach()))
         return out
 
-    out = training.train_sft(cfg, run / "checkpoint-0", tmp_path / "sft", steps=cfg.rl.steps,
-                             save_every=cfg.rl.save_every, compute_loss_func=loss, callbacks=[Count()])
+    out = training.train_sft(
+        cfg,
+        run / "checkpoint-0",
+        tmp_path / "sft",
+        steps=cfg.rl.steps,
+        save_every=cfg.rl.save_every,
+        compute_loss_func=loss,
+        callbacks=[Count()],
+    )
     assert seen == [1, 2] and len(losses) == 2
     assert Trajectory(out).steps == [0, 1, 2]
     assert read_log(out)["loss"].iloc[1:].tolist() == pytest.approx(losses)
@@ -126,27 +148,39 @@ def test_unknown_algorithm_is_an_error(tmp_path):
 def test_math_task_trains_a_real_base_on_its_problems_and_verifier(tmp_path, monkeypatch):
     """task.kind math: RL starts from trajectory.base, trains on math.train_dataset and is rewarded by math-verify
     (math_tasks.reward); SFT learns the dataset's solutions; what is missing is named."""
-    from helpers.lib import math_tasks
-    from helpers.lib import tiny
+    from helpers.lib import math_tasks, tiny
 
     base = tiny.init_model(micro_cfg().model, 0, tmp_path / "base")
-    rows = [{"problem": f"{a}+{b}", "answer": str(a + b), "solution": f"\\boxed{{{a + b}}}"}
-            for a in range(4) for b in range(4)]
+    rows = [
+        {"problem": f"{a}+{b}", "answer": str(a + b), "solution": f"\\boxed{{{a + b}}}"}
+        for a in range(4)
+        for b in range(4)
+    ]
     for name, part in (("train", rows[:12]), ("test", rows[12:])):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    math = {"task.kind": "math", "math.dataset": str(tmp_path / "test.jsonl"), "trajectory.base": str(base),
-            "model.max_positions": 128, "eval.heldout_during_training": 4}
+    math = {
+        "task.kind": "math",
+        "math.dataset": str(tmp_path / "test.jsonl"),
+        "trajectory.base": str(base),
+        "model.max_positions": 128,
+        "eval.heldout_during_training": 4,
+    }
     cfg = micro_cfg(**math, **{"math.train_dataset": str(tmp_path / "train.jsonl")})
     seen, real = [], math_tasks.reward
-    monkeypatch.setattr(math_tasks, "reward", lambda prompts, completions, answer, **kw:
-                        seen.append((prompts, answer)) or real(prompts, completions, answer))
+    monkeypatch.setattr(
+        math_tasks,
+        "reward",
+        lambda prompts, completions, answer, **kw: seen.append((prompts, answer)) or real(prompts, completions, answer),
+    )
     monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "out"))
 
     assert training.base_model(cfg) == base
     run = training.embedded_trajectory(cfg)
     assert Trajectory(run).steps == [0, 1, 2]
-    assert torch.equal(load_file(run / "checkpoint-0" / "model.safetensors")["model.embed_tokens.weight"],
-                       load_file(base / "model.safetensors")["model.embed_tokens.weight"])
+    assert torch.equal(
+        load_file(run / "checkpoint-0" / "model.safetensors")["model.embed_tokens.weight"],
+        load_file(base / "model.safetensors")["model.embed_tokens.weight"],
+    )
     train_prompts = {r["problem"] + math_tasks.INSTRUCTION: r["answer"] for r in rows[:12]}
     assert seen and all(train_prompts[p] == a for prompts, answers in seen for p, a in zip(prompts, answers))
     assert read_log(run)["heldout_accuracy"].notna().all()
@@ -161,8 +195,9 @@ def test_math_task_trains_a_real_base_on_its_problems_and_verifier(tmp_path, mon
     no_solutions = tmp_path / "bare.jsonl"
     no_solutions.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n" for r in rows))
     with pytest.raises(ValueError, match="SFT needs a worked solution"):
-        training.train_sft(micro_cfg(**math, **{"math.train_dataset": str(no_solutions)}), base, tmp_path / "s2",
-                           steps=2, save_every=1)
+        training.train_sft(
+            micro_cfg(**math, **{"math.train_dataset": str(no_solutions)}), base, tmp_path / "s2", steps=2, save_every=1
+        )
 
 
 def test_rl_args_pass_use_vllm(tmp_path):

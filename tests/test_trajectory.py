@@ -14,11 +14,21 @@ from helpers.lib import config
 from helpers.lib.runs import trajectory as from_config
 from helpers.lib.trajectory import Trajectory, TrajectoryError, TrajectoryWarning, step_of
 
-TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
-            vocab_size=32)
+TINY = dict(
+    hidden_size=64,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    vocab_size=32,
+)
 UP = "model.layers.0.mlp.up_proj.weight"
-LAYOUTS = {"trl": "checkpoint-{}", "verl": "global_step_{}/actor/huggingface", "openrlhf": "global_step{}_hf",
-           "plain": "step_{}"}
+LAYOUTS = {
+    "trl": "checkpoint-{}",
+    "verl": "global_step_{}/actor/huggingface",
+    "openrlhf": "global_step{}_hf",
+    "plain": "step_{}",
+}
 
 
 def tiny_model(tied=False):
@@ -63,6 +73,7 @@ def expected_series(model, name, steps):
 
 # --- layouts -------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_layouts(tmp_path, model, layout):
     make_run(tmp_path, model, [0, 5, 10], layout)
@@ -79,8 +90,9 @@ def test_list_dict_and_separate_base(tmp_path, model):
     run = make_run(tmp_path / "run", model, [4, 8])
     base = save(model, tmp_path / "sft", 0)
     verl = save(model, tmp_path / "v" / "global_step_12" / "actor" / "huggingface", 12)
-    traj = Trajectory([run / "checkpoint-8", run / "checkpoint-4", verl, (16, save(model, tmp_path / "x", 16))],
-                      base=base)
+    traj = Trajectory(
+        [run / "checkpoint-8", run / "checkpoint-4", verl, (16, save(model, tmp_path / "x", 16))], base=base
+    )
     assert traj.steps == [0, 4, 8, 12, 16] and traj.path(0) == base.resolve()
     assert torch.equal(traj.series(UP), expected_series(model, UP, traj.steps))
     by_dir = Trajectory(run, base=base)
@@ -129,6 +141,7 @@ def test_mixed_dtypes(tmp_path, model):
 
 # --- reading -------------------------------------------------------------------------------------------------------
 
+
 def test_series_sample_matches_full_and_reads_no_whole_tensor(run, model, monkeypatch):
     traj = Trajectory(run)
     g = torch.Generator().manual_seed(0)
@@ -165,9 +178,11 @@ def test_load_model_and_tokenizer(run, tmp_path):
     with pytest.raises(TrajectoryError, match="no tokenizer"):
         traj.load_tokenizer()
     from transformers import PreTrainedTokenizerFast
+
     vocab = {f"t{i}": i for i in range(32)}
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
-                            unk_token="t0").save_pretrained(traj.path(0))
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), unk_token="t0"
+    ).save_pretrained(traj.path(0))
     try:
         assert traj.load_tokenizer(step=30).convert_tokens_to_ids("t7") == 7  # falls back to the base
     finally:
@@ -176,6 +191,7 @@ def test_load_model_and_tokenizer(run, tmp_path):
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
+
 
 def test_empty_and_missing(tmp_path):
     (tmp_path / "logs").mkdir()
@@ -195,8 +211,11 @@ def test_corrupt_file(tmp_path, model, damage):
     make_run(tmp_path, model, [0, 1])
     f = tmp_path / "checkpoint-1" / "model.safetensors"
     data = f.read_bytes()
-    f.write_bytes({"truncate": data[:-100], "garbage": b"\xff" * 64, "empty": b"",
-                  "not-a-dict": struct.pack("<Q", 2) + b"[]"}[damage])
+    f.write_bytes(
+        {"truncate": data[:-100], "garbage": b"\xff" * 64, "empty": b"", "not-a-dict": struct.pack("<Q", 2) + b"[]"}[
+            damage
+        ]
+    )
     with pytest.raises(TrajectoryError, match=f"{f}: corrupt safetensors"):
         Trajectory(tmp_path)
 
@@ -208,8 +227,11 @@ def test_truncated_after_open(tmp_path, model):
     f = tmp_path / "checkpoint-2" / "model.safetensors"
     last = max(traj.names, key=lambda n: traj.checkpoint(2).tensors[n].offset)
     f.write_bytes(f.read_bytes()[:-100])
-    for read in (lambda: traj.series(last, torch.tensor([0, traj.numel(last) - 1])),
-                 lambda: traj.flat(last, 2, 0, traj.numel(last)), lambda: traj.tensor(last, 2)):
+    for read in (
+        lambda: traj.series(last, torch.tensor([0, traj.numel(last) - 1])),
+        lambda: traj.flat(last, 2, 0, traj.numel(last)),
+        lambda: traj.tensor(last, 2),
+    ):
         with pytest.raises(TrajectoryError, match=rf"{f}: .*(truncated|{last})"):
             read()
 
@@ -293,8 +315,10 @@ def test_verl_without_hf_weights(tmp_path, model):
     (actor / "huggingface").mkdir(parents=True)
     shutil.copy(tmp_path / "global_step_0/actor/huggingface/config.json", actor / "huggingface")
     (actor / "model_world_size_2_rank_0.pt").write_bytes(b"x")
-    with pytest.raises(TrajectoryError, match=f"{actor}: verl .*python -m verl.model_merger merge --backend fsdp "
-                                              f"--local_dir {actor} --target_dir"):
+    with pytest.raises(
+        TrajectoryError,
+        match=f"{actor}: verl .*python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir",
+    ):
         Trajectory(tmp_path)
     shutil.rmtree(actor / "huggingface")  # older verl: no huggingface/ at all
     with pytest.raises(TrajectoryError, match=f"{actor}: verl .*model_merger"):
@@ -315,12 +339,14 @@ def test_from_config(run, tmp_path, model):
     cfg = config.load(profile="default", overrides={"trajectory.dir": str(run)})
     assert from_config(cfg).steps == [0, 10, 20, 30]
     partial = make_run(tmp_path / "r", model, [10, 20])
-    cfg = config.load(profile="default", overrides={"trajectory.dir": str(partial),
-                                                      "trajectory.base": str(run / "checkpoint-0")})
+    cfg = config.load(
+        profile="default", overrides={"trajectory.dir": str(partial), "trajectory.base": str(run / "checkpoint-0")}
+    )
     assert from_config(cfg).path(0) == (run / "checkpoint-0").resolve()
     own_start = make_run(tmp_path / "s", model, [0, 10])  # base given too: the run's own step 0 wins, no clash
-    cfg = config.load(profile="default", overrides={"trajectory.dir": str(own_start),
-                                                      "trajectory.base": str(run / "checkpoint-0")})
+    cfg = config.load(
+        profile="default", overrides={"trajectory.dir": str(own_start), "trajectory.base": str(run / "checkpoint-0")}
+    )
     assert from_config(cfg).path(0) == (own_start / "checkpoint-0").resolve()
 
 
@@ -332,6 +358,7 @@ def test_weights_only_checkpoint_uses_base_config(tmp_path, model):
 
 
 # --- issue 18 ---------------------------------------------------------------------------------------------------------
+
 
 def small_run(root, model, steps=(0, 10, 20)):
     """A run whose checkpoints share one saved model (the values do not matter here)."""
@@ -345,18 +372,30 @@ def test_extrapolation_in_a_run_is_skipped_with_a_warning_or_an_error(tmp_path, 
     """Item 1: a checkpoint directory holding an extrapolation (its extrapolation.json) is no step of the run."""
     run = small_run(tmp_path, model, (0, 10, 20, 30))
     (run / "checkpoint-30" / "extrapolation.json").write_text('{"beta": 3}')
-    with pytest.warns(TrajectoryWarning, match=r"checkpoint-30: its extrapolation.json says it is an extrapolated "
-                                               r"model, not step 30 of the run; move it out of the run directory "
-                                               r"\(skipped\)"):
+    with pytest.warns(
+        TrajectoryWarning,
+        match=r"checkpoint-30: its extrapolation.json says it is an extrapolated "
+        r"model, not step 30 of the run; move it out of the run directory "
+        r"\(skipped\)",
+    ):
         assert Trajectory(run).steps == [0, 10, 20]
     with pytest.raises(TrajectoryError, match="checkpoint-30: its extrapolation.json says it is an extrapolated"):
         Trajectory(run, skip_extrapolations=False)
     assert Trajectory({0: run / "checkpoint-0", 30: run / "checkpoint-30"}).steps == [0, 30]  # given steps: as asked
 
 
-@pytest.mark.parametrize("target, message", [("/nonexistent", r"broken symlink \(its target /nonexistent does not "
-                                                                r"exist\)"),
-                                             ("checkpoint-30", "symlink loop")], ids=["dangling", "loop"])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (
+            "/nonexistent",
+            r"broken symlink \(its target /nonexistent does not "
+            r"exist\)",
+        ),
+        ("checkpoint-30", "symlink loop"),
+    ],
+    ids=["dangling", "loop"],
+)
 def test_broken_checkpoint_symlink_is_an_error(tmp_path, model, target, message):
     """Item 4: a broken checkpoint symlink is an error naming it (it was dropped: the run ended one step early)."""
     run = small_run(tmp_path, model)
@@ -401,8 +440,11 @@ def test_unreadable_checkpoint_directory_names_it(tmp_path, model, monkeypatch):
     deny(monkeypatch, stat=lambda p: p.parent == ckpt)  # a directory without read / search permission
     with pytest.raises(TrajectoryError, match=rf"{ckpt}: cannot read \(Permission denied\)"):
         Trajectory(run)
-    with pytest.raises(TrajectoryError, match=rf"{ckpt} \(step 10\): cannot read \(\[Errno 13\] Permission denied: "
-                                              rf"'{ckpt}/model.safetensors.index.json'\)"):
+    with pytest.raises(
+        TrajectoryError,
+        match=rf"{ckpt} \(step 10\): cannot read \(\[Errno 13\] Permission denied: "
+        rf"'{ckpt}/model.safetensors.index.json'\)",
+    ):
         Trajectory({0: run / "checkpoint-0", 10: ckpt})
 
 

@@ -1,11 +1,10 @@
 """Engines are released: a notebook that evaluates checkpoint after checkpoint in one process must not leak."""
+
 import psutil
 
-from helpers.lib import config
-from helpers.lib import backends
-from helpers.lib import training
+from helpers.lib import backends, config, training
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 def test_closed_engines_give_their_memory_back():
@@ -18,5 +17,5 @@ def test_closed_engines_give_their_memory_back():
             opened.append(proc.memory_info().rss)
         assert sampler.llm is None
         closed.append(proc.memory_info().rss)
-    assert min(opened) - max(closed) > 1 * GiB, (opened, closed)   # each engine holds its KV cache (GBs) ...
-    assert closed[-1] - closed[0] < 0.25 * GiB, (opened, closed)   # ... and gives it back when closed
+    assert min(opened) - max(closed) > 1 * GiB, (opened, closed)  # each engine holds its KV cache (GBs) ...
+    assert closed[-1] - closed[0] < 0.25 * GiB, (opened, closed)  # ... and gives it back when closed

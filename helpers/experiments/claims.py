@@ -13,11 +13,12 @@ held-out items (items × samples), exact percentile-bootstrap intervals of a med
 seeds, differences of independent estimates, the Bonferroni level for a best-of-K, and the split of held-out items into
 a half that selects and a half that reports.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,11 +29,13 @@ VERDICTS = ("holds", "does not hold", "inconclusive")
 
 # ---------------------------------------------------------------------------------------------------------- rules
 
+
 @dataclass(frozen=True)
 class Rule:
     """`op` ">" (the claim says the quantity is above `threshold`) or "<" (below). `tolerance` ≥ 0 widens the
     "does not hold" side: with ">" the claim fails when the whole interval lies below threshold + tolerance (no effect
     of that size), with "<" when it lies above threshold − tolerance."""
+
     op: str
     threshold: float
     tolerance: float = 0.0
@@ -48,10 +51,20 @@ class Rule:
         if not (_defined(lo) and _defined(hi)):
             return "inconclusive"
         if self.op == ">":
-            return "holds" if lo > self.threshold else "does not hold" if hi < self.threshold + self.tolerance \
+            return (
+                "holds"
+                if lo > self.threshold
+                else "does not hold"
+                if hi < self.threshold + self.tolerance
                 else "inconclusive"
-        return "holds" if hi < self.threshold else "does not hold" if lo > self.threshold - self.tolerance \
+            )
+        return (
+            "holds"
+            if hi < self.threshold
+            else "does not hold"
+            if lo > self.threshold - self.tolerance
             else "inconclusive"
+        )
 
     def __str__(self) -> str:
         t = _num(self.threshold)
@@ -92,11 +105,13 @@ def _num(x: float) -> str:
 
 # --------------------------------------------------------------------------------------------------------- claims
 
+
 @dataclass(frozen=True)
 class Claim:
     """One claim: `id` (stable, `<notebook>.<name>`), the statement, the paper's number, the measured point estimate
     with its interval, the rule, how the interval was made (`how`), and an optional `detail` (the numbers behind the
     estimate, e.g. per seed)."""
+
     id: str
     claim: str
     paper: paper_mod.Number
@@ -123,19 +138,33 @@ class Claim:
 
     def sentence(self) -> str:
         """The verdict sentence: what was measured, against what, and what the rule concludes."""
-        why = {"holds": "as the paper says",
-               "does not hold": "unlike the paper",
-               "inconclusive": "the interval is too wide to decide"}[self.verdict]
+        why = {
+            "holds": "as the paper says",
+            "does not hold": "unlike the paper",
+            "inconclusive": "the interval is too wide to decide",
+        }[self.verdict]
         detail = f"; {self.detail}" if self.detail else ""
-        return (f"{self.claim}: {self.measured_text()} ({self.how}{detail}) — {self.verdict.upper()}, {why} "
-                f"(paper: {self.paper.text}).")
+        return (
+            f"{self.claim}: {self.measured_text()} ({self.how}{detail}) — {self.verdict.upper()}, {why} "
+            f"(paper: {self.paper.text})."
+        )
 
     def record(self) -> dict:
         """The results.json entry: id, paper, measured, ci_low, ci_high, verdict, rule (+ claim, source, how)."""
         num = lambda x: float(x) if _finite(x) else None  # noqa: E731
-        return {"id": self.id, "claim": self.claim, "paper": self.paper.text, "source": self.paper.source,
-                "measured": num(self.measured), "ci_low": num(self.ci_low), "ci_high": num(self.ci_high),
-                "verdict": self.verdict, "rule": str(self.rule), "how": self.how, "detail": self.detail}
+        return {
+            "id": self.id,
+            "claim": self.claim,
+            "paper": self.paper.text,
+            "source": self.paper.source,
+            "measured": num(self.measured),
+            "ci_low": num(self.ci_low),
+            "ci_high": num(self.ci_high),
+            "verdict": self.verdict,
+            "rule": str(self.rule),
+            "how": self.how,
+            "detail": self.detail,
+        }
 
 
 def measured_text(measured, lo, hi) -> str:
@@ -153,20 +182,29 @@ def table(claims: Iterable[Claim | Mapping]):
     import pandas as pd
 
     recs = [c.record() if isinstance(c, Claim) else dict(c) for c in claims]
-    rows = [{"claim": r["claim"], "paper": f"{r['paper']} ({r['source']})",
-             "measured [interval]": measured_text(r["measured"], r["ci_low"], r["ci_high"]),
-             "verdict": r["verdict"], "interval": r["how"] + (f"; {r['detail']}" if r.get("detail") else "")}
-            for r in recs]
-    return pd.DataFrame(rows, columns=["claim", "paper", "measured [interval]", "verdict", "interval"]
-                        ).set_index("claim")
+    rows = [
+        {
+            "claim": r["claim"],
+            "paper": f"{r['paper']} ({r['source']})",
+            "measured [interval]": measured_text(r["measured"], r["ci_low"], r["ci_high"]),
+            "verdict": r["verdict"],
+            "interval": r["how"] + (f"; {r['detail']}" if r.get("detail") else ""),
+        }
+        for r in recs
+    ]
+    return pd.DataFrame(rows, columns=["claim", "paper", "measured [interval]", "verdict", "interval"]).set_index(
+        "claim"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ settings
+
 
 @dataclass(frozen=True)
 class Settings:
     """The `claims` params section: confidence level, bootstrap resamples, the smallest accuracy and R² differences
     a verdict counts as an effect, the R² bar of "linear" (null: the papers' 0.7) and the seed of the held-out split."""
+
     level: float = 0.95
     bootstrap: int = 2000
     accuracy_margin: float = 0.02
@@ -175,12 +213,17 @@ class Settings:
     split_seed: int = 0
 
     @classmethod
-    def of(cls, cfg) -> "Settings":
+    def of(cls, cfg) -> Settings:
         c = cfg["claims"]
         thr = c["r2_threshold"]
-        return cls(level=float(c["level"]), bootstrap=int(c["bootstrap"]),
-                   accuracy_margin=float(c["accuracy_margin"]), r2_margin=float(c["r2_margin"]),
-                   r2_threshold=paper_mod.R2_BAR if thr is None else float(thr), split_seed=int(c["split_seed"]))
+        return cls(
+            level=float(c["level"]),
+            bootstrap=int(c["bootstrap"]),
+            accuracy_margin=float(c["accuracy_margin"]),
+            r2_margin=float(c["r2_margin"]),
+            r2_threshold=paper_mod.R2_BAR if thr is None else float(thr),
+            split_seed=int(c["split_seed"]),
+        )
 
 
 def r2_threshold(cfg) -> float:
@@ -189,6 +232,7 @@ def r2_threshold(cfg) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
+
 
 def _alpha(level: float) -> float:
     if not 0 < level < 1:
@@ -211,14 +255,15 @@ def bootstrap_mean(x: Sequence[float], level: float = 0.95, n_boot: int = 2000, 
     means = np.empty(n_boot)
     for i in range(0, n_boot, 256):
         b = min(256, n_boot - i)
-        means[i:i + b] = x[rng.integers(0, x.size, size=(b, x.size))].mean(axis=1)
+        means[i : i + b] = x[rng.integers(0, x.size, size=(b, x.size))].mean(axis=1)
     a = _alpha(level)
     lo, hi = np.quantile(means, [a / 2, 1 - a / 2])
     return float(lo), float(hi)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95, n_boot: int = 2000,
-                      seed: int = 0) -> tuple[float, tuple[float, float]]:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
     """mean(a − b) over the same items and its paired bootstrap interval."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -238,8 +283,8 @@ def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float
     if n == 0:
         return math.nan, math.nan
     a = _alpha(level)
-    need = n // 2 + 1                                      # resampled values ≤ v[j] for the median to be ≤ v[j]
-    cdf = binom.sf(need - 1, n, np.arange(1, n + 1) / n)   # P(median* ≤ v[j]) for j = 0 .. n-1
+    need = n // 2 + 1  # resampled values ≤ v[j] for the median to be ≤ v[j]
+    cdf = binom.sf(need - 1, n, np.arange(1, n + 1) / n)  # P(median* ≤ v[j]) for j = 0 .. n-1
     lo = int(np.searchsorted(cdf, a / 2))
     hi = int(np.searchsorted(cdf, 1 - a / 2))
     return float(v[min(lo, n - 1)]), float(v[min(hi, n - 1)])
@@ -268,20 +313,25 @@ def binomial_interval(p: float, n: int, level: float = 0.95) -> tuple[float, flo
     return centre - half, centre + half
 
 
-def difference(a: float, a_interval: tuple[float, float], b: float, b_interval: tuple[float, float]
-               ) -> tuple[float, tuple[float, float]]:
+def difference(
+    a: float, a_interval: tuple[float, float], b: float, b_interval: tuple[float, float]
+) -> tuple[float, tuple[float, float]]:
     """a − b of two independent estimates, the interval's half-widths combined in quadrature on each side."""
     (alo, ahi), (blo, bhi) = a_interval, b_interval
     d = a - b
     return d, (d - math.hypot(a - alo, bhi - b), d + math.hypot(ahi - a, b - blo))
 
 
-def across_seeds(points: Sequence[float], intervals: Sequence[tuple[float, float]]
-                 ) -> tuple[float, tuple[float, float]]:
+def across_seeds(
+    points: Sequence[float], intervals: Sequence[tuple[float, float]]
+) -> tuple[float, tuple[float, float]]:
     """Mean over seeds and the hull of the seeds' intervals (it covers every seed's interval); undefined (NaN) when
     any seed's value or interval is, since a hull that leaves a seed out does not cover it."""
-    if not points or len(points) != len(intervals) or not all(
-            _finite(p) and _finite(lo) and _finite(hi) for p, (lo, hi) in zip(points, intervals)):
+    if (
+        not points
+        or len(points) != len(intervals)
+        or not all(_finite(p) and _finite(lo) and _finite(hi) for p, (lo, hi) in zip(points, intervals))
+    ):
         return math.nan, (math.nan, math.nan)
     return float(np.mean(points)), (min(lo for lo, _ in intervals), max(hi for _, hi in intervals))
 

@@ -6,17 +6,17 @@
     grid(wl, "mean"), by_module(wl)   # layer × module type, and per module type
     claims(wl, by_seed, cfg), results(wl, threshold, level)
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from helpers.experiments import claims as claims_mod
-from helpers.experiments import paper
-from helpers.experiments import seeds
+from helpers.experiments import paper, seeds
 from helpers.lib.linearity import MODULES, WeightLinearity
 
 
@@ -38,9 +38,16 @@ def summary(wl: WeightLinearity, threshold: float = paper.R2_BAR, level: float =
     v = wl.values
     core = wl.summary(threshold)
     counts = {k: core.pop(k) for k in ("kept", "sampled", "dropped", "dropped_range", "dropped_distinct")}
-    return core | {"level": level, "frac_above_bar": float((v > paper.R2_BAR).mean()) if v.size else np.nan,
-                   "median_ci": claims_mod.median_interval(v, level),
-                   "frac_above_ci": claims_mod.share_interval(int((v > threshold).sum()), v.size, level)} | counts
+    return (
+        core
+        | {
+            "level": level,
+            "frac_above_bar": float((v > paper.R2_BAR).mean()) if v.size else np.nan,
+            "median_ci": claims_mod.median_interval(v, level),
+            "frac_above_ci": claims_mod.share_interval(int((v > threshold).sum()), v.size, level),
+        }
+        | counts
+    )
 
 
 def by_module(wl: WeightLinearity, threshold: float = paper.R2_BAR) -> pd.DataFrame:
@@ -48,8 +55,11 @@ def by_module(wl: WeightLinearity, threshold: float = paper.R2_BAR) -> pd.DataFr
     (module types in `MODULES` order)."""
     counts = tensors_table(wl).groupby("module")[["sampled", "dropped_range", "dropped_distinct", "kept"]].sum()
     g = entries_table(wl).groupby("module", observed=True)["r2"]
-    out = counts.join(pd.DataFrame({"median": g.median(), "mean": g.mean(),
-                                    "frac_above": g.apply(lambda s: float((s > threshold).mean()))}))
+    out = counts.join(
+        pd.DataFrame(
+            {"median": g.median(), "mean": g.mean(), "frac_above": g.apply(lambda s: float((s > threshold).mean()))}
+        )
+    )
     order = [m for m in MODULES if m in out.index] + sorted(set(out.index) - set(MODULES))
     return out.loc[order]
 
@@ -86,18 +96,28 @@ def results(wl: WeightLinearity, threshold: float = paper.R2_BAR, level: float =
     s = summary(wl, threshold, level)
     mods = by_module(wl, threshold)
     layers = by_layer(wl)["median"]
-    return {"weight_r2_median": s["median"], "weight_r2_q1": s["q1"], "weight_r2_q3": s["q3"],
-            "weight_r2_median_ci": list(s["median_ci"]),
-            "weight_r2_frac_above_0_7": s["frac_above_bar"],
-            "weight_r2_frac_above_threshold": s["frac_above"], "r2_threshold": threshold,
-            "weight_r2_mean": s["mean"],
-            "entries_kept": s["kept"], "entries_dropped": s["dropped"], "entries_sampled": s["sampled"],
-            "entries_dropped_range": s["dropped_range"], "entries_dropped_distinct": s["dropped_distinct"],
-            "weight_r2_median_by_module": mods["median"].to_dict(),
-            "entries_by_module": mods[["sampled", "dropped_range", "dropped_distinct", "kept"]].to_dict("index"),
-            "weight_r2_median_by_layer": {str(k): v for k, v in layers.items()},
-            "least_linear_module": least_linear_module(wl),
-            "n_checkpoints": len(wl.steps), "steps": list(wl.steps), "settings": wl.settings}
+    return {
+        "weight_r2_median": s["median"],
+        "weight_r2_q1": s["q1"],
+        "weight_r2_q3": s["q3"],
+        "weight_r2_median_ci": list(s["median_ci"]),
+        "weight_r2_frac_above_0_7": s["frac_above_bar"],
+        "weight_r2_frac_above_threshold": s["frac_above"],
+        "r2_threshold": threshold,
+        "weight_r2_mean": s["mean"],
+        "entries_kept": s["kept"],
+        "entries_dropped": s["dropped"],
+        "entries_sampled": s["sampled"],
+        "entries_dropped_range": s["dropped_range"],
+        "entries_dropped_distinct": s["dropped_distinct"],
+        "weight_r2_median_by_module": mods["median"].to_dict(),
+        "entries_by_module": mods[["sampled", "dropped_range", "dropped_distinct", "kept"]].to_dict("index"),
+        "weight_r2_median_by_layer": {str(k): v for k, v in layers.items()},
+        "least_linear_module": least_linear_module(wl),
+        "n_checkpoints": len(wl.steps),
+        "steps": list(wl.steps),
+        "settings": wl.settings,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------ claims
@@ -112,14 +132,26 @@ def claims(wl: WeightLinearity, by_seed: Mapping[int, dict], cfg) -> list[claims
     med, med_iv, med_detail = seeds.across(by_seed, "median", "median_ci")
     share_paper = paper.get("weight_r2_share")
     return [
-        claims_mod.Claim("nb01.weight_r2_share", f"share of moved weight entries with R² > {thr:g}", share_paper,
-                         share, share_iv, claims_mod.above(share_paper.value),
-                         seeds.hull_how(f"{pct} exact bootstrap interval of the share over moved entries", n),
-                         share_detail),
-        claims_mod.Claim("nb01.weight_r2_median", f"median R² of moved weight entries is above {thr:g}",
-                         paper.get("weight_r2_median"), med, med_iv, claims_mod.above(thr),
-                         seeds.hull_how(f"{pct} exact bootstrap interval of the median over moved entries", n),
-                         med_detail),
+        claims_mod.Claim(
+            "nb01.weight_r2_share",
+            f"share of moved weight entries with R² > {thr:g}",
+            share_paper,
+            share,
+            share_iv,
+            claims_mod.above(share_paper.value),
+            seeds.hull_how(f"{pct} exact bootstrap interval of the share over moved entries", n),
+            share_detail,
+        ),
+        claims_mod.Claim(
+            "nb01.weight_r2_median",
+            f"median R² of moved weight entries is above {thr:g}",
+            paper.get("weight_r2_median"),
+            med,
+            med_iv,
+            claims_mod.above(thr),
+            seeds.hull_how(f"{pct} exact bootstrap interval of the median over moved entries", n),
+            med_detail,
+        ),
         _norms_claim(wl, st.level, cfg.rl.seed),
     ]
 
@@ -130,12 +162,22 @@ def _norms_claim(wl: WeightLinearity, level: float, rl_seed: int) -> claims_mod.
     norm = wl.norm_mask()
     norms, rest = r[norm], r[~norm]
     med = lambda v: float(np.median(v)) if v.size else math.nan  # noqa: E731
-    d, iv = claims_mod.difference(med(norms), claims_mod.median_interval(norms, level),
-                                  med(rest), claims_mod.median_interval(rest, level))
-    detail = (f"RL seed {rl_seed}: norms {med(norms):.3f} over {norms.size:,} entries, other modules "
-              f"{med(rest):.3f} over {rest.size:,}" if norms.size else
-              f"RL seed {rl_seed}: no norm entry moved enough to be kept")
-    return claims_mod.Claim("nb01.norms_least_linear", "median R² of norm weights minus that of the other weights",
-                            paper.get("norms_least_linear"), d, iv, claims_mod.below(0),
-                            f"{level * 100:g} % exact bootstrap intervals of the two medians, combined in quadrature",
-                            detail)
+    d, iv = claims_mod.difference(
+        med(norms), claims_mod.median_interval(norms, level), med(rest), claims_mod.median_interval(rest, level)
+    )
+    detail = (
+        f"RL seed {rl_seed}: norms {med(norms):.3f} over {norms.size:,} entries, other modules "
+        f"{med(rest):.3f} over {rest.size:,}"
+        if norms.size
+        else f"RL seed {rl_seed}: no norm entry moved enough to be kept"
+    )
+    return claims_mod.Claim(
+        "nb01.norms_least_linear",
+        "median R² of norm weights minus that of the other weights",
+        paper.get("norms_least_linear"),
+        d,
+        iv,
+        claims_mod.below(0),
+        f"{level * 100:g} % exact bootstrap intervals of the two medians, combined in quadrature",
+        detail,
+    )

@@ -41,13 +41,15 @@ Extra runs are cached under outputs/cache/ by everything they depend on (RL runs
 `helpers.lib.training.embedded_trajectory`, SFT runs as `sft-run-v<SFT_VERSION>-<hash>` builds of `helpers.lib.cache`).
 The module also holds the notebook's tables, figures, claims and `results`.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -60,11 +62,8 @@ from helpers.experiments import nb01_weight_linearity as weight_linearity
 from helpers.experiments import nb02_output_linearity as output_linearity
 from helpers.experiments import paper
 from helpers.experiments.training_log import read_log
-from helpers.lib import cache
-from helpers.lib import config
-from helpers.lib import linearity
+from helpers.lib import cache, config, linearity, training
 from helpers.lib import probes as P
-from helpers.lib import training
 from helpers.lib.device import pick
 from helpers.lib.scoring import PerItem
 from helpers.lib.trajectory import Trajectory
@@ -72,9 +71,9 @@ from helpers.lib.trajectory import Trajectory
 TERMS = ("weight", "input", "second")
 TERM_LABELS = {"weight": "weight term ΔW·x0", "input": "input term W0·Δx", "second": "second-order ΔW·Δx"}
 ZERO_SIGNAL = "signal=0"
-MAX_GRAD_NORM = 1.0      # transformers' / TRL's default gradient clipping, which helpers.lib.training keeps
+MAX_GRAD_NORM = 1.0  # transformers' / TRL's default gradient clipping, which helpers.lib.training keeps
 SECOND_ORDER_TINY = 0.05  # "tiny": the second-order term's share stays below this everywhere
-SFT_VERSION = 1          # `cache` version of the SFT runs (bump when how they are trained changes)
+SFT_VERSION = 1  # `cache` version of the SFT runs (bump when how they are trained changes)
 
 
 def _finite(*xs) -> bool:
@@ -85,11 +84,17 @@ def _f(x, fmt: str = ".2f") -> str:
     return format(x, fmt) if _finite(x) else "n/a"
 
 
-
 # ------------------------------------------------------------------------------------- 1. first- vs second-order terms
 
-def decompose(W0: torch.Tensor, W1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
-              b0: torch.Tensor | None = None, b1: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+
+def decompose(
+    W0: torch.Tensor,
+    W1: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    b0: torch.Tensor | None = None,
+    b1: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The exact split of Δy = y1 − y0 for y = x Wᵀ + b (x: (N, d_in), W: (d_out, d_in)), in float64.
 
     Returns weight = x0 ΔWᵀ + Δb, input = Δx W0ᵀ, second = Δx ΔWᵀ, and delta = y1 − y0 computed directly, so
@@ -97,8 +102,10 @@ def decompose(W0: torch.Tensor, W1: torch.Tensor, x0: torch.Tensor, x1: torch.Te
     """
     W0, W1, x0, x1 = (t.detach().to("cpu", torch.float64) for t in (W0, W1, x0, x1))
     if W0.shape != W1.shape or x0.shape != x1.shape or x0.shape[-1] != W0.shape[-1]:
-        raise ValueError(f"shapes do not fit y = x Wᵀ: W0 {tuple(W0.shape)}, W1 {tuple(W1.shape)}, "
-                         f"x0 {tuple(x0.shape)}, x1 {tuple(x1.shape)}")
+        raise ValueError(
+            f"shapes do not fit y = x Wᵀ: W0 {tuple(W0.shape)}, W1 {tuple(W1.shape)}, "
+            f"x0 {tuple(x0.shape)}, x1 {tuple(x1.shape)}"
+        )
     dW, dx = W1 - W0, x1 - x0
     y0, y1 = x0 @ W0.T, x1 @ W1.T
     weight = x0 @ dW.T
@@ -137,13 +144,15 @@ def linear_modules(model, layers: Sequence[int] | None, modules: Sequence[str]) 
         if kind in modules and layer is not None and (wanted is None or layer in wanted):
             out[name] = mod
     if not out:
-        raise ValueError(f"no linear module of types {list(modules)} in layers {layers} "
-                         f"(the model has {n_layers} layers)")
+        raise ValueError(
+            f"no linear module of types {list(modules)} in layers {layers} (the model has {n_layers} layers)"
+        )
     return out
 
 
-def capture_inputs(model, probes: P.Probes, names: Iterable[str], tokens: np.ndarray, batch_size: int
-                   ) -> dict[str, torch.Tensor]:
+def capture_inputs(
+    model, probes: P.Probes, names: Iterable[str], tokens: np.ndarray, batch_size: int
+) -> dict[str, torch.Tensor]:
     """Inputs x of the named modules at the positions predicting the response tokens `tokens` (flat indices of
     `probes`, sorted), via forward pre-hooks during `helpers.lib.probes.forward`:
     {name: (len(tokens), d_in) float32}."""
@@ -177,25 +186,35 @@ class Decomposition:
     table: one row per (module, step) — module, layer, type, step, norm_{weight,input,second,delta},
     share_{weight,input,second}, second_token_p99, residual.
     """
+
     table: pd.DataFrame
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         t = self.table
-        return {"second_order_share_max": float(t["share_second"].max()),
-                "second_order_share_median": float(t["share_second"].median()),
-                "second_order_token_p99_max": float(t["second_token_p99"].max()),
-                "input_term_share_median": float(t["share_input"].median()),
-                "weight_term_share_median": float(t["share_weight"].median()),
-                "input_term_dominant_fraction": float((t["share_input"] > t["share_weight"]).mean()),
-                "decomposition_residual_max": float(t["residual"].max()),
-                "decomposition_rows": len(t)}
+        return {
+            "second_order_share_max": float(t["share_second"].max()),
+            "second_order_share_median": float(t["share_second"].median()),
+            "second_order_token_p99_max": float(t["second_token_p99"].max()),
+            "input_term_share_median": float(t["share_input"].median()),
+            "weight_term_share_median": float(t["share_weight"].median()),
+            "input_term_dominant_fraction": float((t["share_input"] > t["share_weight"]).mean()),
+            "decomposition_residual_max": float(t["residual"].max()),
+            "decomposition_rows": len(t),
+        }
 
     def at_step(self, step: int | None = None) -> pd.DataFrame:
         """Shares and norms per module at `step` (default: the last checkpoint)."""
         step = int(self.table["step"].max()) if step is None else step
-        cols = ["module", "layer", "type", *(f"share_{k}" for k in TERMS), *(f"norm_{k}" for k in (*TERMS, "delta")),
-                "second_token_p99", "residual"]
+        cols = [
+            "module",
+            "layer",
+            "type",
+            *(f"share_{k}" for k in TERMS),
+            *(f"norm_{k}" for k in (*TERMS, "delta")),
+            "second_token_p99",
+            "residual",
+        ]
         return self.table[self.table["step"] == step][cols].set_index("module")
 
     def by_step(self) -> pd.DataFrame:
@@ -203,10 +222,17 @@ class Decomposition:
         return self.table.groupby("step")[[f"share_{k}" for k in TERMS]].median()
 
 
-def decompose_trajectory(traj, probes: P.Probes, layers: Sequence[int] | None = None,
-                         modules: Sequence[str] = ("q", "o", "up", "down"), tokens: int | None = None,
-                         batch_size: int = 64, device=None, seed: int = 0,
-                         steps: Sequence[int] | None = None) -> Decomposition:
+def decompose_trajectory(
+    traj,
+    probes: P.Probes,
+    layers: Sequence[int] | None = None,
+    modules: Sequence[str] = ("q", "o", "up", "down"),
+    tokens: int | None = None,
+    batch_size: int = 64,
+    device=None,
+    seed: int = 0,
+    steps: Sequence[int] | None = None,
+) -> Decomposition:
     """`term_stats` of every chosen linear module between the base (step 0) and each later checkpoint, on the
     response tokens of `probes` (`tokens` of them sampled with `seed`; None = all). One model in memory at a time,
     torch threads as in training (`helpers.lib.training.cpu_threads`: on shared cores one thread is ~10x faster)."""
@@ -217,13 +243,18 @@ def decompose_trajectory(traj, probes: P.Probes, layers: Sequence[int] | None = 
 def _decompose_trajectory(traj, probes, layers, modules, tokens, batch_size, device, seed, steps) -> Decomposition:
     steps = [s for s in (traj.steps if steps is None else steps) if s != traj.steps[0]]
     n = probes.n_tokens
-    picked = np.arange(n) if tokens is None or tokens >= n else np.sort(
-        np.random.default_rng(seed).choice(n, size=int(tokens), replace=False))
+    picked = (
+        np.arange(n)
+        if tokens is None or tokens >= n
+        else np.sort(np.random.default_rng(seed).choice(n, size=int(tokens), replace=False))
+    )
     device = device or "cpu"
     base = traj.load_model(traj.steps[0], device=device)
     mods = linear_modules(base, layers, modules)
-    W0 = {k: (m.weight.detach().cpu().clone(), None if m.bias is None else m.bias.detach().cpu().clone())
-          for k, m in mods.items()}
+    W0 = {
+        k: (m.weight.detach().cpu().clone(), None if m.bias is None else m.bias.detach().cpu().clone())
+        for k, m in mods.items()
+    }
     x0 = capture_inputs(base, probes, mods, picked, batch_size)
     del base
     rows = []
@@ -237,12 +268,17 @@ def _decompose_trajectory(traj, probes, layers, modules, tokens, batch_size, dev
             terms = decompose(W0[name][0], m.weight, x0[name], x1[name], W0[name][1], m.bias)
             rows.append({"module": name, "layer": layer, "type": kind, "step": int(step), **term_stats(terms)})
         del model, x1
-    settings = {"layers": None if layers is None else list(layers), "modules": list(modules), "tokens": len(picked),
-                "share": "Frobenius norm of the term / sum of the three terms' norms"}
+    settings = {
+        "layers": None if layers is None else list(layers),
+        "modules": list(modules),
+        "tokens": len(picked),
+        "share": "Frobenius norm of the term / sum of the three terms' norms",
+    }
     return Decomposition(pd.DataFrame(rows), settings)
 
 
 # ------------------------------------------------------------------------------------------------ 3. noise at an SNR
+
 
 def noise_scales(level) -> tuple[float, float]:
     """(s, σ) of the per-token weights s + σ·ε for an SNR level: a number of dB (10 log10 s²/σ² = dB, s² + σ² = 1),
@@ -306,13 +342,15 @@ class NoisyLoss:
 
 # ---------------------------------------------------------------------------------------------- 2-4. extra runs
 
+
 @dataclass(frozen=True)
 class Setting:
     """One training run of the study: RL (a variant of the `rl` section) or SFT (optionally with noise)."""
+
     label: str
-    kind: str                                   # "rl" | "sft"
-    rl: tuple = ()                              # rl section changes, as sorted (key, value) pairs
-    snr: Any = None                             # SFT noise level (None = plain SFT)
+    kind: str  # "rl" | "sft"
+    rl: tuple = ()  # rl section changes, as sorted (key, value) pairs
+    snr: Any = None  # SFT noise level (None = plain SFT)
 
     @property
     def rl_changes(self) -> dict:
@@ -337,8 +375,11 @@ def sgd_lr(cfg, adamw_run: Path) -> float:
     length = np.mean([distance(traj, a, b) / (b - a) for a, b in zip(traj.steps[:-1], traj.steps[1:])])
     g = float(read_log(adamw_run)["grad_norm"].dropna().clip(upper=MAX_GRAD_NORM).mean())
     if not g > 0:
-        warnings.warn(f"{adamw_run / 'log.csv'}: no non-zero gradient norm logged; SGD's lr assumes ‖g‖ = "
-                      f"{MAX_GRAD_NORM} (set origin.sgd_lr to choose it)", stacklevel=2)
+        warnings.warn(
+            f"{adamw_run / 'log.csv'}: no non-zero gradient norm logged; SGD's lr assumes ‖g‖ = "
+            f"{MAX_GRAD_NORM} (set origin.sgd_lr to choose it)",
+            stacklevel=2,
+        )
         g = MAX_GRAD_NORM
     return significant(float(length) / g)
 
@@ -384,10 +425,12 @@ class Study:
 
     def experiments(self) -> dict[str, list[Setting]]:
         o = self.cfg.origin
-        return {"sft_vs_rl": [self.rl, self.sft],
-                "noise": [self.sft, *(self.noisy(x) for x in o.snr_db)],
-                "optimizer": [self.adamw_at(1), self.sgd],
-                "lr": [self.adamw_at(x) for x in o.lr_scales]}
+        return {
+            "sft_vs_rl": [self.rl, self.sft],
+            "noise": [self.sft, *(self.noisy(x) for x in o.snr_db)],
+            "optimizer": [self.adamw_at(1), self.sgd],
+            "lr": [self.adamw_at(x) for x in o.lr_scales],
+        }
 
     # --- building runs ------------------------------------------------------------------------------------------
     def _rl_cfg(self, setting: Setting):
@@ -425,10 +468,14 @@ class Study:
     def sft_params(self) -> dict:
         """Step count, spacing, lr, batch and optimizer of every SFT run (matched to the RL run unless set)."""
         s, rl = self.cfg.origin.sft, self.cfg.rl
-        return {"steps": self.steps, "save_every": self.save_every,
-                "lr": float(s.lr if s.lr is not None else rl.lr),
-                "batch": int(s.batch if s.batch is not None else int(rl.batch) * int(rl.rollouts)),
-                "optimizer": rl.optimizer, "demonstrations": s.demonstrations}
+        return {
+            "steps": self.steps,
+            "save_every": self.save_every,
+            "lr": float(s.lr if s.lr is not None else rl.lr),
+            "batch": int(s.batch if s.batch is not None else int(rl.batch) * int(rl.rollouts)),
+            "optimizer": rl.optimizer,
+            "demonstrations": s.demonstrations,
+        }
 
     def sft_task_cfg(self):
         """The config SFT runs read their demonstrations from: `correct` = the task's reference solutions without the
@@ -437,8 +484,11 @@ class Study:
         kind = self.cfg.origin.sft.demonstrations
         if kind not in ("correct", "task"):
             raise ValueError(f"{self.cfg.source}: origin.sft.demonstrations must be correct or task, not {kind!r}")
-        return config.derive(self.cfg, {"task.slip": 0.0}) if kind == "correct" and self.cfg.task.kind == "arithmetic" \
+        return (
+            config.derive(self.cfg, {"task.slip": 0.0})
+            if kind == "correct" and self.cfg.task.kind == "arithmetic"
             else self.cfg
+        )
 
     def _noise(self, level) -> dict:
         return {"snr_db": level_key(level), "noise_seed": int(self.cfg.origin.noise_seed)} if level is not None else {}
@@ -453,8 +503,9 @@ class Study:
         def build(tmp: Path) -> dict:
             base = training.base_model(self.cfg)
             loss = NoisyLoss(level, int(self.cfg.origin.noise_seed)) if level is not None else None
-            cfg = config.derive(self.sft_task_cfg(), {"sft.optimizer": p["optimizer"], "sft.lr": p["lr"],
-                                                      "sft.batch": p["batch"]})
+            cfg = config.derive(
+                self.sft_task_cfg(), {"sft.optimizer": p["optimizer"], "sft.lr": p["lr"], "sft.batch": p["batch"]}
+            )
             training.train_sft(cfg, base, tmp, steps=p["steps"], save_every=p["save_every"], compute_loss_func=loss)
             return {**p, **noise}
 
@@ -473,8 +524,11 @@ class Study:
     def table(self, experiments: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Measured rows (weight / token R² median and quartiles, ...) of the settings of one experiment, several, or
         all (None); a run shared by several experiments is one row, its `experiment` naming them all."""
-        names = list(self.experiments()) if experiments is None else (
-            [experiments] if isinstance(experiments, str) else list(experiments))
+        names = (
+            list(self.experiments())
+            if experiments is None
+            else ([experiments] if isinstance(experiments, str) else list(experiments))
+        )
         rows: dict[str, dict] = {}
         for name in names:
             for s in self.experiments()[name]:
@@ -492,8 +546,12 @@ def _build(cfg, setting: Setting) -> Path:
 
 def distance(traj, a: int, b: int) -> float:
     """‖θ_b − θ_a‖ over all tensors, streamed one tensor at a time (float64)."""
-    return math.sqrt(sum(float((traj.tensor(n, b, torch.float64) - traj.tensor(n, a, torch.float64)).pow(2).sum())
-                         for n in traj.names))
+    return math.sqrt(
+        sum(
+            float((traj.tensor(n, b, torch.float64) - traj.tensor(n, a, torch.float64)).pow(2).sum())
+            for n in traj.names
+        )
+    )
 
 
 def displacement(traj) -> float:
@@ -524,33 +582,51 @@ def _measure_run(cfg, run_dir: Path, probes: P.Probes) -> dict:
     acc, reward = log["heldout_accuracy"].dropna(), log["reward"].dropna()
     tenth = max(1, len(reward) // 10)
     seconds = float(cache.build_info(run_dir).get("seconds", math.nan))
-    return {"weight_r2_median": w["median"], "weight_r2_q1": w["q1"], "weight_r2_q3": w["q3"],
-            "weight_r2_median_ci": w["median_ci"], "weight_r2_values": PerItem(wl.values),
-            "weight_entries": w["kept"], "token_r2_median": t["median"], "token_r2_q1": t["q1"],
-            "token_r2_q3": t["q3"], "token_r2_median_ci": t["median_ci"],
-            "token_r2_values": PerItem(ol.kept["r2"].to_numpy()), "tokens_kept": t["kept"],
-            "displacement": displacement(traj),
-            "heldout_first": float(acc.iloc[0]), "heldout_last": float(acc.iloc[-1]),
-            "reward_first": float(reward.iloc[:tenth].mean()) if len(reward) else math.nan,
-            "reward_last": float(reward.iloc[-tenth:].mean()) if len(reward) else math.nan,
-            "steps": int(traj.steps[-1]), "checkpoints": len(traj.steps), "train_seconds": seconds}
+    return {
+        "weight_r2_median": w["median"],
+        "weight_r2_q1": w["q1"],
+        "weight_r2_q3": w["q3"],
+        "weight_r2_median_ci": w["median_ci"],
+        "weight_r2_values": PerItem(wl.values),
+        "weight_entries": w["kept"],
+        "token_r2_median": t["median"],
+        "token_r2_q1": t["q1"],
+        "token_r2_q3": t["q3"],
+        "token_r2_median_ci": t["median_ci"],
+        "token_r2_values": PerItem(ol.kept["r2"].to_numpy()),
+        "tokens_kept": t["kept"],
+        "displacement": displacement(traj),
+        "heldout_first": float(acc.iloc[0]),
+        "heldout_last": float(acc.iloc[-1]),
+        "reward_first": float(reward.iloc[:tenth].mean()) if len(reward) else math.nan,
+        "reward_last": float(reward.iloc[-tenth:].mean()) if len(reward) else math.nan,
+        "steps": int(traj.steps[-1]),
+        "checkpoints": len(traj.steps),
+        "train_seconds": seconds,
+    }
 
 
 def fig2_table(table: pd.DataFrame) -> pd.DataFrame:
     """The Fig-2-style view: median and IQR (q1 – q3) of weight and token R², displacement, held-out accuracy, and
     (RL) training reward."""
     iqr = lambda a, b: [f"{x:.2f} – {y:.2f}" for x, y in zip(table[a], table[b])]  # noqa: E731
-    return pd.DataFrame({"experiment": table["experiment"],
-                         "weight R² median": table["weight_r2_median"].round(3),
-                         "weight R² IQR": iqr("weight_r2_q1", "weight_r2_q3"),
-                         "token R² median": table["token_r2_median"].round(3),
-                         "token R² IQR": iqr("token_r2_q1", "token_r2_q3"),
-                         "‖θ_T−θ_0‖/‖θ_0‖": table["displacement"].map(lambda x: f"{x:.2e}"),
-                         "held-out acc (first → last)": [f"{a:.2f} → {b:.2f}" for a, b in
-                                                         zip(table["heldout_first"], table["heldout_last"])],
-                         "reward (first → last tenth)": [f"{_f(a)} → {_f(b)}" if _finite(a) else "—" for a, b in
-                                                         zip(table["reward_first"], table["reward_last"])]},
-                        index=table.index)
+    return pd.DataFrame(
+        {
+            "experiment": table["experiment"],
+            "weight R² median": table["weight_r2_median"].round(3),
+            "weight R² IQR": iqr("weight_r2_q1", "weight_r2_q3"),
+            "token R² median": table["token_r2_median"].round(3),
+            "token R² IQR": iqr("token_r2_q1", "token_r2_q3"),
+            "‖θ_T−θ_0‖/‖θ_0‖": table["displacement"].map(lambda x: f"{x:.2e}"),
+            "held-out acc (first → last)": [
+                f"{a:.2f} → {b:.2f}" for a, b in zip(table["heldout_first"], table["heldout_last"])
+            ],
+            "reward (first → last tenth)": [
+                f"{_f(a)} → {_f(b)}" if _finite(a) else "—" for a, b in zip(table["reward_first"], table["reward_last"])
+            ],
+        },
+        index=table.index,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- results, claims
@@ -568,30 +644,44 @@ def results(study: Study, dec: Decomposition) -> dict:
     ex = study.experiments()
     med = lambda s, space="weight": study.measure(s)[f"{space}_r2_median"]  # noqa: E731
     o = study.cfg.origin
-    return {**dec.summary(),
-            "rl_weight_r2_median": med(study.rl), "sft_weight_r2_median": med(study.sft),
-            "rl_token_r2_median": med(study.rl, "token"), "sft_token_r2_median": med(study.sft, "token"),
-            "snr_weight_r2_median": {level_key(x): med(study.noisy(x)) for x in o.snr_db},
-            "snr_token_r2_median": {level_key(x): med(study.noisy(x), "token") for x in o.snr_db},
-            "sgd_weight_r2_median": med(study.sgd), "adamw_weight_r2_median": med(study.adamw_at(1)),
-            "sgd_token_r2_median": med(study.sgd, "token"), "adamw_token_r2_median": med(study.adamw_at(1), "token"),
-            "sgd_lr": study.sgd_lr(),
-            **{f"{name}_{k}": study.measure(s)[k] for name, s in (("sgd", study.sgd), ("adamw", study.adamw_at(1)))
-               for k in ("displacement", "heldout_first", "heldout_last", "reward_first", "reward_last")},
-            "lr_weight_r2_median": {_fmt_lr(float(study.cfg.rl.lr) * x): med(study.adamw_at(x)) for x in o.lr_scales},
-            "settings": {s.label: _numbers(study.measure(s)) for v in ex.values() for s in v},
-            "sft_params": study.sft_params(), "decomposition_settings": dec.settings}
+    return {
+        **dec.summary(),
+        "rl_weight_r2_median": med(study.rl),
+        "sft_weight_r2_median": med(study.sft),
+        "rl_token_r2_median": med(study.rl, "token"),
+        "sft_token_r2_median": med(study.sft, "token"),
+        "snr_weight_r2_median": {level_key(x): med(study.noisy(x)) for x in o.snr_db},
+        "snr_token_r2_median": {level_key(x): med(study.noisy(x), "token") for x in o.snr_db},
+        "sgd_weight_r2_median": med(study.sgd),
+        "adamw_weight_r2_median": med(study.adamw_at(1)),
+        "sgd_token_r2_median": med(study.sgd, "token"),
+        "adamw_token_r2_median": med(study.adamw_at(1), "token"),
+        "sgd_lr": study.sgd_lr(),
+        **{
+            f"{name}_{k}": study.measure(s)[k]
+            for name, s in (("sgd", study.sgd), ("adamw", study.adamw_at(1)))
+            for k in ("displacement", "heldout_first", "heldout_last", "reward_first", "reward_last")
+        },
+        "lr_weight_r2_median": {_fmt_lr(float(study.cfg.rl.lr) * x): med(study.adamw_at(x)) for x in o.lr_scales},
+        "settings": {s.label: _numbers(study.measure(s)) for v in ex.values() for s in v},
+        "sft_params": study.sft_params(),
+        "decomposition_settings": dec.settings,
+    }
 
 
 def claims(study: Study, dec: Decomposition) -> list[C.Claim]:
     """Notebook 03's claims (`helpers.experiments.claims`): the decomposition, then SFT vs RL, noise, optimizer and
     lr."""
     st, o, m = C.Settings.of(study.cfg), study.cfg.origin, study.measure
-    return [input_term_dominates(dec, st), second_order_tiny(dec), rl_linear(m(study.rl), st),
-            *rl_more_linear_than_sft(m(study.rl), m(study.sft), st),
-            noise_raises_sft_linearity(m(study.sft), {level_key(x): m(study.noisy(x)) for x in o.snr_db}, st),
-            sgd_persists(m(study.sgd), m(study.adamw_at(1)), study.sgd_lr(), st),
-            lr_linear({_fmt_lr(float(study.cfg.rl.lr) * x): m(study.adamw_at(x)) for x in o.lr_scales}, st)]
+    return [
+        input_term_dominates(dec, st),
+        second_order_tiny(dec),
+        rl_linear(m(study.rl), st),
+        *rl_more_linear_than_sft(m(study.rl), m(study.sft), st),
+        noise_raises_sft_linearity(m(study.sft), {level_key(x): m(study.noisy(x)) for x in o.snr_db}, st),
+        sgd_persists(m(study.sgd), m(study.adamw_at(1)), study.sgd_lr(), st),
+        lr_linear({_fmt_lr(float(study.cfg.rl.lr) * x): m(study.adamw_at(x)) for x in o.lr_scales}, st),
+    ]
 
 
 def _pct(level: float) -> str:
@@ -617,29 +707,44 @@ def input_term_dominates(dec: Decomposition, st: C.Settings, seed: int = 0) -> C
     if groups:
         gap = _median_gap(np.concatenate(groups))
         rng = np.random.default_rng(seed)
-        boot = [_median_gap(np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]))
-                for _ in range(st.bootstrap)]
+        boot = [
+            _median_gap(np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]))
+            for _ in range(st.bootstrap)
+        ]
         a = 1 - st.level
         interval = tuple(float(q) for q in np.quantile(boot, [a / 2, 1 - a / 2]))
-    return C.Claim("nb03.input_term_dominates", "the input term W0·Δx dominates Δy (input − weight share median)",
-                   paper.get("input_term_dominates"), gap, interval, C.above(0),
-                   f"{_pct(st.level)} bootstrap over the {len(groups)} modules (each with all its checkpoints), "
-                   f"{st.bootstrap} resamples",
-                   f"input {t['share_input'].median():.3f} vs weight {t['share_weight'].median():.3f} over "
-                   f"{len(t)} cells" if len(t) else "no output changed (Δy = 0)")
+    return C.Claim(
+        "nb03.input_term_dominates",
+        "the input term W0·Δx dominates Δy (input − weight share median)",
+        paper.get("input_term_dominates"),
+        gap,
+        interval,
+        C.above(0),
+        f"{_pct(st.level)} bootstrap over the {len(groups)} modules (each with all its checkpoints), "
+        f"{st.bootstrap} resamples",
+        f"input {t['share_input'].median():.3f} vs weight {t['share_weight'].median():.3f} over {len(t)} cells"
+        if len(t)
+        else "no output changed (Δy = 0)",
+    )
 
 
 def second_order_tiny(dec: Decomposition) -> C.Claim:
     """The largest second-order share over all cells, below `SECOND_ORDER_TINY`; the maximum is the claim itself."""
     t = _shares(dec)
     top = float(t["share_second"].max()) if len(t) else math.nan
-    return C.Claim("nb03.second_order_tiny",
-                   f"the second-order term ΔW·Δx is tiny (largest share < {SECOND_ORDER_TINY})",
-                   paper.get("second_order_tiny"), top, (top, top), C.below(SECOND_ORDER_TINY),
-                   f"maximum over all {len(t)} module × checkpoint cells; no sampling interval — the interval is the "
-                   f"point",
-                   f"median share {t['share_second'].median():.3f}, largest per-token 99th percentile "
-                   f"{t['second_token_p99'].max():.3f}" if len(t) else "no output changed (Δy = 0)")
+    return C.Claim(
+        "nb03.second_order_tiny",
+        f"the second-order term ΔW·Δx is tiny (largest share < {SECOND_ORDER_TINY})",
+        paper.get("second_order_tiny"),
+        top,
+        (top, top),
+        C.below(SECOND_ORDER_TINY),
+        f"maximum over all {len(t)} module × checkpoint cells; no sampling interval — the interval is the point",
+        f"median share {t['share_second'].median():.3f}, largest per-token 99th percentile "
+        f"{t['second_token_p99'].max():.3f}"
+        if len(t)
+        else "no output changed (Δy = 0)",
+    )
 
 
 def _median(m: Mapping, space: str = "weight") -> tuple[float, tuple[float, float]]:
@@ -658,9 +763,15 @@ def _exact(st: C.Settings, level: float | None = None) -> str:
 def rl_linear(rl: Mapping, st: C.Settings) -> C.Claim:
     """The RL run's weight R² median above the bar (`claims.r2_threshold`)."""
     med, interval = _median(rl)
-    return C.Claim("nb03.rl_linear", f"RL weight R² median above the bar ({st.r2_threshold:g})",
-                   paper.get("rl_r2_range"), med, interval, C.above(st.r2_threshold),
-                   f"{_exact(st)} over the run's {rl.get('weight_entries', 'kept')} weight entries")
+    return C.Claim(
+        "nb03.rl_linear",
+        f"RL weight R² median above the bar ({st.r2_threshold:g})",
+        paper.get("rl_r2_range"),
+        med,
+        interval,
+        C.above(st.r2_threshold),
+        f"{_exact(st)} over the run's {rl.get('weight_entries', 'kept')} weight entries",
+    )
 
 
 def rl_more_linear_than_sft(rl: Mapping, sft: Mapping, st: C.Settings) -> list[C.Claim]:
@@ -669,10 +780,18 @@ def rl_more_linear_than_sft(rl: Mapping, sft: Mapping, st: C.Settings) -> list[C
     for space, key in (("weight", "sft_weight_r2"), ("token", "sft_token_r2")):
         (a, ai), (b, bi) = _median(rl, space), _median(sft, space)
         d, interval = C.difference(a, ai, b, bi)
-        out.append(C.Claim(f"nb03.rl_more_linear_than_sft_{space}", f"RL more linear than SFT ({space} R² median, "
-                           "RL − SFT)", paper.get(key), d, interval, C.above(0, tolerance=st.r2_margin),
-                           f"RL − SFT of each run's {_exact(st)}, half-widths in quadrature",
-                           f"RL {_ci(a, ai)}, SFT {_ci(b, bi)}"))
+        out.append(
+            C.Claim(
+                f"nb03.rl_more_linear_than_sft_{space}",
+                f"RL more linear than SFT ({space} R² median, RL − SFT)",
+                paper.get(key),
+                d,
+                interval,
+                C.above(0, tolerance=st.r2_margin),
+                f"RL − SFT of each run's {_exact(st)}, half-widths in quadrature",
+                f"RL {_ci(a, ai)}, SFT {_ci(b, bi)}",
+            )
+        )
     return out
 
 
@@ -689,25 +808,40 @@ def noise_raises_sft_linearity(sft: Mapping, noisy: Mapping[str, Mapping], st: C
         peak = max(finite, key=finite.get)
         peak_interval = C.median_interval(noisy[peak]["weight_r2_values"].values, level)
         d, interval = C.difference(finite[peak], peak_interval, base, base_interval)
-        detail = (f"peak at {peak}{'' if peak == ZERO_SIGNAL else ' dB'}: {_ci(finite[peak], peak_interval)}; plain "
-                  f"SFT {_ci(base, base_interval)}")
-    return C.Claim("nb03.noise_raises_sft_linearity", "token-level noise raises SFT's weight R² median (peak over SNR "
-                   "levels − plain SFT)", paper.get("noise_peak"), d, interval, C.above(0, tolerance=st.r2_margin),
-                   f"best of {k} SNR levels: each level's {_exact(st, level)} (Bonferroni over {k} candidates), "
-                   f"minus plain SFT's at {_pct(st.level)}, half-widths in quadrature", detail)
+        detail = (
+            f"peak at {peak}{'' if peak == ZERO_SIGNAL else ' dB'}: {_ci(finite[peak], peak_interval)}; plain "
+            f"SFT {_ci(base, base_interval)}"
+        )
+    return C.Claim(
+        "nb03.noise_raises_sft_linearity",
+        "token-level noise raises SFT's weight R² median (peak over SNR levels − plain SFT)",
+        paper.get("noise_peak"),
+        d,
+        interval,
+        C.above(0, tolerance=st.r2_margin),
+        f"best of {k} SNR levels: each level's {_exact(st, level)} (Bonferroni over {k} candidates), "
+        f"minus plain SFT's at {_pct(st.level)}, half-widths in quadrature",
+        detail,
+    )
 
 
 def sgd_persists(sgd: Mapping, adamw: Mapping, lr: float, st: C.Settings) -> C.Claim:
     """Non-inferiority: SGD's weight R² median − AdamW's is above −r2_margin."""
     (a, ai), (b, bi) = _median(sgd), _median(adamw)
     d, interval = C.difference(a, ai, b, bi)
-    return C.Claim("nb03.sgd_persists", "linearity persists with SGD (weight R² median, SGD − AdamW)",
-                   paper.get("sgd_persists"), d, interval, C.above(-st.r2_margin),
-                   f"SGD − AdamW of each run's {_exact(st)}, half-widths in quadrature; "
-                   f"holds if not worse by more than {st.r2_margin:g}",
-                   f"SGD (lr {lr:.3g}) {_ci(a, ai)}, AdamW {_ci(b, bi)}; SGD held-out accuracy "
-                   f"{_f(sgd['heldout_first'])} → {_f(sgd['heldout_last'])}, reward {_f(sgd['reward_first'])} → "
-                   f"{_f(sgd['reward_last'])}")
+    return C.Claim(
+        "nb03.sgd_persists",
+        "linearity persists with SGD (weight R² median, SGD − AdamW)",
+        paper.get("sgd_persists"),
+        d,
+        interval,
+        C.above(-st.r2_margin),
+        f"SGD − AdamW of each run's {_exact(st)}, half-widths in quadrature; "
+        f"holds if not worse by more than {st.r2_margin:g}",
+        f"SGD (lr {lr:.3g}) {_ci(a, ai)}, AdamW {_ci(b, bi)}; SGD held-out accuracy "
+        f"{_f(sgd['heldout_first'])} → {_f(sgd['heldout_last'])}, reward {_f(sgd['reward_first'])} → "
+        f"{_f(sgd['reward_last'])}",
+    )
 
 
 def lr_linear(by_lr: Mapping[str, Mapping], st: C.Settings) -> C.Claim:
@@ -716,15 +850,22 @@ def lr_linear(by_lr: Mapping[str, Mapping], st: C.Settings) -> C.Claim:
     runs = {lr: _median(m) for lr, m in by_lr.items()}
     if not runs:
         raise ValueError("lr_linear needs at least one learning rate (origin.lr_scales is empty)")
-    table = np.array([(med, *iv) for med, iv in runs.values()], dtype=np.float64)   # NaN propagates: inconclusive
+    table = np.array([(med, *iv) for med, iv in runs.values()], dtype=np.float64)  # NaN propagates: inconclusive
     low, interval = float(table[:, 0].min()), (float(table[:, 1].min()), float(table[:, 2].min()))
-    return C.Claim("nb03.lr_linear", f"RL linear at every learning rate (least linear lr's weight R² median above "
-                   f"{st.r2_threshold:g})", paper.get("lr_linear"), low, interval, C.above(st.r2_threshold),
-                   f"each lr's {_exact(st)}; the least linear lr's [min of the lows, min of the highs]",
-                   "; ".join(f"lr {lr}: {_ci(med, iv)}" for lr, (med, iv) in runs.items()))
+    return C.Claim(
+        "nb03.lr_linear",
+        f"RL linear at every learning rate (least linear lr's weight R² median above {st.r2_threshold:g})",
+        paper.get("lr_linear"),
+        low,
+        interval,
+        C.above(st.r2_threshold),
+        f"each lr's {_exact(st)}; the least linear lr's [min of the lows, min of the highs]",
+        "; ".join(f"lr {lr}: {_ci(med, iv)}" for lr, (med, iv) in runs.items()),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------- figures
+
 
 def plot_decomposition(dec: Decomposition):
     """(a) norms of the three terms and of Δy per module at the last checkpoint; (b) median share per checkpoint."""
@@ -733,12 +874,20 @@ def plot_decomposition(dec: Decomposition):
     x = np.arange(len(last))
     width = 0.2
     for i, k in enumerate((*TERMS, "delta")):
-        a.bar(x + (i - 1.5) * width, last[f"norm_{k}"], width, label=TERM_LABELS.get(k, "Δy"),
-              color=f"C{i}" if k != "delta" else "0.4")
+        a.bar(
+            x + (i - 1.5) * width,
+            last[f"norm_{k}"],
+            width,
+            label=TERM_LABELS.get(k, "Δy"),
+            color=f"C{i}" if k != "delta" else "0.4",
+        )
     a.set_yscale("log")
     a.set_xticks(x, [f"{int(r.layer)}.{r.type}" for r in last.itertuples()], rotation=60, fontsize=8)
-    a.set(xlabel="layer.module", ylabel="Frobenius norm over tokens",
-          title=f"Terms of Δy at step {int(dec.table['step'].max())}")
+    a.set(
+        xlabel="layer.module",
+        ylabel="Frobenius norm over tokens",
+        title=f"Terms of Δy at step {int(dec.table['step'].max())}",
+    )
     a.legend(fontsize=8)
     t = dec.table
     for i, k in enumerate(TERMS):
@@ -757,8 +906,15 @@ def plot_settings(table: pd.DataFrame, title: str, cfg):
     x = np.arange(len(table))
     for i, (space, label) in enumerate((("weight", "weights"), ("token", "token log-probs"))):
         med, q1, q3 = (table[f"{space}_r2_{k}"].to_numpy(float) for k in ("median", "q1", "q3"))
-        ax.errorbar(x + (i - 0.5) * 0.2, med, yerr=[med - q1, q3 - med], fmt="o", capsize=4, color=f"C{i}",
-                    label=f"{label} (median, IQR)")
+        ax.errorbar(
+            x + (i - 0.5) * 0.2,
+            med,
+            yerr=[med - q1, q3 - med],
+            fmt="o",
+            capsize=4,
+            color=f"C{i}",
+            label=f"{label} (median, IQR)",
+        )
     ax.axhline(C.r2_threshold(cfg), color="k", ls="--", lw=1)
     ax.set_xticks(x, table.index, rotation=20, ha="right")
     ax.set(xlim=(-0.5, len(table) - 0.5), ylim=(0, 1.02), ylabel="R² vs step", title=title)
@@ -789,8 +945,9 @@ def plot_snr(study: Study):
         med, q1, q3 = (np.array([r[f"{space}_r2_{k}"] for r in m]) for k in ("median", "q1", "q3"))
         ax.plot(xs, med, "o-", color=f"C{i}", label=f"SFT {space} R² (median, IQR)")
         ax.fill_between(xs, q1, q3, color=f"C{i}", alpha=0.15)
-        ax.axhline(study.measure(study.rl)[f"{space}_r2_median"], color=f"C{i}", ls=":", lw=1.2,
-                   label=f"RL {space} R² median")
+        ax.axhline(
+            study.measure(study.rl)[f"{space}_r2_median"], color=f"C{i}", ls=":", lw=1.2, label=f"RL {space} R² median"
+        )
     ax.axhline(C.r2_threshold(study.cfg), color="k", ls="--", lw=1)
     tick_pos = sorted(set(dbs.tolist()) | set(ticks))
     ax.set_xticks(tick_pos, [ticks.get(p, f"{p:g}") for p in tick_pos], rotation=30)

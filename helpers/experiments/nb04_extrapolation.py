@@ -4,6 +4,7 @@ Snapping of fractions of the run to saved steps (`snap`, `snap_pair`, `target_st
 tables (`real_curve`, `weight_curve`, `logit_table`, `table1`), the α = 1 check, the figures, and the notebook's
 claims and results (`Measured`, `claims`, `results`).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,9 +62,14 @@ class Scorer(CachedScorer):
     def metrics(self, res: dict) -> dict:
         """The notebook's columns of an `evaluate` dict, plus `per_item` (each item's share of its k samples correct,
         an `scoring.PerItem`) for the claims' intervals."""
-        return {"avg_at_k": res[f"avg@{self.k}"], "pass_at_k": res[f"pass@{self.k}"], "entropy": res["entropy"],
-                "greedy_accuracy": res["greedy_accuracy"], "completion_length": res["completion_length"],
-                "per_item": PerItem.of(res)}
+        return {
+            "avg_at_k": res[f"avg@{self.k}"],
+            "pass_at_k": res[f"pass@{self.k}"],
+            "entropy": res["entropy"],
+            "greedy_accuracy": res["greedy_accuracy"],
+            "completion_length": res["completion_length"],
+            "per_item": PerItem.of(res),
+        }
 
     def checkpoint(self, path) -> dict:
         """Scores of one model directory (`eval.backend` sampler)."""
@@ -79,20 +85,29 @@ class Scorer(CachedScorer):
                 out = extrapolate(traj, t0, t1, target_step, Path(tmp) / "model", norms)
                 return make_sampler(self.cfg.eval.backend, out, **self.sampler_kwargs())  # weights now in memory
 
-        identity = {"weight_extrapolation": [dir_fingerprint(traj.path(t0)), dir_fingerprint(traj.path(t1))],
-                    "t0": t0, "t1": t1, "target_step": target_step, "norms": norms}
+        identity = {
+            "weight_extrapolation": [dir_fingerprint(traj.path(t0)), dir_fingerprint(traj.path(t1))],
+            "t0": t0,
+            "t1": t1,
+            "target_step": target_step,
+            "norms": norms,
+        }
         return self.metrics(self.score(identity, sampler))
 
     def logit_extrapolated(self, path_t0, path_t1, alpha: float) -> dict:
         """Scores of the logit-extrapolated sampler of two model directories (hf decoding loop)."""
-        identity = {"logit_extrapolation": [dir_fingerprint(path_t0), dir_fingerprint(path_t1)],
-                    "alpha": float(alpha)}
-        return self.metrics(self.score(identity, lambda: make_sampler(
-            "logit-extrapolation", (path_t0, path_t1), alpha=alpha, **self.sampler_kwargs())))
+        identity = {"logit_extrapolation": [dir_fingerprint(path_t0), dir_fingerprint(path_t1)], "alpha": float(alpha)}
+        return self.metrics(
+            self.score(
+                identity,
+                lambda: make_sampler("logit-extrapolation", (path_t0, path_t1), alpha=alpha, **self.sampler_kwargs()),
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Score tables
+
 
 def real_curve(traj, scorer: Scorer) -> pd.DataFrame:
     """Scores of every saved checkpoint (step 0 = base)."""
@@ -108,9 +123,16 @@ def weight_curve(traj, cfg, scorer: Scorer, real) -> pd.DataFrame:
     for pair in xc.weight_pairs:
         t0, t1 = snap_pair(traj, pair)
         for target in target_steps(traj, xc.weight_targets, after=t1):
-            rows.append({"t0": t0, "t1": t1, "target_step": target, "beta": coefficient(t0, t1, target),
-                         **scorer.extrapolated(traj, t0, t1, target, xc.norms),
-                         "real_avg_at_k": real_at.get(target, float("nan"))})
+            rows.append(
+                {
+                    "t0": t0,
+                    "t1": t1,
+                    "target_step": target,
+                    "beta": coefficient(t0, t1, target),
+                    **scorer.extrapolated(traj, t0, t1, target, xc.norms),
+                    "real_avg_at_k": real_at.get(target, float("nan")),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -126,10 +148,17 @@ def logit_table(traj, cfg, scorer: Scorer, real) -> pd.DataFrame:
         target = t0 + float(alpha) * (t1 - t0)
         target = int(target) if float(target).is_integer() else target
         have = target in real_at.index
-        rows.append({"alpha": float(alpha), "t0": t0, "t1": t1, "target_step": target,
-                     **scorer.logit_extrapolated(traj.path(t0), traj.path(t1), alpha),
-                     "real_avg_at_k": real_at.avg_at_k.get(target, float("nan")) if have else float("nan"),
-                     "real_entropy": real_at.entropy.get(target, float("nan")) if have else float("nan")})
+        rows.append(
+            {
+                "alpha": float(alpha),
+                "t0": t0,
+                "t1": t1,
+                "target_step": target,
+                **scorer.logit_extrapolated(traj.path(t0), traj.path(t1), alpha),
+                "real_avg_at_k": real_at.avg_at_k.get(target, float("nan")) if have else float("nan"),
+                "real_entropy": real_at.entropy.get(target, float("nan")) if have else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -139,13 +168,23 @@ def table1(real, logit) -> pd.DataFrame:
     `check_alpha_one`)."""
     cols = ["avg_at_k", "pass_at_k", "entropy", "greedy_accuracy"]
     last = real.iloc[-1]
-    rows = [{"model": f"standard RL (last checkpoint, step {int(last.step)})", "step": int(last.step),
-             **last[cols].to_dict()}]
+    rows = [
+        {
+            "model": f"standard RL (last checkpoint, step {int(last.step)})",
+            "step": int(last.step),
+            **last[cols].to_dict(),
+        }
+    ]
     for _, r in logit.iterrows():
         rows.append({"model": _row_name(r), "step": r.target_step, **r[cols].to_dict()})
         if r.real_avg_at_k == r.real_avg_at_k:
-            rows.append({"model": f"  real checkpoint at t' = {r.target_step:g}", "step": r.target_step,
-                         **real[real.step == r.target_step].iloc[0][cols].to_dict()})
+            rows.append(
+                {
+                    "model": f"  real checkpoint at t' = {r.target_step:g}",
+                    "step": r.target_step,
+                    **real[real.step == r.target_step].iloc[0][cols].to_dict(),
+                }
+            )
     return pd.DataFrame(rows).set_index("model").astype({"step": "float"})
 
 
@@ -172,14 +211,19 @@ def check_alpha_one(real, logit, backend: str) -> dict:
     diff["per_item_mean_abs"] = float(np.abs(a - b).mean()) if a.shape == b.shape else float("nan")
     names = f"'{_row_name(row)}' vs 'real checkpoint θ_t1 (step {int(t1.step)})'"
     if backend != "hf":
-        print(f"α = 1 check ({backend} backend, not the hf loop of the logit sampler, so not asserted): {names}: "
-              + ", ".join(f"{k} {v:+.4f}" for k, v in diff.items()))
+        print(
+            f"α = 1 check ({backend} backend, not the hf loop of the logit sampler, so not asserted): {names}: "
+            + ", ".join(f"{k} {v:+.4f}" for k, v in diff.items())
+        )
         return diff
     unequal = [c for c in CHECKED if row[c] != t1[c]] + ([] if np.array_equal(a, b) else ["per-item scores"])
     if unequal:
-        raise ValueError(f"α = 1 check failed: {names} differ in {', '.join(unequal)} (α = 1 − real: "
-                         + ", ".join(f"{k} {v:+.4f}" for k, v in diff.items()) + "); the same hf decode loop and "
-                         "seed should give identical samples")
+        raise ValueError(
+            f"α = 1 check failed: {names} differ in {', '.join(unequal)} (α = 1 − real: "
+            + ", ".join(f"{k} {v:+.4f}" for k, v in diff.items())
+            + "); the same hf decode loop and "
+            "seed should give identical samples"
+        )
     print(f"α = 1 check passed: {names} are equal ({', '.join(CHECKED)} and every item's score)")
     return diff
 
@@ -191,6 +235,7 @@ def _row_name(r) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Figures
 
+
 def plot_weight_curve(curve, real):
     """Accuracy vs target step, one line per (t0, t1) (starting at θ_t1 itself), real checkpoints for comparison."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -201,8 +246,11 @@ def plot_weight_curve(curve, real):
         peak = g.loc[g.avg_at_k.idxmax()]
         ax.plot(peak.target_step, peak.avg_at_k, "*", color=f"C{i}", ms=14)
     ax.axvline(real.step.iloc[-1], color="k", ls=":", lw=1, label="end of the run")
-    ax.set(xlabel="target step t'", ylabel="held-out avg@k",
-           title="Weight extrapolation W_t0 + β (W_t1 − W_t0) vs target step")
+    ax.set(
+        xlabel="target step t'",
+        ylabel="held-out avg@k",
+        title="Weight extrapolation W_t0 + β (W_t1 − W_t0) vs target step",
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -215,8 +263,9 @@ def plot_logit(real, logit, curve):
         ax.plot(real.step, real[col], "o-", color="gray", ms=3, label="real RL checkpoints")
         ax.plot(logit.target_step, logit[col], "D", color="C3", ms=7, label="logit extrapolation (at t')")
         for _, r in logit.iterrows():
-            ax.annotate(f"α={r.alpha:g}", (r.target_step, r[col]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
+            ax.annotate(
+                f"α={r.alpha:g}", (r.target_step, r[col]), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
         ax.plot(curve.target_step, curve[col], "s", color="C0", mfc="none", label="weight extrapolation (at t')")
         ax.axvline(real.step.iloc[-1], color="k", ls=":", lw=1)
         ax.set(xlabel="step (t' for extrapolations)", ylabel=label)
@@ -230,10 +279,12 @@ def plot_logit(real, logit, curve):
 # ---------------------------------------------------------------------------------------------------------------------
 # Claims and results
 
+
 @dataclass(frozen=True, eq=False)
 class Measured:
     """Notebook 04's measurements: the scorer and the real, weight-extrapolated (`weight_curve`) and logit-extrapolated
     (`logit_table`) score tables, each row with its `per_item` scores on `scorer.items`."""
+
     scorer: Scorer
     real: pd.DataFrame
     curve: pd.DataFrame
@@ -263,8 +314,10 @@ class Measured:
     def split_text(self, chosen: str) -> str:
         """`how` of a difference whose `chosen` setting was picked on the select half."""
         (sel, rep), st = self.halves, self.settings
-        return (f"{chosen} chosen on {len(sel)} selection items, split seed {st.split_seed}; scored on the other "
-                f"{len(rep)} items with a {st.level:.0%} paired bootstrap")
+        return (
+            f"{chosen} chosen on {len(sel)} selection items, split seed {st.split_seed}; scored on the other "
+            f"{len(rep)} items with a {st.level:.0%} paired bootstrap"
+        )
 
 
 def _logit_best(m: Measured):
@@ -285,12 +338,23 @@ def _weight_peaks(m: Measured) -> list[dict]:
         rise, rise_iv = m.paired(peak, at_t1)
         interior = peak.target_step < far.target_step
         fall, fall_iv = m.paired(peak, far) if interior else (math.nan, (math.nan, math.nan))
-        peaks.append({"t0": int(t0), "t1": int(t1), "peak_step": int(peak.target_step), "peak_beta": float(peak.beta),
-                      "peak_avg_at_k": float(peak.avg_at_k), "t1_avg_at_k": float(at_t1.avg_at_k),
-                      "farthest_step": int(far.target_step), "farthest_avg_at_k": float(far.avg_at_k),
-                      "peak_minus_t1": rise, "peak_minus_t1_interval": list(rise_iv),
-                      "peak_minus_farthest": fall, "peak_minus_farthest_interval": list(fall_iv),
-                      "inverted_u": rule.decide(*rise_iv) == "holds" and rule.decide(*fall_iv) == "holds"})
+        peaks.append(
+            {
+                "t0": int(t0),
+                "t1": int(t1),
+                "peak_step": int(peak.target_step),
+                "peak_beta": float(peak.beta),
+                "peak_avg_at_k": float(peak.avg_at_k),
+                "t1_avg_at_k": float(at_t1.avg_at_k),
+                "farthest_step": int(far.target_step),
+                "farthest_avg_at_k": float(far.avg_at_k),
+                "peak_minus_t1": rise,
+                "peak_minus_t1_interval": list(rise_iv),
+                "peak_minus_farthest": fall,
+                "peak_minus_farthest_interval": list(fall_iv),
+                "inverted_u": rule.decide(*rise_iv) == "holds" and rule.decide(*fall_iv) == "holds",
+            }
+        )
     return peaks
 
 
@@ -313,28 +377,58 @@ def claims(m: Measured) -> list[claims_mod.Claim]:
         n_alpha = int((m.logit.alpha > 1).sum())
         how = m.split_text(f"best of {n_alpha} α > 1, α = {best.alpha:g},")
     peaks = _weight_peaks(m)
-    rise, rise_iv = claims_mod.across_seeds([p["peak_minus_t1"] for p in peaks],
-                                            [p["peak_minus_t1_interval"] for p in peaks])
-    fall, fall_iv = claims_mod.across_seeds([p["peak_minus_farthest"] for p in peaks],
-                                            [p["peak_minus_farthest_interval"] for p in peaks])
+    rise, rise_iv = claims_mod.across_seeds(
+        [p["peak_minus_t1"] for p in peaks], [p["peak_minus_t1_interval"] for p in peaks]
+    )
+    fall, fall_iv = claims_mod.across_seeds(
+        [p["peak_minus_farthest"] for p in peaks], [p["peak_minus_farthest_interval"] for p in peaks]
+    )
     if any(p["peak_step"] == p["farthest_step"] for p in peaks):  # a pair with no decline to measure decides nothing
         fall, fall_iv = math.nan, (math.nan, math.nan)
     per_pair = m.split_text("per (t0, t1) pair the peak target t'") + "; mean over pairs, hull of their intervals"
     return [
-        claims_mod.Claim("nb04.logit_gain", f"logit extrapolation beats the last RL checkpoint (step {int(last.step)}) "
-                         "in avg@k (difference)", paper.get("logit_gain"), gain, gain_iv, margin, how),
-        claims_mod.Claim("nb04.weight_peak", "the weight-extrapolation peak rises above θ_t1 in avg@k (difference)",
-                         paper.get("weight_peak"), rise, rise_iv, margin, per_pair,
-                         "; ".join(f"t1 = {p['t1']}: peak t' = {p['peak_step']} "
-                                   f"{_diff_text(p['peak_minus_t1'], p['peak_minus_t1_interval'])}" for p in peaks)),
-        claims_mod.Claim("nb04.weight_declines", "beyond its peak, weight extrapolation declines (peak − farthest "
-                         "target t', avg@k)", paper.get("weight_peak"), fall, fall_iv, margin,
-                         per_pair + "; not measured when a pair peaks at its farthest target (no decline to see)",
-                         "; ".join(f"t1 = {p['t1']}: " + (
-                             f"peak t' = {p['peak_step']} vs t' = {p['farthest_step']} "
-                             f"{_diff_text(p['peak_minus_farthest'], p['peak_minus_farthest_interval'])}"
-                             if p["peak_step"] < p["farthest_step"] else
-                             f"peak at the farthest target t' = {p['farthest_step']}") for p in peaks)),
+        claims_mod.Claim(
+            "nb04.logit_gain",
+            f"logit extrapolation beats the last RL checkpoint (step {int(last.step)}) in avg@k (difference)",
+            paper.get("logit_gain"),
+            gain,
+            gain_iv,
+            margin,
+            how,
+        ),
+        claims_mod.Claim(
+            "nb04.weight_peak",
+            "the weight-extrapolation peak rises above θ_t1 in avg@k (difference)",
+            paper.get("weight_peak"),
+            rise,
+            rise_iv,
+            margin,
+            per_pair,
+            "; ".join(
+                f"t1 = {p['t1']}: peak t' = {p['peak_step']} "
+                f"{_diff_text(p['peak_minus_t1'], p['peak_minus_t1_interval'])}"
+                for p in peaks
+            ),
+        ),
+        claims_mod.Claim(
+            "nb04.weight_declines",
+            "beyond its peak, weight extrapolation declines (peak − farthest target t', avg@k)",
+            paper.get("weight_peak"),
+            fall,
+            fall_iv,
+            margin,
+            per_pair + "; not measured when a pair peaks at its farthest target (no decline to see)",
+            "; ".join(
+                f"t1 = {p['t1']}: "
+                + (
+                    f"peak t' = {p['peak_step']} vs t' = {p['farthest_step']} "
+                    f"{_diff_text(p['peak_minus_farthest'], p['peak_minus_farthest_interval'])}"
+                    if p["peak_step"] < p["farthest_step"]
+                    else f"peak at the farthest target t' = {p['farthest_step']}"
+                )
+                for p in peaks
+            ),
+        ),
     ]
 
 
@@ -347,25 +441,40 @@ def results(m: Measured) -> dict:
     top = max(peaks, key=lambda p: p["peak_avg_at_k"]) if peaks else {}
     best = _logit_best(m)
     real_entropy = dict(zip(real.step, real.entropy))
-    out = {"rl_final_step": int(last.step), "rl_final_avg_at_k": float(last.avg_at_k),
-           "rl_final_entropy": float(last.entropy), "eval_items": len(m.scorer.items), "k": m.scorer.k,
-           "split_seed": m.settings.split_seed, "select_items": len(sel), "report_items": len(rep),
-           "weight_extrapolation_peaks": peaks, "weight_extrapolation_peak_step": top.get("peak_step"),
-           "weight_extrapolation_peak_avg_at_k": top.get("peak_avg_at_k"),
-           "logit_extrapolation_best_alpha": None, "logit_extrapolation_best_avg_at_k": None,
-           "logit_extrapolation_best_target_step": None, "logit_extrapolation_best_entropy": None,
-           "logit_extrapolation_best_real_entropy": None}
+    out = {
+        "rl_final_step": int(last.step),
+        "rl_final_avg_at_k": float(last.avg_at_k),
+        "rl_final_entropy": float(last.entropy),
+        "eval_items": len(m.scorer.items),
+        "k": m.scorer.k,
+        "split_seed": m.settings.split_seed,
+        "select_items": len(sel),
+        "report_items": len(rep),
+        "weight_extrapolation_peaks": peaks,
+        "weight_extrapolation_peak_step": top.get("peak_step"),
+        "weight_extrapolation_peak_avg_at_k": top.get("peak_avg_at_k"),
+        "logit_extrapolation_best_alpha": None,
+        "logit_extrapolation_best_avg_at_k": None,
+        "logit_extrapolation_best_target_step": None,
+        "logit_extrapolation_best_entropy": None,
+        "logit_extrapolation_best_real_entropy": None,
+    }
     if best is not None:
-        out.update(logit_extrapolation_best_alpha=float(best.alpha),
-                   logit_extrapolation_best_avg_at_k=float(best.avg_at_k),
-                   logit_extrapolation_best_target_step=float(best.target_step),
-                   logit_extrapolation_best_entropy=float(best.entropy),
-                   logit_extrapolation_best_real_entropy=real_entropy.get(best.target_step))
-    return {**out,
-            "weight_extrapolation_curve": m.curve[["t0", "t1", "target_step", "beta", *METRICS, "real_avg_at_k"]]
-            .to_dict("records"),
-            "logit_extrapolation": _records(m.logit),
-            "real_curve": _records(real)}
+        out.update(
+            logit_extrapolation_best_alpha=float(best.alpha),
+            logit_extrapolation_best_avg_at_k=float(best.avg_at_k),
+            logit_extrapolation_best_target_step=float(best.target_step),
+            logit_extrapolation_best_entropy=float(best.entropy),
+            logit_extrapolation_best_real_entropy=real_entropy.get(best.target_step),
+        )
+    return {
+        **out,
+        "weight_extrapolation_curve": m.curve[["t0", "t1", "target_step", "beta", *METRICS, "real_avg_at_k"]].to_dict(
+            "records"
+        ),
+        "logit_extrapolation": _records(m.logit),
+        "real_curve": _records(real),
+    }
 
 
 def _records(table) -> list[dict]:

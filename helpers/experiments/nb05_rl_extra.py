@@ -4,6 +4,7 @@ steps to target accuracies, accuracy at fixed RL budgets, optimizer state reset 
 `plan` scales the paper's (m, n) settings to this run, `train_run` / `train_all` build (or reuse) the RL-Extra runs,
 `analyse` gathers the tables, `claims` decides (Wilson intervals of the logged accuracies), `results` stores them.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,11 @@ def plan(cfg) -> list[dict]:
 def _key(cfg, m: int, n: int, optimizer: str) -> dict:
     """What an RL-Extra run is cached by: the embedded run's sections (`training.run_key`), m, n, norms, optimizer."""
     return training.run_key(cfg, ("task", "model", "sft", "rl", "eval")) | {
-        "m": int(m), "n": int(n), "norms": cfg.rl_extra.norms, "optimizer": optimizer}
+        "m": int(m),
+        "n": int(n),
+        "norms": cfg.rl_extra.norms,
+        "optimizer": optimizer,
+    }
 
 
 def cached_run(cfg, m: int, n: int, optimizer: str) -> Path | None:
@@ -78,9 +83,12 @@ def train_all(cfg):
     """Every run of `plan(cfg)` (trained or reused) plus the standard one, as a table: label, m, n, β, optimizer,
     dir, train_seconds."""
     std = training.embedded_trajectory(cfg)
-    missing = [(cfg, r["m"], r["n"], r["optimizer"]) for r in plan(cfg)
-               if cached_run(cfg, r["m"], r["n"], r["optimizer"]) is None]
-    training.in_processes(train_run, missing)           # two at a time, one thread each
+    missing = [
+        (cfg, r["m"], r["n"], r["optimizer"])
+        for r in plan(cfg)
+        if cached_run(cfg, r["m"], r["n"], r["optimizer"]) is None
+    ]
+    training.in_processes(train_run, missing)  # two at a time, one thread each
     rows = [{"label": STANDARD, "m": None, "n": 0, "optimizer": None, "beta": 1.0, "dir": std}]
     rows += [{**r, "dir": train_run(cfg, r["m"], r["n"], r["optimizer"])} for r in plan(cfg)]
     for r in rows:
@@ -95,9 +103,16 @@ def curves(runs):
     for r in runs.itertuples():
         log = read_log(r.dir).dropna(subset=["heldout_accuracy"])
         steps = log["step"].astype(int)
-        parts.append(pd.DataFrame({"label": r.label, "rl_steps": steps, "accuracy": log["heldout_accuracy"],
-                                   "effective_steps": [s if r.label == STANDARD else effective_steps(s, r.m, r.n)
-                                                       for s in steps]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "label": r.label,
+                    "rl_steps": steps,
+                    "accuracy": log["heldout_accuracy"],
+                    "effective_steps": [s if r.label == STANDARD else effective_steps(s, r.m, r.n) for s in steps],
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -114,8 +129,10 @@ def steps_to_target(curves, goals, column: str = "accuracy"):
     rows = {}
     for label, g in curves.groupby("label", sort=False):
         g = g.sort_values("rl_steps")
-        rows[label] = {f"{t:.3f}": next((float(s) for s, a in zip(g.rl_steps, g[column]) if a >= t - 1e-9),
-                                        math.nan) for t in goals}
+        rows[label] = {
+            f"{t:.3f}": next((float(s) for s, a in zip(g.rl_steps, g[column]) if a >= t - 1e-9), math.nan)
+            for t in goals
+        }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -131,9 +148,16 @@ def fixed_budget(cfg, curves):
         at = wide.loc[b] if b in wide.index else pd.Series(dtype=float)
         extra = at.reindex(main).dropna()
         best = extra.idxmax() if len(extra) else None
-        rows.append({"rl_steps": b, "standard": at.get(STANDARD, math.nan), "rl_extra": extra.get(best, math.nan),
-                     "rl_extra_config": best, "gain": extra.get(best, math.nan) - at.get(STANDARD, math.nan),
-                     **{c: at.get(c) for c in wide.columns if c != STANDARD}})
+        rows.append(
+            {
+                "rl_steps": b,
+                "standard": at.get(STANDARD, math.nan),
+                "rl_extra": extra.get(best, math.nan),
+                "rl_extra_config": best,
+                "gain": extra.get(best, math.nan) - at.get(STANDARD, math.nan),
+                **{c: at.get(c) for c in wide.columns if c != STANDARD},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -156,8 +180,11 @@ def plot_curves(curves, goals=()):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for i, (label, g) in enumerate(curves.groupby("label", sort=False)):
         g = g.sort_values("rl_steps")
-        style = (dict(color="k", lw=2, marker="o", ms=3, zorder=5) if label == STANDARD else
-                 dict(color=f"C{i}", marker="s", ms=3, ls="--" if "keep" in label else "-"))
+        style = (
+            dict(color="k", lw=2, marker="o", ms=3, zorder=5)
+            if label == STANDARD
+            else dict(color=f"C{i}", marker="s", ms=3, ls="--" if "keep" in label else "-")
+        )
         for ax, x in zip(axes, ("rl_steps", "effective_steps")):
             ax.plot(g[x], g.accuracy, label=label, **style)
     for t in goals:
@@ -186,15 +213,22 @@ def reach_bounds(curves, goals, items: int, level: float):
     reaches it, `pessimistic` = the first whose lower bound does (NaN: never)."""
     low, high = zip(*(cl.binomial_interval(p, items, level) for p in curves.accuracy))
     c = curves.assign(low=low, high=high)
-    wide = {"steps": steps_to_target(c, goals), "optimistic": steps_to_target(c, goals, "high"),
-            "pessimistic": steps_to_target(c, goals, "low")}
-    rows = [{"run": run, "target": t, **{k: float(w.at[run, t]) for k, w in wide.items()}}
-            for run in wide["steps"].index for t in wide["steps"].columns]
+    wide = {
+        "steps": steps_to_target(c, goals),
+        "optimistic": steps_to_target(c, goals, "high"),
+        "pessimistic": steps_to_target(c, goals, "low"),
+    }
+    rows = [
+        {"run": run, "target": t, **{k: float(w.at[run, t]) for k, w in wide.items()}}
+        for run in wide["steps"].index
+        for t in wide["steps"].columns
+    ]
     return pd.DataFrame(rows).set_index(["run", "target"])
 
 
-def speedup_interval(std_opt: float, std_pess: float, rx_opt: float, rx_pess: float, std_after: float,
-                     rx_after: float) -> tuple[float, float]:
+def speedup_interval(
+    std_opt: float, std_pess: float, rx_opt: float, rx_pess: float, std_after: float, rx_after: float
+) -> tuple[float, float]:
     """Bounds of standard steps / RL-Extra steps to one target from each run's optimistic … pessimistic steps:
     [std_opt / rx_pess, std_pess / rx_opt]. A run that never reaches the target (NaN) would reach it at the earliest
     at the checkpoint after its last one (`*_after`): RL-Extra never reaching it pessimistically gives the lower bound
@@ -226,12 +260,20 @@ def speed_bounds(curves, reach, upper):
     rows = []
     for (run, t), r in reach.drop(index=STANDARD, level="run").iterrows():
         s = std.loc[t]
-        point = s.steps / r.steps if min(s.steps, r.steps) > 0 else math.nan   # NaN compares False
-        lo, hi = speedup_interval(s.optimistic, s.pessimistic, r.optimistic, r.pessimistic, after[STANDARD],
-                                  after[run])
+        point = s.steps / r.steps if min(s.steps, r.steps) > 0 else math.nan  # NaN compares False
+        lo, hi = speedup_interval(s.optimistic, s.pessimistic, r.optimistic, r.pessimistic, after[STANDARD], after[run])
         informative = t in upper and s.optimistic > 0 and math.isfinite(s.pessimistic)
-        rows.append({"run": run, "target": t, "speedup": point, "low": lo, "high": hi, "upper": t in upper,
-                     "informative": informative})
+        rows.append(
+            {
+                "run": run,
+                "target": t,
+                "speedup": point,
+                "low": lo,
+                "high": hi,
+                "upper": t in upper,
+                "informative": informative,
+            }
+        )
     return pd.DataFrame(rows).set_index(["run", "target"])
 
 
@@ -242,6 +284,7 @@ class Analysis:
     `budget` (accuracy at equal RL steps), `ablation` (reset vs keep, None without a twin); `main` = the runs with the
     `rl_extra.optimizer` policy, `items` the held-out problems behind each accuracy, `speed_level` the Bonferroni level
     of `reach` and `speed` (best of main runs × upper targets)."""
+
     runs: object
     curves: object
     goals: list
@@ -271,9 +314,20 @@ def analyse(cfg, runs, table=None) -> Analysis:
     settings, items = cl.Settings.of(cfg), logged_items(cfg)
     level = cl.bonferroni(settings.level, len(main) * len(_upper(goals)))
     reach = reach_bounds(c, goals, items, level)
-    return Analysis(runs=runs, curves=c, goals=goals, reach=reach, speed=speed_bounds(c, reach, _upper(goals)),
-                    budget=fixed_budget(cfg, c), ablation=optimizer_ablation(runs, c), main=main, items=items,
-                    settings=settings, steps=int(cfg.rl.steps), speed_level=level)
+    return Analysis(
+        runs=runs,
+        curves=c,
+        goals=goals,
+        reach=reach,
+        speed=speed_bounds(c, reach, _upper(goals)),
+        budget=fixed_budget(cfg, c),
+        ablation=optimizer_ablation(runs, c),
+        main=main,
+        items=items,
+        settings=settings,
+        steps=int(cfg.rl.steps),
+        speed_level=level,
+    )
 
 
 def _known(x) -> bool:
@@ -291,16 +345,20 @@ def _extreme(gaps: dict, worst: bool = False) -> tuple[float, tuple[float, float
     if not gaps:
         return math.nan, (math.nan, math.nan)
     pick = min if worst else max
-    return (pick(d for d, _ in gaps.values()),
-            (pick(lo for _, (lo, _) in gaps.values()), pick(hi for _, (_, hi) in gaps.values())))
+    return (
+        pick(d for d, _ in gaps.values()),
+        (pick(lo for _, (lo, _) in gaps.values()), pick(hi for _, (_, hi) in gaps.values())),
+    )
 
 
 def _detail(gaps: dict) -> str:
     return "; ".join(f"{lab}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for lab, (d, (lo, hi)) in gaps.items())
 
 
-_INDEPENDENT = "Wilson intervals of the two runs combined as independent (claims.difference), though both are scored " \
-               "on the same items"
+_INDEPENDENT = (
+    "Wilson intervals of the two runs combined as independent (claims.difference), though both are scored "
+    "on the same items"
+)
 
 
 def _best_speedup(a: Analysis):
@@ -318,20 +376,37 @@ def _speedup_claim(a: Analysis) -> cl.Claim:
     pairs, best, _, _ = _best_speedup(a)
     if len(pairs):
         interval = (float(pairs.low.max()), float(pairs.high.max()))
-        unsure = "" if pairs.informative.any() else "the standard run reaches no upper target beyond its accuracy " \
-                                                    "noise, so the speedup has no upper bound; "
+        unsure = (
+            ""
+            if pairs.informative.any()
+            else "the standard run reaches no upper target beyond its accuracy "
+            "noise, so the speedup has no upper bound; "
+        )
         detail = unsure + "; ".join(
-            f"{run} at {t}: " + ("never reached" if r.speedup != r.speedup else f"{r.speedup:.2f}×")
-            + f" [{r.low:.2f}, {r.high:.2f}]" for (run, t), r in pairs.iterrows())
+            f"{run} at {t}: "
+            + ("never reached" if r.speedup != r.speedup else f"{r.speedup:.2f}×")
+            + f" [{r.low:.2f}, {r.high:.2f}]"
+            for (run, t), r in pairs.iterrows()
+        )
     else:
         interval, detail = (math.nan, math.nan), "no upper target"
     k = len(a.main) * len(_upper(a.goals))
-    how = (f"steps to a target lie between the first checkpoints whose upper / lower Wilson bound ({a.items} items) "
-           f"reaches it; speedup in [standard optimistic / RL-Extra pessimistic, standard pessimistic / RL-Extra "
-           f"optimistic] (∞ when the standard run never surely reaches it); best of {k} (main run, upper target) "
-           f"pairs, Bonferroni level {a.speed_level:.4f}; targets the standard run surely crosses, when it has any")
-    return cl.Claim("nb05.speedup", "RL-Extra reaches the upper accuracy targets in fewer RL steps than standard RL "
-                    "(best speedup)", paper.get("rl_extra_speedup"), best, interval, cl.above(1), how, detail)
+    how = (
+        f"steps to a target lie between the first checkpoints whose upper / lower Wilson bound ({a.items} items) "
+        f"reaches it; speedup in [standard optimistic / RL-Extra pessimistic, standard pessimistic / RL-Extra "
+        f"optimistic] (∞ when the standard run never surely reaches it); best of {k} (main run, upper target) "
+        f"pairs, Bonferroni level {a.speed_level:.4f}; targets the standard run surely crosses, when it has any"
+    )
+    return cl.Claim(
+        "nb05.speedup",
+        "RL-Extra reaches the upper accuracy targets in fewer RL steps than standard RL (best speedup)",
+        paper.get("rl_extra_speedup"),
+        best,
+        interval,
+        cl.above(1),
+        how,
+        detail,
+    )
 
 
 def _budget_claims(a: Analysis) -> list[cl.Claim]:
@@ -340,12 +415,24 @@ def _budget_claims(a: Analysis) -> list[cl.Claim]:
     out = []
     for rec in a.budget.to_dict("records"):
         b = int(rec["rl_steps"])
-        gaps = {lab: _gap(rec[lab], rec["standard"], a.items, level) for lab in a.main
-                if _known(rec.get(lab)) and _known(rec["standard"])}
+        gaps = {
+            lab: _gap(rec[lab], rec["standard"], a.items, level)
+            for lab in a.main
+            if _known(rec.get(lab)) and _known(rec["standard"])
+        }
         d, interval = _extreme(gaps)
-        out.append(cl.Claim(f"nb05.budget_{b}", f"at {b} of {a.steps} RL steps the best RL-Extra run beats standard RL",
-                            paper.get("rl_extra_budget"), d, interval, cl.above(0, a.settings.accuracy_margin), how,
-                            _detail(gaps)))
+        out.append(
+            cl.Claim(
+                f"nb05.budget_{b}",
+                f"at {b} of {a.steps} RL steps the best RL-Extra run beats standard RL",
+                paper.get("rl_extra_budget"),
+                d,
+                interval,
+                cl.above(0, a.settings.accuracy_margin),
+                how,
+                _detail(gaps),
+            )
+        )
     return out
 
 
@@ -359,11 +446,17 @@ def _on_track_claim(a: Analysis) -> cl.Claim:
     level = cl.bonferroni(a.settings.level, len(a.main))
     gaps = {lab: _gap(last[lab], last[STANDARD], a.items, level) for lab in a.main}
     d, interval = _extreme(gaps, worst=True)
-    return cl.Claim("nb05.on_track", "the worst RL-Extra run ends no worse than standard RL (final accuracy "
-                    "difference)", paper.get("rl_extra_on_track"), d, interval,
-                    cl.above(-a.settings.accuracy_margin),
-                    f"worst of {len(a.main)} main runs − standard at the last checkpoint, Bonferroni level "
-                    f"{level:.4f}; {_INDEPENDENT}", _detail(gaps))
+    return cl.Claim(
+        "nb05.on_track",
+        "the worst RL-Extra run ends no worse than standard RL (final accuracy difference)",
+        paper.get("rl_extra_on_track"),
+        d,
+        interval,
+        cl.above(-a.settings.accuracy_margin),
+        f"worst of {len(a.main)} main runs − standard at the last checkpoint, Bonferroni level "
+        f"{level:.4f}; {_INDEPENDENT}",
+        _detail(gaps),
+    )
 
 
 def _optimizer_claim(a: Analysis) -> cl.Claim:
@@ -371,16 +464,24 @@ def _optimizer_claim(a: Analysis) -> cl.Claim:
     gaps = [_gap(r, k, a.items, a.settings.level) for r, k in zip(t["reset"], t["keep"])]
     if gaps:
         d = sum(g for g, _ in gaps) / len(gaps)
-        interval = (d - math.sqrt(sum((g - lo) ** 2 for g, (lo, _) in gaps)) / len(gaps),
-                    d + math.sqrt(sum((hi - g) ** 2 for g, (_, hi) in gaps)) / len(gaps))
+        interval = (
+            d - math.sqrt(sum((g - lo) ** 2 for g, (lo, _) in gaps)) / len(gaps),
+            d + math.sqrt(sum((hi - g) ** 2 for g, (_, hi) in gaps)) / len(gaps),
+        )
     else:
         d, interval = math.nan, (math.nan, math.nan)
-    return cl.Claim("nb05.optimizer_reset_vs_keep", f"resetting Adam's moments after each extrapolation beats keeping "
-                    f"them ({a.ablation.columns.name}, mean over checkpoints of reset − keep)",
-                    paper.get("rl_extra_optimizer"), d, interval, cl.above(0, a.settings.accuracy_margin),
-                    f"mean of {len(gaps)} per-checkpoint differences; Wilson intervals ({a.items} items) combined in "
-                    f"quadrature, runs and checkpoints treated as independent, though the same items are scored at "
-                    f"every checkpoint")
+    return cl.Claim(
+        "nb05.optimizer_reset_vs_keep",
+        f"resetting Adam's moments after each extrapolation beats keeping "
+        f"them ({a.ablation.columns.name}, mean over checkpoints of reset − keep)",
+        paper.get("rl_extra_optimizer"),
+        d,
+        interval,
+        cl.above(0, a.settings.accuracy_margin),
+        f"mean of {len(gaps)} per-checkpoint differences; Wilson intervals ({a.items} items) combined in "
+        f"quadrature, runs and checkpoints treated as independent, though the same items are scored at "
+        f"every checkpoint",
+    )
 
 
 def claims(a: Analysis) -> list[cl.Claim]:
@@ -401,18 +502,41 @@ def results(a: Analysis) -> dict:
     num = lambda x: float(x) if math.isfinite(x) else None  # noqa: E731
     _, best, best_run, best_target = _best_speedup(a)
     out = dict(
-        standard_final_accuracy=float(std.accuracy.iloc[-1]), standard_final_step=int(std.rl_steps.iloc[-1]),
+        standard_final_accuracy=float(std.accuracy.iloc[-1]),
+        standard_final_step=int(std.rl_steps.iloc[-1]),
         targets=list(a.goals),
-        steps_to_target=_nested(a.reach.steps, int), speedups=_nested(a.speed.speedup, float),
-        best_speedup=num(best), best_speedup_config=best_run, best_speedup_target=best_target,
-        fixed_budget=[{"rl_steps": int(r["rl_steps"]), "standard": r["standard"], "rl_extra": r["rl_extra"],
-                       "rl_extra_config": r["rl_extra_config"]} for r in a.budget.to_dict("records")],
-        fixed_budget_mean_gain=num(float(a.budget.gain.mean())), final_accuracy=_finals(a),
-        heldout_items=a.items, interval_level=a.settings.level,
-        runs=[{"label": r.label, "m": int(r.m), "n": int(r.n), "beta": float(r.beta), "optimizer": r.optimizer,
-               "train_seconds": float(r.train_seconds), "final_effective_steps": effective_steps(a.steps, r.m, r.n)}
-              for r in a.runs.dropna(subset=["m"]).itertuples()],
-        curves=a.curves.to_dict("records"))
+        steps_to_target=_nested(a.reach.steps, int),
+        speedups=_nested(a.speed.speedup, float),
+        best_speedup=num(best),
+        best_speedup_config=best_run,
+        best_speedup_target=best_target,
+        fixed_budget=[
+            {
+                "rl_steps": int(r["rl_steps"]),
+                "standard": r["standard"],
+                "rl_extra": r["rl_extra"],
+                "rl_extra_config": r["rl_extra_config"],
+            }
+            for r in a.budget.to_dict("records")
+        ],
+        fixed_budget_mean_gain=num(float(a.budget.gain.mean())),
+        final_accuracy=_finals(a),
+        heldout_items=a.items,
+        interval_level=a.settings.level,
+        runs=[
+            {
+                "label": r.label,
+                "m": int(r.m),
+                "n": int(r.n),
+                "beta": float(r.beta),
+                "optimizer": r.optimizer,
+                "train_seconds": float(r.train_seconds),
+                "final_effective_steps": effective_steps(a.steps, r.m, r.n),
+            }
+            for r in a.runs.dropna(subset=["m"]).itertuples()
+        ],
+        curves=a.curves.to_dict("records"),
+    )
     if a.ablation is not None:
         diff = a.ablation["reset − keep"].drop(index=0, errors="ignore")
         out.update(reset_minus_keep_mean=float(diff.mean()), reset_minus_keep_final=float(diff.iloc[-1]))
@@ -421,5 +545,7 @@ def results(a: Analysis) -> dict:
 
 def _nested(column, cast) -> dict:
     """{run: {target: value or None}} of a (run, target)-indexed column."""
-    return {run: {t: (None if v != v else cast(v)) for (_, t), v in g.items()}
-            for run, g in column.groupby(level="run", sort=False)}
+    return {
+        run: {t: (None if v != v else cast(v)) for (_, t), v in g.items()}
+        for run, g in column.groupby(level="run", sort=False)
+    }

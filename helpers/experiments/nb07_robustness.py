@@ -16,6 +16,7 @@ The design is the params file's `robustness.settings`, a list of
 
 The setting without changes is the reference: the params file's own run.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,25 +34,35 @@ import pandas as pd
 from helpers.experiments import claims as C
 from helpers.experiments import paper
 
-SGD_LR = "origin.sgd_lr"            # the overrides value that stands for notebook 03's SGD lr
+SGD_LR = "origin.sgd_lr"  # the overrides value that stands for notebook 03's SGD lr
 TRAJECTORIES = ("rl", "sft")
 SETTING_KEYS = {"factor", "value", "overrides", "scale", "trajectory"}
-METRICS = {                          # results key -> the notebook that writes it
-    "weight_r2_median": "01_weight_linearity", "weight_r2_q1": "01_weight_linearity",
-    "weight_r2_q3": "01_weight_linearity", "weight_r2_frac_above_0_7": "01_weight_linearity",
-    "token_r2_median": "02_output_linearity", "token_r2_q1": "02_output_linearity",
+METRICS = {  # results key -> the notebook that writes it
+    "weight_r2_median": "01_weight_linearity",
+    "weight_r2_q1": "01_weight_linearity",
+    "weight_r2_q3": "01_weight_linearity",
+    "weight_r2_frac_above_0_7": "01_weight_linearity",
+    "token_r2_median": "02_output_linearity",
+    "token_r2_q1": "02_output_linearity",
     "token_r2_q3": "02_output_linearity",
-    "base_accuracy": "00_trajectory", "final_accuracy": "00_trajectory", "train_seconds": "00_trajectory"}
-SPACES = ("weight", "token")         # the R² spaces: weight entries (notebook 01), token log-probs (notebook 02)
-INTERVALS = {                        # results key ([lo, hi] of the median) -> the notebook that writes it
-    "weight_r2_median_ci": "01_weight_linearity", "token_r2_median_ci": "02_output_linearity"}
+    "base_accuracy": "00_trajectory",
+    "final_accuracy": "00_trajectory",
+    "train_seconds": "00_trajectory",
+}
+SPACES = ("weight", "token")  # the R² spaces: weight entries (notebook 01), token log-probs (notebook 02)
+INTERVALS = {  # results key ([lo, hi] of the median) -> the notebook that writes it
+    "weight_r2_median_ci": "01_weight_linearity",
+    "token_r2_median_ci": "02_output_linearity",
+}
 
 
 # ------------------------------------------------------------------------------------------------------- the design
 
+
 @dataclass(frozen=True)
 class Setting:
     """One point of the design (see the module docstring)."""
+
     factor: str
     value: str
     overrides: dict = field(default_factory=dict, hash=False)
@@ -93,10 +104,16 @@ def design(cfg) -> list[Setting]:
         if not isinstance(entry, Mapping) or "factor" not in entry or "value" not in entry:
             raise ValueError(f"{where}: expected a mapping with at least `factor` and `value`, got {entry!r}")
         if set(entry) - SETTING_KEYS:
-            raise ValueError(f"{where}: unknown keys {sorted(set(entry) - SETTING_KEYS)} "
-                             f"(known: {sorted(SETTING_KEYS)})")
-        s = Setting(str(entry["factor"]), str(entry["value"]), dict(entry.get("overrides") or {}),
-                    dict(entry.get("scale") or {}), str(entry.get("trajectory", "rl")))
+            raise ValueError(
+                f"{where}: unknown keys {sorted(set(entry) - SETTING_KEYS)} (known: {sorted(SETTING_KEYS)})"
+            )
+        s = Setting(
+            str(entry["factor"]),
+            str(entry["value"]),
+            dict(entry.get("overrides") or {}),
+            dict(entry.get("scale") or {}),
+            str(entry.get("trajectory", "rl")),
+        )
         where = f"{where} ({s.label})"
         if s.trajectory not in TRAJECTORIES:
             raise ValueError(f"{where}: trajectory must be one of {TRAJECTORIES}, got {s.trajectory!r}")
@@ -119,36 +136,50 @@ def design(cfg) -> list[Setting]:
 
 def design_table(cfg) -> pd.DataFrame:
     """The design as written: factor, value, what each setting changes, and its trajectory."""
+
     def changes(s: Setting) -> str:
         parts = [f"{k} = {v}" for k, v in s.overrides.items()] + [f"{k} × {v:g}" for k, v in s.scale.items()]
         return ", ".join(parts) or "—"
-    return pd.DataFrame([{"factor": s.factor, "value": s.value, "changes": changes(s), "trajectory": s.trajectory,
-                          "run directory": "(the run's own)" if s.is_reference else f"robustness/{s.dirname}"}
-                         for s in design(cfg)])
+
+    return pd.DataFrame(
+        [
+            {
+                "factor": s.factor,
+                "value": s.value,
+                "changes": changes(s),
+                "trajectory": s.trajectory,
+                "run directory": "(the run's own)" if s.is_reference else f"robustness/{s.dirname}",
+            }
+            for s in design(cfg)
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------- what the runs measured
+
 
 @dataclass
 class SettingRun:
     """One setting's run as the grid runner hands it over: where it ran, with which overrides, how it went, and what
     its notebooks measured."""
+
     setting: Setting
     dir: Path
     overrides: dict
-    status: str                       # ran | complete | failed | not run
-    knobs: dict                       # the run's rl.optimizer and rl.lr
-    results: dict[str, dict]          # notebook -> its results, only those written with the setting's params
+    status: str  # ran | complete | failed | not run
+    knobs: dict  # the run's rl.optimizer and rl.lr
+    results: dict[str, dict]  # notebook -> its results, only those written with the setting's params
     seconds: dict[str, float | None]  # notebook (of `results`) -> seconds of its last execution
 
 
 @dataclass
 class Grid:
     """The robustness grid's runs, in design order."""
-    run_dir: Path                     # the reference run directory
-    notebooks: list[str]              # the notebooks each setting runs
+
+    run_dir: Path  # the reference run directory
+    notebooks: list[str]  # the notebooks each setting runs
     runs: list[SettingRun]
-    seconds: float                    # wall time the grid runner spent
+    seconds: float  # wall time the grid runner spent
 
 
 def collect(grid: Grid, cfg) -> pd.DataFrame:
@@ -158,9 +189,14 @@ def collect(grid: Grid, cfg) -> pd.DataFrame:
     the RL run), run directory and status."""
     rows = []
     for r in grid.runs:
-        row: dict[str, Any] = {"factor": r.setting.factor, "value": r.setting.value,
-                               "trajectory": r.setting.trajectory, "reference": r.setting.is_reference,
-                               "optimizer": r.knobs.get("optimizer"), "lr": r.knobs.get("lr", math.nan)}
+        row: dict[str, Any] = {
+            "factor": r.setting.factor,
+            "value": r.setting.value,
+            "trajectory": r.setting.trajectory,
+            "reference": r.setting.is_reference,
+            "optimizer": r.knobs.get("optimizer"),
+            "lr": r.knobs.get("lr", math.nan),
+        }
         for key, nb in METRICS.items():
             val = r.results.get(nb, {}).get(key)
             row[key] = float(val) if isinstance(val, (int, float)) else math.nan
@@ -191,14 +227,21 @@ def fig2_table(t: pd.DataFrame) -> pd.DataFrame:
     """The numbers of the figure: median and IQR of weight and token R², share of weights above the papers' bar,
     held-out accuracy base → final, whether both medians clear the bar and the seconds each setting took."""
     iqr = lambda a, b: [f"{_f(x)} – {_f(y)}" for x, y in zip(t[a], t[b])]  # noqa: E731
-    return pd.DataFrame({
-        "factor": t["factor"], "value": t["value"],
-        "weight R² median": t["weight_r2_median"].round(3), "weight R² IQR": iqr("weight_r2_q1", "weight_r2_q3"),
-        f"weights R² > {paper.R2_BAR:g}": [_f(x, ".0%") for x in t["weight_r2_frac_above_0_7"]],
-        "token R² median": t["token_r2_median"].round(3), "token R² IQR": iqr("token_r2_q1", "token_r2_q3"),
-        "held-out acc": [f"{_f(a)} → {_f(b)}" for a, b in zip(t["base_accuracy"], t["final_accuracy"])],
-        "linear": np.where(t["measured"], np.where(t["linear"], "yes", "no"), "not measured"),
-        "seconds": t["seconds"].round(0)}, index=t.index)
+    return pd.DataFrame(
+        {
+            "factor": t["factor"],
+            "value": t["value"],
+            "weight R² median": t["weight_r2_median"].round(3),
+            "weight R² IQR": iqr("weight_r2_q1", "weight_r2_q3"),
+            f"weights R² > {paper.R2_BAR:g}": [_f(x, ".0%") for x in t["weight_r2_frac_above_0_7"]],
+            "token R² median": t["token_r2_median"].round(3),
+            "token R² IQR": iqr("token_r2_q1", "token_r2_q3"),
+            "held-out acc": [f"{_f(a)} → {_f(b)}" for a, b in zip(t["base_accuracy"], t["final_accuracy"])],
+            "linear": np.where(t["measured"], np.where(t["linear"], "yes", "no"), "not measured"),
+            "seconds": t["seconds"].round(0),
+        },
+        index=t.index,
+    )
 
 
 def plot(t: pd.DataFrame, cfg):
@@ -216,8 +259,15 @@ def plot(t: pd.DataFrame, cfg):
     ref = t[t["reference"]]
     for i, (space, label) in enumerate((("weight", "weights"), ("token", "token log-probs"))):
         med, q1, q3 = (t[f"{space}_r2_{k}"].to_numpy(float) for k in ("median", "q1", "q3"))
-        ax.errorbar(pos + (i - 0.5) * 0.22, med, yerr=[med - q1, q3 - med], fmt="os"[i], capsize=3, color=f"C{i}",
-                    label=f"{label} (median, IQR)")
+        ax.errorbar(
+            pos + (i - 0.5) * 0.22,
+            med,
+            yerr=[med - q1, q3 - med],
+            fmt="os"[i],
+            capsize=3,
+            color=f"C{i}",
+            label=f"{label} (median, IQR)",
+        )
         if len(ref) and math.isfinite(ref[f"{space}_r2_median"].iloc[0]):
             ax.axhline(ref[f"{space}_r2_median"].iloc[0], color=f"C{i}", ls=":", lw=1)
     thr, rl = C.r2_threshold(cfg), paper.get("robust_rl")
@@ -226,8 +276,16 @@ def plot(t: pd.DataFrame, cfg):
     ax.grid(axis="x", visible=False)
     ax.set_xticks(pos, list(t["value"]), rotation=30, ha="right", fontsize=8)
     for centre, f in ticks:
-        ax.annotate(f, (centre, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4), textcoords="offset points",
-                    ha="center", fontsize=9, fontweight="bold")
+        ax.annotate(
+            f,
+            (centre, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+            fontweight="bold",
+        )
     for edge in np.cumsum([int((t["factor"] == f).sum()) + 0.8 for f in factors])[:-1]:
         ax.axvline(edge - 0.9, color="0.8", lw=0.8)
     ax.set(xlim=(pos.min() - 0.6, pos.max() + 0.6), ylim=(0, 1.02), ylabel="R² vs step")
@@ -238,6 +296,7 @@ def plot(t: pd.DataFrame, cfg):
 
 
 # -------------------------------------------------------------------------------------------------------- claims
+
 
 def claims(t: pd.DataFrame, cfg) -> list[C.Claim]:
     """Notebook 07's claims (`helpers.experiments.claims`) from `collect`'s table: every RL setting linear, and SFT
@@ -255,8 +314,10 @@ def rl_settings_linear(rl: pd.DataFrame, st: C.Settings) -> C.Claim:
     """The least linear RL setting's R² median (weight or token, whichever is lower) above the bar; interval [min of
     lows, min of highs] over settings and spaces — NaN, so inconclusive, when a setting has no median or interval."""
     names = [f"{label} ({space})" for label in rl.index for space in SPACES]
-    a = np.array([(r[f"{space}_r2_median"], *r[f"{space}_r2_median_ci"]) for _, r in rl.iterrows() for space in SPACES],
-                 dtype=np.float64).reshape(-1, 3)
+    a = np.array(
+        [(r[f"{space}_r2_median"], *r[f"{space}_r2_median_ci"]) for _, r in rl.iterrows() for space in SPACES],
+        dtype=np.float64,
+    ).reshape(-1, 3)
     missing = [n for n, row in zip(names, a) if not np.isfinite(row).all()]
     known = np.isfinite(a[:, 0])
     low = float(a[known, 0].min()) if known.any() else math.nan
@@ -264,16 +325,22 @@ def rl_settings_linear(rl: pd.DataFrame, st: C.Settings) -> C.Claim:
     detail = f"least linear: {names[int(np.nanargmin(a[:, 0]))]}" if known.any() else "no RL setting measured"
     if missing:
         detail += f"; no median or interval for {', '.join(missing)}"
-    return C.Claim("nb07.rl_settings_linear", f"every RL setting linear (least linear setting's weight / token R² "
-                   f"median above {st.r2_threshold:g})", paper.get("robust_rl"), low, interval,
-                   C.above(st.r2_threshold),
-                   f"exact bootstrap intervals of each setting's medians at {100 * st.level:.4g} % (notebooks 01 / "
-                   f"02); the least linear's [min of the lows, min of the highs] over {len(rl)} RL settings × 2 spaces",
-                   detail)
+    return C.Claim(
+        "nb07.rl_settings_linear",
+        f"every RL setting linear (least linear setting's weight / token R² median above {st.r2_threshold:g})",
+        paper.get("robust_rl"),
+        low,
+        interval,
+        C.above(st.r2_threshold),
+        f"exact bootstrap intervals of each setting's medians at {100 * st.level:.4g} % (notebooks 01 / "
+        f"02); the least linear's [min of the lows, min of the highs] over {len(rl)} RL settings × 2 spaces",
+        detail,
+    )
 
 
 def sft_less_linear(ref: pd.DataFrame, sft: pd.DataFrame, st: C.Settings) -> list[C.Claim]:
     """Reference RL − SFT R² median in weight and in token space (the first row of each; NaN when one is empty)."""
+
     def median(df: pd.DataFrame, space: str) -> tuple[str, float, tuple[float, float]]:
         if df.empty:
             return "none", math.nan, (math.nan, math.nan)
@@ -283,11 +350,19 @@ def sft_less_linear(ref: pd.DataFrame, sft: pd.DataFrame, st: C.Settings) -> lis
     for space in SPACES:
         (ra, a, ai), (sb, b, bi) = median(ref, space), median(sft, space)
         d, interval = C.difference(a, ai, b, bi)
-        out.append(C.Claim(f"nb07.sft_less_linear_{space}", f"SFT less linear than RL ({space} R² median, reference "
-                           "RL − SFT)", paper.get("robust_sft"), d, interval, C.above(0, tolerance=st.r2_margin),
-                           f"difference of two runs' exact bootstrap intervals of the median at "
-                           f"{100 * st.level:.4g} %, half-widths in quadrature",
-                           f"{ra} {_ci(a, ai)}, {sb} {_ci(b, bi)}"))
+        out.append(
+            C.Claim(
+                f"nb07.sft_less_linear_{space}",
+                f"SFT less linear than RL ({space} R² median, reference RL − SFT)",
+                paper.get("robust_sft"),
+                d,
+                interval,
+                C.above(0, tolerance=st.r2_margin),
+                f"difference of two runs' exact bootstrap intervals of the median at "
+                f"{100 * st.level:.4g} %, half-widths in quadrature",
+                f"{ra} {_ci(a, ai)}, {sb} {_ci(b, bi)}",
+            )
+        )
     return out
 
 
@@ -296,19 +371,27 @@ def results(grid: Grid, t: pd.DataFrame) -> dict:
     m = t[t["measured"]]
     rl, sft = m[m["trajectory"] == "rl"], m[m["trajectory"] == "sft"]
     keep = ["factor", "value", "trajectory", *METRICS, *INTERVALS, "linear", "seconds", "status"]
-    settings = [{**{k: row[k] for k in keep}, "overrides": r.overrides,
-                 "run": os.path.relpath(r.dir, grid.run_dir)} for r, (_, row) in zip(grid.runs, t.iterrows())]
+    settings = [
+        {**{k: row[k] for k in keep}, "overrides": r.overrides, "run": os.path.relpath(r.dir, grid.run_dir)}
+        for r, (_, row) in zip(grid.runs, t.iterrows())
+    ]
     ref = rl[rl["reference"]]
     first = lambda df, col: float(df[col].iloc[0]) if len(df) else None  # noqa: E731
-    return {"settings": settings, "n_settings": len(t), "n_measured": len(m),
-            "n_linear": int(m["linear"].sum()),
-            "linear_settings": list(m.index[m["linear"]]), "nonlinear_settings": list(m.index[~m["linear"]]),
-            "rl_weight_r2_median_min": float(rl["weight_r2_median"].min()) if len(rl) else None,
-            "rl_weight_r2_median_max": float(rl["weight_r2_median"].max()) if len(rl) else None,
-            "rl_token_r2_median_min": float(rl["token_r2_median"].min()) if len(rl) else None,
-            "rl_token_r2_median_max": float(rl["token_r2_median"].max()) if len(rl) else None,
-            "reference_weight_r2_median": first(ref, "weight_r2_median"),
-            "reference_token_r2_median": first(ref, "token_r2_median"),
-            "sft_weight_r2_median": first(sft, "weight_r2_median"),
-            "sft_token_r2_median": first(sft, "token_r2_median"),
-            "settings_seconds": float(t["seconds"].sum()), "batch_seconds": grid.seconds}
+    return {
+        "settings": settings,
+        "n_settings": len(t),
+        "n_measured": len(m),
+        "n_linear": int(m["linear"].sum()),
+        "linear_settings": list(m.index[m["linear"]]),
+        "nonlinear_settings": list(m.index[~m["linear"]]),
+        "rl_weight_r2_median_min": float(rl["weight_r2_median"].min()) if len(rl) else None,
+        "rl_weight_r2_median_max": float(rl["weight_r2_median"].max()) if len(rl) else None,
+        "rl_token_r2_median_min": float(rl["token_r2_median"].min()) if len(rl) else None,
+        "rl_token_r2_median_max": float(rl["token_r2_median"].max()) if len(rl) else None,
+        "reference_weight_r2_median": first(ref, "weight_r2_median"),
+        "reference_token_r2_median": first(ref, "token_r2_median"),
+        "sft_weight_r2_median": first(sft, "weight_r2_median"),
+        "sft_token_r2_median": first(sft, "token_r2_median"),
+        "settings_seconds": float(t["seconds"].sum()),
+        "batch_seconds": grid.seconds,
+    }

@@ -5,12 +5,13 @@ rounds differently and gives other numbers, inside the spread these runs show.
     by_seed = runs.per_seed(cfg, lambda traj: ...)     # {seed: what was measured on that seed's trajectory}
     describe([m["median"] for m in by_seed.values()])  # "0.885 ± 0.003 (3 seeds: ...)"
 """
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -26,8 +27,14 @@ def spread(values: Sequence[float]) -> dict:
     undefined = len(values) - len(v)
     if not v:
         return {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan, "n": 0, "undefined": undefined}
-    return {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "min": min(v),
-            "max": max(v), "n": len(v), "undefined": undefined}
+    return {
+        "mean": statistics.mean(v),
+        "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
+        "min": min(v),
+        "max": max(v),
+        "n": len(v),
+        "undefined": undefined,
+    }
 
 
 def describe(values: Sequence[float], fmt: str = ".3f") -> str:
@@ -38,16 +45,16 @@ def describe(values: Sequence[float], fmt: str = ".3f") -> str:
         return f"undefined on every seed ({s['undefined']})"
     if s["n"] == 1:
         return f"{s['mean']:{fmt}} (1 seed{missing})"
-    return (f"{s['mean']:{fmt}} ± {s['sd']:{fmt}} (min {s['min']:{fmt}}, max {s['max']:{fmt}}; "
-            f"{s['n']} seeds{missing})")
+    return f"{s['mean']:{fmt}} ± {s['sd']:{fmt}} (min {s['min']:{fmt}}, max {s['max']:{fmt}}; {s['n']} seeds{missing})"
 
 
 def across(by_seed: Mapping[int, Mapping], point: str, interval: str) -> tuple[float, tuple[float, float], str]:
     """The mean over seeds of each seed's `point`, the hull of their `interval`s (`claims.across_seeds`) and the
     per-seed numbers as a claim's detail ("seed 0: 0.612 [0.598, 0.627]; seed 1: …")."""
     mean, hull = across_seeds([m[point] for m in by_seed.values()], [m[interval] for m in by_seed.values()])
-    detail = "; ".join(f"seed {s}: {m[point]:.3f} [{m[interval][0]:.3f}, {m[interval][1]:.3f}]"
-                       for s, m in by_seed.items())
+    detail = "; ".join(
+        f"seed {s}: {m[point]:.3f} [{m[interval][0]:.3f}, {m[interval][1]:.3f}]" for s, m in by_seed.items()
+    )
     return mean, hull, detail
 
 
@@ -61,8 +68,10 @@ def check_made_at(by_seed: Mapping[int, Mapping], **settings) -> None:
     for seed, m in by_seed.items():
         other = {k: m.get(k) for k, v in settings.items() if m.get(k) != v}
         if other:
-            raise ValueError(f"seed {seed}: measured at {other}, the claims need {settings} "
-                             f"(measure with the config's claims settings, claims.Settings.of(cfg))")
+            raise ValueError(
+                f"seed {seed}: measured at {other}, the claims need {settings} "
+                f"(measure with the config's claims settings, claims.Settings.of(cfg))"
+            )
 
 
 def plot_accuracy(runs: Mapping[int, Path]):

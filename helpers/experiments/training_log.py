@@ -1,4 +1,5 @@
 """Reading a run's per-step training metrics (`log.csv`, or a TRL `trainer_state.json`) as a DataFrame."""
+
 from __future__ import annotations
 
 import json

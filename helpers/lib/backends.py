@@ -3,18 +3,21 @@
 
     sampler = make_sampler("hf", model_dir)               # or an already loaded model + tokenizer=
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from helpers.lib import logit_extrapolation
 from helpers.lib.models import load_model, refuse_pickle_only
 from helpers.lib.sampling import HFSampler, Sampler
 
 
-def _hf(model_or_path, tokenizer=None, device: str = "auto", batch_size: int = 512, allow_pickle: bool = False,
-        **_) -> HFSampler:
+def _hf(
+    model_or_path, tokenizer=None, device: str = "auto", batch_size: int = 512, allow_pickle: bool = False, **_
+) -> HFSampler:
     if isinstance(model_or_path, (str, Path)):
         model, tokenizer = load_model(model_or_path, device, allow_pickle=allow_pickle)
     else:
@@ -32,8 +35,11 @@ def _vllm(model_or_path, allow_pickle: bool = False, **kwargs) -> Sampler:
     return make(model_or_path, **kwargs)
 
 
-BACKENDS: dict[str, Callable[..., Sampler]] = {"hf": _hf, "vllm": _vllm,
-                                               "logit-extrapolation": logit_extrapolation.make_sampler}
+BACKENDS: dict[str, Callable[..., Sampler]] = {
+    "hf": _hf,
+    "vllm": _vllm,
+    "logit-extrapolation": logit_extrapolation.make_sampler,
+}
 
 
 def register_backend(name: str, factory: Callable[..., Sampler]) -> None:

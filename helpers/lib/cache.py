@@ -9,14 +9,16 @@ served. `key` names every input the artefact depends on; `version` names the cod
 constant next to its code and bumps it when its computation changes, so a fixed builder never serves old artefacts
 (the old directories stay on disk until `make clean`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from helpers.lib.paths import atomic_dir, atomic_write_json, outputs_root
 
@@ -58,8 +60,7 @@ def cached_build(kind: str, key: Any, fn: Callable[[Path], dict | None], version
     t0 = time.time()
     with atomic_dir(final) as tmp:
         record = fn(tmp) or {}
-        atomic_write_json(tmp / BUILD_FILE, {**record, "seconds": round(time.time() - t0, 2),
-                                             "version": version})
+        atomic_write_json(tmp / BUILD_FILE, {**record, "seconds": round(time.time() - t0, 2), "version": version})
     return final
 
 

@@ -6,13 +6,14 @@ The safetensors header needs every shape and dtype before the data, so the data 
 `model.safetensors` is then the header followed by the data copied back in chunks (tensors ordered as safetensors
 orders them — largest item size first, then by name — so every tensor is aligned). Peak memory: one tensor.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 import struct
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -20,13 +21,32 @@ from helpers.lib.paths import atomic_dir, atomic_write_json
 from helpers.lib.trajectory import RECORD_NAME, all_finite, read_json
 
 DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
 }
-COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
-                "chat_template.jinja", "chat_template.json")
+COPIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 CHUNK = 16 << 20  # bytes copied at a time when assembling the final file
 
 
@@ -36,16 +56,24 @@ def check_replaceable(out_dir: Path, overwrite: bool) -> None:
     if not (out_dir.exists() or out_dir.is_symlink()):
         return
     if out_dir.is_symlink() or not (out_dir / RECORD_NAME).is_file():
-        raise FileExistsError(f"{out_dir}: exists and is not a checkpoint written by this tool (no {RECORD_NAME}); "
-                              "not replaced, choose a new output directory")
+        raise FileExistsError(
+            f"{out_dir}: exists and is not a checkpoint written by this tool (no {RECORD_NAME}); "
+            "not replaced, choose a new output directory"
+        )
     if not overwrite:
-        raise FileExistsError(f"{out_dir}: exists (an earlier extrapolation); pass overwrite=True (--overwrite) to "
-                              "replace it")
+        raise FileExistsError(
+            f"{out_dir}: exists (an earlier extrapolation); pass overwrite=True (--overwrite) to replace it"
+        )
 
 
-def write_checkpoint(out_dir, tensors: Iterable[tuple[str, torch.Tensor]], like, record: dict | None = None,
-                     dtype_of: Callable[[str], torch.dtype] | Mapping[str, torch.dtype] | None = None,
-                     overwrite: bool = False) -> Path:
+def write_checkpoint(
+    out_dir,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    like,
+    record: dict | None = None,
+    dtype_of: Callable[[str], torch.dtype] | Mapping[str, torch.dtype] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Stream (name, tensor) pairs into out_dir/model.safetensors; copy config + tokenizer files from `like`.
 
     dtype_of: the dtype to store each tensor in (a function or a mapping of name -> dtype); default: as given.
@@ -80,7 +108,11 @@ def write_checkpoint(out_dir, tensors: Iterable[tuple[str, torch.Tensor]], like,
         entries.sort(key=lambda e: (-e[1].itemsize, e[0]))
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name, dtype, shape, start, stop in entries:
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + stop - start]}
+            header[name] = {
+                "dtype": DTYPE_NAMES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + stop - start],
+            }
             offset += stop - start
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned

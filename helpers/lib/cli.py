@@ -4,16 +4,25 @@ exit status 2; `--debug` shows the traceback instead.
     if __name__ == "__main__":
         cli.run(main)          # main(argv) parses its own arguments (argparse exits 2 on a usage error itself)
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from helpers.lib.config import ConfigError
 
 # what a user can cause (a bad path, value, file or permission); anything else is a bug and keeps its traceback
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError, KeyError)
+USER_ERRORS = (
+    ConfigError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    KeyError,
+)
 
 
 def run(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None = None) -> int:

@@ -8,14 +8,16 @@ Every value is checked once, where it enters (the params file, the profile, the 
 type of its value in `params/default.yaml` (an int is accepted for a float), `RULES` adds ranges and fixed choices (and
 the type of knobs whose default is null), and a section stays a section.
 """
+
 from __future__ import annotations
 
 import copy
 import numbers
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -23,8 +25,8 @@ from helpers.lib.cache import stable_hash
 from helpers.lib.paths import resolve
 
 DEFAULT_PARAMS = "params/default.yaml"
-META = ("name", "profile", "source")    # what a Config carries besides the knobs
-UNHASHED = ("batch",)                   # sections that change how notebooks run, not what they compute
+META = ("name", "profile", "source")  # what a Config carries besides the knobs
+UNHASHED = ("batch",)  # sections that change how notebooks run, not what they compute
 
 
 class _Loader(yaml.SafeLoader):
@@ -33,7 +35,9 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 
@@ -48,21 +52,26 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------------------------------------------------- rules
 
+
 class Rule(NamedTuple):
     """What one knob accepts: values of the right type (`is_type`) that pass `fits` (a range, a choice, the items)."""
+
     is_type: Callable[[Any], bool]
-    text: str                                       # all of it, e.g. "an integer ≥ 1"
+    text: str  # all of it, e.g. "an integer ≥ 1"
     fits: Callable[[Any], bool] = lambda v: True
-    bound: str = ""                                 # `fits` alone, e.g. "at least 1" (default: `text`)
-    many: str = ""                                  # a list of them, e.g. "integers ≥ 1" (default: `text`)
+    bound: str = ""  # `fits` alone, e.g. "at least 1" (default: `text`)
+    many: str = ""  # a list of them, e.g. "integers ≥ 1" (default: `text`)
 
     def __or__(self, other: Rule) -> Rule:
-        return Rule(lambda v: self.is_type(v) or other.is_type(v), f"{self.text} or {other.text}",
-                    lambda v: self.is_type(v) and self.fits(v) or other.is_type(v) and other.fits(v),
-                    many=f"{self.many or self.text} or {other.many or other.text}")
+        return Rule(
+            lambda v: self.is_type(v) or other.is_type(v),
+            f"{self.text} or {other.text}",
+            lambda v: self.is_type(v) and self.fits(v) or other.is_type(v) and other.fits(v),
+            many=f"{self.many or self.text} or {other.many or other.text}",
+        )
 
     def complaint(self, key: str, value: Any) -> str | None:
-        """"`key` must be …, not …", or None when `value` is allowed."""
+        """ "`key` must be …, not …", or None when `value` is allowed."""
         if not self.is_type(value):
             return f"{key} must be {self.text}, not {_shown(value, typed=False)}"
         if not self.fits(value):
@@ -117,15 +126,22 @@ def one_of(*choices: str) -> Rule:
 
 def items(rule: Rule, nonempty: bool = False) -> Rule:
     """A list of values `rule` allows."""
-    return Rule(lambda v: isinstance(v, (list, tuple)), f"a {'non-empty ' * nonempty}list of {rule.many or rule.text}",
-                lambda v: (len(v) > 0 or not nonempty) and all(rule.is_type(x) and rule.fits(x) for x in v))
+    return Rule(
+        lambda v: isinstance(v, (list, tuple)),
+        f"a {'non-empty ' * nonempty}list of {rule.many or rule.text}",
+        lambda v: (len(v) > 0 or not nonempty) and all(rule.is_type(x) and rule.fits(x) for x in v),
+    )
 
 
 def pair(rule: Rule) -> Rule:
     """[a, b], both allowed by `rule`."""
     of = rule.many or rule.text
-    return Rule(lambda v: isinstance(v, (list, tuple)), f"a pair of {of}",
-                lambda v: len(v) == 2 and all(rule.is_type(x) and rule.fits(x) for x in v), many=f"pairs of {of}")
+    return Rule(
+        lambda v: isinstance(v, (list, tuple)),
+        f"a pair of {of}",
+        lambda v: len(v) == 2 and all(rule.is_type(x) and rule.fits(x) for x in v),
+        many=f"pairs of {of}",
+    )
 
 
 ANY = Rule(lambda v: True, "anything")
@@ -139,66 +155,145 @@ COUNT, SEED = number(ge=1, integer=True), number(ge=0, integer=True)
 POSITIVE, NONNEG = number(gt=0), number(ge=0)
 FRACTION, SHARE = number(gt=0, le=1), number(ge=0, le=1)
 # fixed choices copied from the code that reads them (tests/test_params_files.py checks they agree); linearity.MODULES
-MODULES = one_of("embed", "q", "k", "v", "o", "q_norm", "k_norm", "input_norm", "gate", "up", "down",
-                 "post_attn_norm", "final_norm", "head")
-NORMS = one_of("copy-from-t1", "extrapolate")                               # helpers.lib.extrapolation.NORM_POLICIES
-FITS = one_of("linear", "polynomial", "sinusoid")                           # helpers.lib.relex.FITS
+MODULES = one_of(
+    "embed",
+    "q",
+    "k",
+    "v",
+    "o",
+    "q_norm",
+    "k_norm",
+    "input_norm",
+    "gate",
+    "up",
+    "down",
+    "post_attn_norm",
+    "final_norm",
+    "head",
+)
+NORMS = one_of("copy-from-t1", "extrapolate")  # helpers.lib.extrapolation.NORM_POLICIES
+FITS = one_of("linear", "polynomial", "sinusoid")  # helpers.lib.relex.FITS
 
 # dotted key -> what it accepts; a knob not listed accepts any value of its default's type
 RULES: dict[str, Rule] = {
     "seed": SEED,
     "device": matching(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps"),
-    "trajectory.dir": PATH | NULL, "trajectory.base": PATH | NULL,
+    "trajectory.dir": PATH | NULL,
+    "trajectory.base": PATH | NULL,
     "task.kind": one_of("arithmetic", "math"),
-    "task.operands": COUNT, "task.max_value": COUNT, "task.slip": SHARE,
+    "task.operands": COUNT,
+    "task.max_value": COUNT,
+    "task.slip": SHARE,
     "task.ops": matching(r"[+-]+", "a non-empty string of + and -"),
-    "task.train_size": COUNT, "task.heldout_size": COUNT, "task.seed": SEED,
-    "math.dataset": DATASET | NULL, "math.train_dataset": DATASET | NULL,
-    "math.limit": COUNT | NULL, "math.train_limit": COUNT | NULL,
-    "model.arch": one_of("llama"),                                            # helpers.lib.tiny.ARCHS
-    **{f"model.{k}": COUNT for k in ("hidden_size", "heads", "kv_heads", "layers", "intermediate_size",
-                                     "max_positions")},
-    "sft.base_steps": COUNT, "sft.lr": POSITIVE, "sft.batch": COUNT,
-    "sft.optimizer": one_of("adamw", "sgd"),                                  # helpers.lib.training.OPTIMIZERS
-    "rl.algorithm": one_of("grpo", "gspo", "reinforce++"),                   # helpers.lib.training.ALGORITHMS
+    "task.train_size": COUNT,
+    "task.heldout_size": COUNT,
+    "task.seed": SEED,
+    "math.dataset": DATASET | NULL,
+    "math.train_dataset": DATASET | NULL,
+    "math.limit": COUNT | NULL,
+    "math.train_limit": COUNT | NULL,
+    "model.arch": one_of("llama"),  # helpers.lib.tiny.ARCHS
+    **{
+        f"model.{k}": COUNT
+        for k in ("hidden_size", "heads", "kv_heads", "layers", "intermediate_size", "max_positions")
+    },
+    "sft.base_steps": COUNT,
+    "sft.lr": POSITIVE,
+    "sft.batch": COUNT,
+    "sft.optimizer": one_of("adamw", "sgd"),  # helpers.lib.training.OPTIMIZERS
+    "rl.algorithm": one_of("grpo", "gspo", "reinforce++"),  # helpers.lib.training.ALGORITHMS
     "rl.optimizer": one_of("adamw", "sgd"),
-    "rl.lr": POSITIVE, "rl.batch": COUNT, "rl.rollouts": COUNT, "rl.steps": COUNT, "rl.save_every": COUNT,
-    "rl.seed": SEED, "rl.seeds": COUNT, "rl.epsilon": NONNEG, "rl.epsilon_high": NONNEG,
-    "rl.temperature": POSITIVE, "rl.max_completion_length": COUNT,
-    "eval.backend": one_of("hf", "vllm"),                                     # helpers.lib.backends.BACKENDS
-    "eval.k": COUNT, "eval.temperature": NONNEG, "eval.top_p": FRACTION, "eval.max_new_tokens": COUNT,
-    "eval.seed": SEED, "eval.batch_size": COUNT, "eval.heldout_during_training": COUNT,
-    "claims.level": number(gt=0, lt=1), "claims.bootstrap": COUNT, "claims.accuracy_margin": NONNEG,
-    "claims.r2_margin": NONNEG, "claims.r2_threshold": number(gt=0, lt=1) | NULL, "claims.split_seed": SEED,
-    "weight_linearity.entries.fraction": FRACTION, "weight_linearity.entries.min_samples": COUNT,
+    "rl.lr": POSITIVE,
+    "rl.batch": COUNT,
+    "rl.rollouts": COUNT,
+    "rl.steps": COUNT,
+    "rl.save_every": COUNT,
+    "rl.seed": SEED,
+    "rl.seeds": COUNT,
+    "rl.epsilon": NONNEG,
+    "rl.epsilon_high": NONNEG,
+    "rl.temperature": POSITIVE,
+    "rl.max_completion_length": COUNT,
+    "eval.backend": one_of("hf", "vllm"),  # helpers.lib.backends.BACKENDS
+    "eval.k": COUNT,
+    "eval.temperature": NONNEG,
+    "eval.top_p": FRACTION,
+    "eval.max_new_tokens": COUNT,
+    "eval.seed": SEED,
+    "eval.batch_size": COUNT,
+    "eval.heldout_during_training": COUNT,
+    "claims.level": number(gt=0, lt=1),
+    "claims.bootstrap": COUNT,
+    "claims.accuracy_margin": NONNEG,
+    "claims.r2_margin": NONNEG,
+    "claims.r2_threshold": number(gt=0, lt=1) | NULL,
+    "claims.split_seed": SEED,
+    "weight_linearity.entries.fraction": FRACTION,
+    "weight_linearity.entries.min_samples": COUNT,
     "weight_linearity.entries.min_range": one_of("auto") | NONNEG,
-    "weight_linearity.entries.min_distinct": COUNT, "weight_linearity.examples": COUNT,
-    **{f"output_linearity.{k}": COUNT for k in ("prompts", "samples_per_prompt", "max_new_tokens", "batch_size",
-                                                "activation_positions", "activation_dims", "top_tokens", "curves")},
-    "output_linearity.temperature": NONNEG, "output_linearity.top_p": FRACTION, "output_linearity.min_change": NONNEG,
-    "relex.t_cut_fractions": items(FRACTION, nonempty=True), "relex.min_points": COUNT,
-    "relex.horizons": items(POSITIVE), "relex.rank": COUNT, "relex.fit": FITS, "relex.degree": COUNT,
-    "relex.window": COUNT | NULL, "relex.norms": NORMS,
-    "relex.ablation.t_cut_fraction": FRACTION, "relex.ablation.ranks": items(COUNT),
-    "relex.ablation.fits": items(FITS), "relex.ablation.windows": items(COUNT),
+    "weight_linearity.entries.min_distinct": COUNT,
+    "weight_linearity.examples": COUNT,
+    **{
+        f"output_linearity.{k}": COUNT
+        for k in (
+            "prompts",
+            "samples_per_prompt",
+            "max_new_tokens",
+            "batch_size",
+            "activation_positions",
+            "activation_dims",
+            "top_tokens",
+            "curves",
+        )
+    },
+    "output_linearity.temperature": NONNEG,
+    "output_linearity.top_p": FRACTION,
+    "output_linearity.min_change": NONNEG,
+    "relex.t_cut_fractions": items(FRACTION, nonempty=True),
+    "relex.min_points": COUNT,
+    "relex.horizons": items(POSITIVE),
+    "relex.rank": COUNT,
+    "relex.fit": FITS,
+    "relex.degree": COUNT,
+    "relex.window": COUNT | NULL,
+    "relex.norms": NORMS,
+    "relex.ablation.t_cut_fraction": FRACTION,
+    "relex.ablation.ranks": items(COUNT),
+    "relex.ablation.fits": items(FITS),
+    "relex.ablation.windows": items(COUNT),
     "relex.ablation.horizons": items(POSITIVE),
-    "relex.denoise.ranks": items(COUNT, nonempty=True), "relex.denoise.steps": COUNT | NULL,
-    "relex.representative": items(MODULES), "relex.eval_items": COUNT | NULL, "relex.chunk_mb": COUNT,
-    "extrapolation.norms": NORMS, "extrapolation.weight_pairs": items(pair(SHARE)),
-    "extrapolation.weight_targets": items(POSITIVE), "extrapolation.logit_pair": pair(SHARE),
-    "extrapolation.logit_alphas": items(NUM), "extrapolation.eval_items": COUNT | NULL,
-    "origin.decomposition.layers": items(INT) | NULL, "origin.decomposition.modules": items(MODULES, nonempty=True),
+    "relex.denoise.ranks": items(COUNT, nonempty=True),
+    "relex.denoise.steps": COUNT | NULL,
+    "relex.representative": items(MODULES),
+    "relex.eval_items": COUNT | NULL,
+    "relex.chunk_mb": COUNT,
+    "extrapolation.norms": NORMS,
+    "extrapolation.weight_pairs": items(pair(SHARE)),
+    "extrapolation.weight_targets": items(POSITIVE),
+    "extrapolation.logit_pair": pair(SHARE),
+    "extrapolation.logit_alphas": items(NUM),
+    "extrapolation.eval_items": COUNT | NULL,
+    "origin.decomposition.layers": items(INT) | NULL,
+    "origin.decomposition.modules": items(MODULES, nonempty=True),
     "origin.decomposition.tokens": COUNT | NULL,
-    "origin.steps": COUNT | NULL, "origin.save_every": COUNT | NULL,
-    "origin.sft.lr": POSITIVE | NULL, "origin.sft.batch": COUNT | NULL,
+    "origin.steps": COUNT | NULL,
+    "origin.save_every": COUNT | NULL,
+    "origin.sft.lr": POSITIVE | NULL,
+    "origin.sft.batch": COUNT | NULL,
     "origin.sft.demonstrations": one_of("correct", "task"),
-    "origin.snr_db": items(NUM | one_of("signal=0")), "origin.noise_seed": SEED,
-    "origin.sgd_lr": one_of("auto") | POSITIVE, "origin.lr_scales": items(POSITIVE),
-    "rl_extra.configs": items(pair(SEED)), "rl_extra.paper_steps": COUNT | NULL, "rl_extra.norms": NORMS,
-    "rl_extra.optimizer": one_of("reset", "keep"),                            # helpers.lib.rl_extra.OPTIMIZER_POLICIES
-    "rl_extra.ablation": SEED | NULL, "rl_extra.target_fractions": items(FRACTION),
+    "origin.snr_db": items(NUM | one_of("signal=0")),
+    "origin.noise_seed": SEED,
+    "origin.sgd_lr": one_of("auto") | POSITIVE,
+    "origin.lr_scales": items(POSITIVE),
+    "rl_extra.configs": items(pair(SEED)),
+    "rl_extra.paper_steps": COUNT | NULL,
+    "rl_extra.norms": NORMS,
+    "rl_extra.optimizer": one_of("reset", "keep"),  # helpers.lib.rl_extra.OPTIMIZER_POLICIES
+    "rl_extra.ablation": SEED | NULL,
+    "rl_extra.target_fractions": items(FRACTION),
     "rl_extra.budgets": items(COUNT),
-    "robustness.notebooks": items(TEXT | INT), "robustness.kernel_threads": COUNT | NULL,
+    "robustness.notebooks": items(TEXT | INT),
+    "robustness.kernel_threads": COUNT | NULL,
     "batch.cell_timeout": POSITIVE,
 }
 LIST = Rule(lambda v: isinstance(v, (list, tuple)), "a list")
@@ -224,14 +319,16 @@ def _complaints(layer: Any, schema: Mapping, prefix: str = "") -> list[str]:
             out += _complaints(val, default, f"{dotted}.")
         elif isinstance(default, Mapping):
             knobs = ", ".join(f"{dotted}.{k}" for k in list(default)[:3])
-            out.append(f"{dotted} is a section ({knobs}, …): set one of its knobs, not the whole section to "
-                       f"{_shown(val)}")
+            out.append(
+                f"{dotted} is a section ({knobs}, …): set one of its knobs, not the whole section to {_shown(val)}"
+            )
         else:
             out += filter(None, [rule_of(dotted, default).complaint(dotted, val)])
     return out
 
 
 # ------------------------------------------------------------------------------------------------------- sections
+
 
 class Section(dict):
     """A dict whose keys are also attributes (`cfg.rl.lr`)."""
@@ -287,7 +384,7 @@ def _dotted(overrides: Mapping[str, Any], where: str = "overrides") -> dict:
         for i, h in enumerate(heads):
             node = node.setdefault(h, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{where}: {key} and {'.'.join(heads[:i + 1])} are both set")
+                raise ConfigError(f"{where}: {key} and {'.'.join(heads[: i + 1])} are both set")
         node[last] = val
     return nested
 
@@ -323,8 +420,9 @@ def _defaults() -> tuple[dict, dict, str]:
     return data, data.pop("profiles", None) or {}, data.pop("name", "default")
 
 
-def load(params_file: str | os.PathLike = DEFAULT_PARAMS, profile: str = "auto",
-         overrides: Mapping[str, Any] | None = None) -> Config:
+def load(
+    params_file: str | os.PathLike = DEFAULT_PARAMS, profile: str = "auto", overrides: Mapping[str, Any] | None = None
+) -> Config:
     """Read a params file, apply a profile and dotted overrides, return a `Config`; every value is checked.
 
     A params file other than the default inherits every knob from `params/default.yaml` and may only change knobs that

@@ -1,4 +1,5 @@
 """Device choice: CUDA when present, else CPU — so one notebook serves a laptop and a GPU box; CPU threads."""
+
 from __future__ import annotations
 
 import contextlib

@@ -15,14 +15,15 @@ A tied lm_head follows the extrapolated embedding. Command line::
 The steps of A and B come from their trainer_state.json or directory names unless given. `--overwrite` replaces only
 an earlier extrapolation (a directory holding `extrapolation.json`), never an input or a directory holding one.
 """
+
 from __future__ import annotations
 
 import argparse
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -41,8 +42,10 @@ def coefficient(t0: float, t1: float, target_step: float) -> float:
         raise ValueError(f"extrapolation needs two different steps (both are {t0})")
     beta = (target_step - t0) / (t1 - t0)
     if not abs(beta) <= FP32_MAX:  # also NaN
-        raise ValueError(f"β = {beta:g} (t0 = {t0}, t1 = {t1}, target step {target_step:g}) is beyond float32's range "
-                         f"(|β| ≤ {FP32_MAX:.3g}), in which the weights are extrapolated; choose a nearer target step")
+        raise ValueError(
+            f"β = {beta:g} (t0 = {t0}, t1 = {t1}, target step {target_step:g}) is beyond float32's range "
+            f"(|β| ≤ {FP32_MAX:.3g}), in which the weights are extrapolated; choose a nearer target step"
+        )
     return beta
 
 
@@ -59,8 +62,9 @@ def lerp(w0: torch.Tensor, w1: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.lerp(w0.to(torch.float32), w1.to(torch.float32), float(beta)).to(w1.dtype)
 
 
-def extrapolated_tensors(traj, t0: int, t1: int, beta: float, norms: str = "copy-from-t1"
-                         ) -> Iterator[tuple[str, torch.Tensor]]:
+def extrapolated_tensors(
+    traj, t0: int, t1: int, beta: float, norms: str = "copy-from-t1"
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of the extrapolated checkpoint, one at a time, in the trajectory's canonical order."""
     if norms not in NORM_POLICIES:
         raise ValueError(f"norms: unknown policy {norms!r} (known: {', '.join(NORM_POLICIES)})")
@@ -82,24 +86,36 @@ def check_not_input(out: Path, traj) -> None:
         ckpt = Path(traj.path(step)).resolve()
         if where == ckpt or where in ckpt.parents:
             what = "is the input checkpoint" if where == ckpt else f"holds the input checkpoint {ckpt}"
-            raise ValueError(f"{out}: {what} (step {step}); an extrapolation is never written over its inputs, "
-                             "choose another output directory")
+            raise ValueError(
+                f"{out}: {what} (step {step}); an extrapolation is never written over its inputs, "
+                "choose another output directory"
+            )
 
 
-def extrapolate(traj, t0: int, t1: int, target_step: float, out: str | Path, norms: str = "copy-from-t1",
-                overwrite: bool = False) -> Path:
+def extrapolate(
+    traj, t0: int, t1: int, target_step: float, out: str | Path, norms: str = "copy-from-t1", overwrite: bool = False
+) -> Path:
     """Write the checkpoint extrapolated from steps t0, t1 of `traj` to `target_step` into `out` (atomically), with
     config and tokenizer of θ_{t1} and an `extrapolation.json` record of the inputs and β. An existing `out` is
     replaced only with `overwrite`, only if it is an earlier extrapolation, and never if it is or holds a checkpoint
     of `traj`."""
     check_not_input(Path(out), traj)
     beta = coefficient(t0, t1, target_step)
-    record = {"method": "two-point weight extrapolation", "from": str(traj.path(t0)), "to": str(traj.path(t1)),
-              "t0": t0, "t1": t1, "target_step": target_step, "beta": beta, "norms": norms,
-              "tied_embeddings": bool(traj.tied_embeddings),
-              "copied_from_t1": [n for n in traj.names if norms == "copy-from-t1" and is_norm(n)]}
-    return write_checkpoint(out, extrapolated_tensors(traj, t0, t1, beta, norms), like=traj.path(t1), record=record,
-                            overwrite=overwrite)
+    record = {
+        "method": "two-point weight extrapolation",
+        "from": str(traj.path(t0)),
+        "to": str(traj.path(t1)),
+        "t0": t0,
+        "t1": t1,
+        "target_step": target_step,
+        "beta": beta,
+        "norms": norms,
+        "tied_embeddings": bool(traj.tied_embeddings),
+        "copied_from_t1": [n for n in traj.names if norms == "copy-from-t1" and is_norm(n)],
+    }
+    return write_checkpoint(
+        out, extrapolated_tensors(traj, t0, t1, beta, norms), like=traj.path(t1), record=record, overwrite=overwrite
+    )
 
 
 def pair(src0: str | Path, src1: str | Path, t0: int | None = None, t1: int | None = None):
@@ -113,14 +129,18 @@ def pair(src0: str | Path, src1: str | Path, t0: int | None = None, t1: int | No
     if t0 == t1:
         raise ValueError(f"{src0} and {src1} are both at step {t0}; pass --from-step / --to-step")
     if t0 > t1:
-        warnings.warn(f"--from {src0} (step {t0}) is newer than --to {src1} (step {t1}): t0 > t1, so config, tokenizer "
-                      "and copied norms come from the older checkpoint; swap --from and --to unless that is meant",
-                      TrajectoryWarning, stacklevel=2)
+        warnings.warn(
+            f"--from {src0} (step {t0}) is newer than --to {src1} (step {t1}): t0 > t1, so config, tokenizer "
+            "and copied norms come from the older checkpoint; swap --from and --to unless that is meant",
+            TrajectoryWarning,
+            stacklevel=2,
+        )
     return Trajectory({t0: Path(src0), t1: Path(src1)}), t0, t1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line
+
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m helpers.lib.extrapolation", description=__doc__.split("\n")[0])
@@ -131,8 +151,11 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--norms", choices=NORM_POLICIES, default="copy-from-t1", help="norm-weight policy")
     p.add_argument("--from-step", type=int, help="step of --from (default: read from the directory)")
     p.add_argument("--to-step", type=int, help="step of --to (default: read from the directory)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it is an earlier extrapolation (never an input or a directory holding one)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is an earlier extrapolation (never an input or a directory holding one)",
+    )
     a = p.parse_args(argv)
     if Path(a.out).exists() and not a.overwrite:
         p.error(f"{a.out} exists; pass --overwrite to replace it")

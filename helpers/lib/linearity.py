@@ -17,12 +17,14 @@ scale of the reference's 1e-4; for fp32 it only rejects movement at the rounding
 threshold (keep range > it, the reference's rule). Entries are dropped by the first filter they fail, range then
 distinct values, and both counts are reported.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,15 +32,42 @@ from tqdm.auto import tqdm
 
 from helpers.lib.cache import stable_hash
 
-AUTO_RANGE_ULPS = 2     # min_range="auto": an entry must move by at least this many steps of its dtype's resolution
+AUTO_RANGE_ULPS = 2  # min_range="auto": an entry must move by at least this many steps of its dtype's resolution
 
 # Module types in display order; `parse_name` maps tensor names onto them.
-MODULES = ("embed", "q", "k", "v", "o", "q_norm", "k_norm", "input_norm", "gate", "up", "down", "post_attn_norm",
-           "final_norm", "head")
-_LEAF = {"embed_tokens": "embed", "wte": "embed", "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
-         "q_norm": "q_norm", "k_norm": "k_norm", "input_layernorm": "input_norm", "gate_proj": "gate",
-         "up_proj": "up", "down_proj": "down", "post_attention_layernorm": "post_attn_norm", "norm": "final_norm",
-         "lm_head": "head"}
+MODULES = (
+    "embed",
+    "q",
+    "k",
+    "v",
+    "o",
+    "q_norm",
+    "k_norm",
+    "input_norm",
+    "gate",
+    "up",
+    "down",
+    "post_attn_norm",
+    "final_norm",
+    "head",
+)
+_LEAF = {
+    "embed_tokens": "embed",
+    "wte": "embed",
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "q_norm": "q_norm",
+    "k_norm": "k_norm",
+    "input_layernorm": "input_norm",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "post_attention_layernorm": "post_attn_norm",
+    "norm": "final_norm",
+    "lm_head": "head",
+}
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -133,8 +162,9 @@ def n_distinct(y) -> np.ndarray:
     return 1 + np.count_nonzero(np.diff(s, axis=0), axis=0)
 
 
-def entry_filters(y, dtype: torch.dtype, min_range: float | str = "auto", min_distinct: int = 4
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def entry_filters(
+    y, dtype: torch.dtype, min_range: float | str = "auto", min_distinct: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """(moved, varied) boolean masks over the columns of `y` (T, k): the two tests an entry must pass to be kept.
 
     moved: with `min_range="auto"`, range ≥ AUTO_RANGE_ULPS × resolution(dtype, max |value|); with a number,
@@ -161,11 +191,32 @@ def _threshold(min_range) -> float:
 
 # --------------------------------------------------------------------------------------------- trajectory statistics
 ENTRY_COLUMNS = ("tensor", "layer", "module", "index", "r2", "slope")
-TENSOR_COLUMNS = ("tensor", "layer", "module", "dtype", "numel", "sampled", "dropped_range", "dropped_distinct", "kept",
-                  "r2_median", "r2_mean")
-_DTYPES = {"tensor": object, "layer": float, "module": object, "dtype": object, "numel": np.int64,
-           "sampled": np.int64, "dropped_range": np.int64, "dropped_distinct": np.int64, "kept": np.int64,
-           "r2_median": float, "r2_mean": float}
+TENSOR_COLUMNS = (
+    "tensor",
+    "layer",
+    "module",
+    "dtype",
+    "numel",
+    "sampled",
+    "dropped_range",
+    "dropped_distinct",
+    "kept",
+    "r2_median",
+    "r2_mean",
+)
+_DTYPES = {
+    "tensor": object,
+    "layer": float,
+    "module": object,
+    "dtype": object,
+    "numel": np.int64,
+    "sampled": np.int64,
+    "dropped_range": np.int64,
+    "dropped_distinct": np.int64,
+    "kept": np.int64,
+    "r2_median": float,
+    "r2_mean": float,
+}
 
 
 @dataclass
@@ -177,6 +228,7 @@ class WeightLinearity:
     tensors: one value per tensor — tensor, layer, module, dtype, numel, sampled, dropped_range, dropped_distinct,
              kept, r2_median, r2_mean; `TENSOR_COLUMNS`.
     """
+
     steps: list[int]
     entries: dict[str, np.ndarray]
     tensors: dict[str, np.ndarray]
@@ -194,12 +246,19 @@ class WeightLinearity:
         q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
         above = int((v > threshold).sum())
         sampled = int(self.tensors["sampled"].sum())
-        return {"median": float(med), "q1": float(q1), "q3": float(q3),
-                "mean": float(v.mean()) if v.size else np.nan,
-                "frac_above": above / v.size if v.size else np.nan, "threshold": threshold,
-                "kept": int(v.size), "sampled": sampled, "dropped": sampled - int(v.size),
-                "dropped_range": int(self.tensors["dropped_range"].sum()),
-                "dropped_distinct": int(self.tensors["dropped_distinct"].sum())}
+        return {
+            "median": float(med),
+            "q1": float(q1),
+            "q3": float(q3),
+            "mean": float(v.mean()) if v.size else np.nan,
+            "frac_above": above / v.size if v.size else np.nan,
+            "threshold": threshold,
+            "kept": int(v.size),
+            "sampled": sampled,
+            "dropped": sampled - int(v.size),
+            "dropped_range": int(self.tensors["dropped_range"].sum()),
+            "dropped_distinct": int(self.tensors["dropped_distinct"].sum()),
+        }
 
     def norm_summary(self) -> dict:
         """Kept entries and median R² of all norm weights together (LIN Fig. 8: the least linear)."""
@@ -216,9 +275,17 @@ def _columns(rows: list[dict], names: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {c: np.array([np.nan if r[c] is None else r[c] for r in rows], dtype=_DTYPES[c]) for c in names}
 
 
-def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range: float | str = "auto",
-              min_distinct: int = 4, seed: int = 0, names: Iterable[str] | None = None,
-              progress: bool = True) -> WeightLinearity:
+def weight_r2(
+    traj,
+    *,
+    fraction: float = 0.001,
+    min_samples: int = 50,
+    min_range: float | str = "auto",
+    min_distinct: int = 4,
+    seed: int = 0,
+    names: Iterable[str] | None = None,
+    progress: bool = True,
+) -> WeightLinearity:
     """R² against step of sampled, moved entries of every `.weight` tensor of `traj` (LIN §3.1).
 
     Per tensor: `sample_index` entries (seeded by `seed` and the tensor name), read at every checkpoint with
@@ -226,8 +293,9 @@ def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range
     """
     steps = np.asarray(traj.steps, dtype=np.float64)
     if len(steps) < 3:
-        raise ValueError(f"{traj.path(traj.steps[0]).parent}: need at least 3 checkpoints for an R², "
-                         f"found steps {list(traj.steps)}")
+        raise ValueError(
+            f"{traj.path(traj.steps[0]).parent}: need at least 3 checkpoints for an R², found steps {list(traj.steps)}"
+        )
     names = [n for n in (traj.names if names is None else names) if n.endswith(".weight")]
     rows, parts = [], []
     for code, name in enumerate(tqdm(names, desc="weight R²", unit="tensor", disable=not progress)):
@@ -237,18 +305,40 @@ def weight_r2(traj, *, fraction: float = 0.001, min_samples: int = 50, min_range
         moved, varied = entry_filters(y, traj.dtype(name), min_range, min_distinct)
         keep = moved & varied
         r = r2(y[:, keep], steps)
-        rows.append({"tensor": name, "layer": layer, "module": module, "dtype": str(traj.dtype(name)).split(".")[-1],
-                     "numel": traj.numel(name), "sampled": idx.numel(), "dropped_range": int((~moved).sum()),
-                     "dropped_distinct": int((moved & ~varied).sum()), "kept": int(keep.sum()),
-                     "r2_median": float(np.median(r)) if r.size else np.nan,
-                     "r2_mean": float(r.mean()) if r.size else np.nan})
+        rows.append(
+            {
+                "tensor": name,
+                "layer": layer,
+                "module": module,
+                "dtype": str(traj.dtype(name)).split(".")[-1],
+                "numel": traj.numel(name),
+                "sampled": idx.numel(),
+                "dropped_range": int((~moved).sum()),
+                "dropped_distinct": int((moved & ~varied).sum()),
+                "kept": int(keep.sum()),
+                "r2_median": float(np.median(r)) if r.size else np.nan,
+                "r2_mean": float(r.mean()) if r.size else np.nan,
+            }
+        )
         parts.append((np.full(r.size, code), idx.numpy()[keep], r, fit_line(y[:, keep], steps)[0]))
     code, index, values, slope = [np.concatenate(c) for c in zip(*parts)] if parts else [np.zeros(0, int)] * 4
     tensors = _columns(rows, TENSOR_COLUMNS)
-    entries = {"tensor": tensors["tensor"][code], "layer": tensors["layer"][code], "module": tensors["module"][code],
-               "index": index.astype(np.int64), "r2": values.astype(float), "slope": slope.astype(float)}
-    settings = {"fraction": fraction, "min_samples": min_samples, "min_range": min_range,
-                "min_distinct": min_distinct, "seed": seed, "auto_range_ulps": AUTO_RANGE_ULPS}
+    entries = {
+        "tensor": tensors["tensor"][code],
+        "layer": tensors["layer"][code],
+        "module": tensors["module"][code],
+        "index": index.astype(np.int64),
+        "r2": values.astype(float),
+        "slope": slope.astype(float),
+    }
+    settings = {
+        "fraction": fraction,
+        "min_samples": min_samples,
+        "min_range": min_range,
+        "min_distinct": min_distinct,
+        "seed": seed,
+        "auto_range_ulps": AUTO_RANGE_ULPS,
+    }
     return WeightLinearity(list(traj.steps), entries, tensors, settings)
 
 
@@ -265,7 +355,16 @@ def examples(traj, result: WeightLinearity, n: int = 6, seed: int = 0) -> list[d
     for i in rows:
         y = traj.series(str(e["tensor"][i]), torch.tensor([e["index"][i]]), dtype=torch.float64).numpy()[:, 0]
         slope, intercept = fit_line(y, steps)
-        out.append({"tensor": str(e["tensor"][i]), "index": int(e["index"][i]), "module": e["module"][i],
-                    "steps": steps, "values": y, "r2": float(r2(y[:, None], steps)[0]),
-                    "slope": float(slope), "intercept": float(intercept)})
+        out.append(
+            {
+                "tensor": str(e["tensor"][i]),
+                "index": int(e["index"][i]),
+                "module": e["module"][i],
+                "steps": steps,
+                "values": y,
+                "r2": float(r2(y[:, None], steps)[0]),
+                "slope": float(slope),
+                "intercept": float(intercept),
+            }
+        )
     return out

@@ -8,6 +8,7 @@ fp32 with `torch.lerp`, so α = 1 gives the t1 logits bit for bit; temperature t
 logits. Decoding is the hf sampler's own loop (`sampling.decode`) with a different next-token-logits source, so with
 α = 1 this sampler reproduces the t1 model's samples exactly for a fixed seed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,16 +47,19 @@ class LogitExtrapolationSampler(HFSampler):
     def __init__(self, model_t0, model_t1, tokenizer, alpha: float, batch_size: int = 512):
         super().__init__(model_t1, tokenizer, batch_size)
         if model_t0.config.vocab_size != model_t1.config.vocab_size:
-            raise ValueError(f"logit extrapolation needs one vocabulary (vocab sizes {model_t0.config.vocab_size} "
-                             f"and {model_t1.config.vocab_size})")
+            raise ValueError(
+                f"logit extrapolation needs one vocabulary (vocab sizes {model_t0.config.vocab_size} "
+                f"and {model_t1.config.vocab_size})"
+            )
         self.model_t0, self.alpha = model_t0, float(alpha)
 
     def logits_source(self) -> MixedLogits:
         return MixedLogits(self.model_t0, self.model, self.alpha)
 
 
-def make_sampler(models, alpha: float, tokenizer=None, device: str = "auto", batch_size: int = 512,
-                 allow_pickle: bool = False, **_) -> LogitExtrapolationSampler:
+def make_sampler(
+    models, alpha: float, tokenizer=None, device: str = "auto", batch_size: int = 512, allow_pickle: bool = False, **_
+) -> LogitExtrapolationSampler:
     """The sampler of a (t0, t1) pair of model directories, or of loaded models with `tokenizer=` (t1's is used)."""
     m0, m1 = models
     if isinstance(m1, (str, Path)):
@@ -65,4 +69,3 @@ def make_sampler(models, alpha: float, tokenizer=None, device: str = "auto", bat
     if tokenizer is None:
         raise ValueError("logit-extrapolation sampler: pass `tokenizer=` along with already loaded models")
     return LogitExtrapolationSampler(m0, m1, tokenizer, alpha, batch_size)
-

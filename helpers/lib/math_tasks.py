@@ -12,19 +12,21 @@ checked against the gold answer with `math_verify` — gold first: ``verify(pars
 math-verify bounds its parsing and comparison time with SIGALRM, which only works in the main thread; called from any
 other thread (a thread pool, a reward worker) the checker runs without that time limit instead of failing.
 """
+
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
-PROBLEM_FIELDS = ("problem", "Problem", "question")   # tried in this order when the field is "auto"
+PROBLEM_FIELDS = ("problem", "Problem", "question")  # tried in this order when the field is "auto"
 ANSWER_FIELDS = ("answer", "Answer")
-SOLUTION_FIELDS = ("solution", "Solution")             # worked solutions, when a dataset has them (SFT runs)
-TIMEOUT_SECONDS = 5                                    # math-verify's per-parse / per-comparison limit (main thread)
+SOLUTION_FIELDS = ("solution", "Solution")  # worked solutions, when a dataset has them (SFT runs)
+TIMEOUT_SECONDS = 5  # math-verify's per-parse / per-comparison limit (main thread)
 _BOXES = ("\\boxed", "\\fbox")
 
 
@@ -32,6 +34,7 @@ _BOXES = ("\\boxed", "\\fbox")
 class MathItem:
     """One problem: the prompt the model sees, the gold answer (LaTeX or plain), the raw problem text, and the
     worked solution when the dataset has one (SFT trains on it)."""
+
     prompt: str
     answer: str
     problem: str
@@ -47,8 +50,9 @@ def format_prompt(problem: str, tokenizer=None) -> str:
     text = problem + INSTRUCTION
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def last_boxed(text: str) -> str | None:
@@ -62,7 +66,7 @@ def last_boxed(text: str) -> str | None:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i + 1:j].strip()
+            return text[i + 1 : j].strip()
     return None
 
 
@@ -86,13 +90,16 @@ def is_correct(completion: str, gold: Any) -> bool:
 def reward(prompts: list, completions: list, answer: list, **kwargs) -> list[float]:
     """TRL reward function: 1.0 when the completion's last ``\\boxed{}`` matches the `answer` column, else 0.0.
     Conversational completions (lists of messages) are scored on their last message."""
+
     def text(c):
         return c[-1]["content"] if isinstance(c, list) else c
+
     return [float(is_correct(text(c), a)) for c, a in zip(completions, answer)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Datasets
+
 
 class DatasetError(ValueError):
     """A math dataset that cannot be read; the message names the source and what is wrong."""
@@ -127,7 +134,8 @@ def _read_hub(name: str, split: str) -> list[dict]:
     except Exception as e:  # no network, unknown name, unknown split: all end here
         raise DatasetError(
             f"{name}: not a local file, and loading it from the dataset hub failed ({type(e).__name__}: {e}). "
-            f"Without a reachable hub, save the split as JSONL or parquet and point math.dataset at the file.") from e
+            f"Without a reachable hub, save the split as JSONL or parquet and point math.dataset at the file."
+        ) from e
 
 
 def _field(row: Mapping, wanted: str, candidates: Sequence[str], source: str, what: str) -> str:
@@ -135,7 +143,9 @@ def _field(row: Mapping, wanted: str, candidates: Sequence[str], source: str, wh
     for name in names:
         if name in row:
             return name
-    raise DatasetError(f"{source}: no {what} field {' / '.join(names)} in its rows (fields: {', '.join(map(str, row))})")
+    raise DatasetError(
+        f"{source}: no {what} field {' / '.join(names)} in its rows (fields: {', '.join(map(str, row))})"
+    )
 
 
 def read_rows(source: str | Path, split: str = "test") -> list[dict]:
@@ -150,8 +160,14 @@ def read_rows(source: str | Path, split: str = "test") -> list[dict]:
     return _read_hub(str(source), split)
 
 
-def make_items(rows: Iterable[Mapping], tokenizer=None, problem_field: str = "auto", answer_field: str = "auto",
-               limit: int | None = None, source: str = "dataset") -> list[MathItem]:
+def make_items(
+    rows: Iterable[Mapping],
+    tokenizer=None,
+    problem_field: str = "auto",
+    answer_field: str = "auto",
+    limit: int | None = None,
+    source: str = "dataset",
+) -> list[MathItem]:
     """MathItems of dataset rows (the first `limit`), the prompt templated with `tokenizer`."""
     rows = list(rows)[:limit] if limit else list(rows)
     if not rows:
@@ -159,12 +175,25 @@ def make_items(rows: Iterable[Mapping], tokenizer=None, problem_field: str = "au
     pf = _field(rows[0], problem_field, PROBLEM_FIELDS, source, "problem")
     af = _field(rows[0], answer_field, ANSWER_FIELDS, source, "answer")
     sf = next((f for f in SOLUTION_FIELDS if f in rows[0]), None)
-    return [MathItem(format_prompt(str(r[pf]), tokenizer), str(r[af]).strip(), str(r[pf]),
-                     str(r[sf]) if sf and r.get(sf) is not None else None) for r in rows]
+    return [
+        MathItem(
+            format_prompt(str(r[pf]), tokenizer),
+            str(r[af]).strip(),
+            str(r[pf]),
+            str(r[sf]) if sf and r.get(sf) is not None else None,
+        )
+        for r in rows
+    ]
 
 
-def load_items(source: str | Path, tokenizer=None, split: str = "test", problem_field: str = "auto",
-               answer_field: str = "auto", limit: int | None = None) -> list[MathItem]:
+def load_items(
+    source: str | Path,
+    tokenizer=None,
+    split: str = "test",
+    problem_field: str = "auto",
+    answer_field: str = "auto",
+    limit: int | None = None,
+) -> list[MathItem]:
     """MathItems of a local file or hub dataset (see `read_rows`, `make_items`)."""
     return make_items(read_rows(source, split), tokenizer, problem_field, answer_field, limit, str(source))
 
@@ -174,10 +203,18 @@ def train_from_config(cfg, tokenizer) -> list[MathItem]:
     JSONL), its `train_split` and the first `train_limit` rows, same fields as `math.dataset`."""
     m = cfg.math
     if not m.train_dataset:
-        raise DatasetError(f"{cfg.source}: training on task.kind 'math' needs math.train_dataset (the problems to "
-                           f"train on, e.g. DeepScaleR-Preview saved as JSONL)")
-    return load_items(m.train_dataset, tokenizer, str(m.train_split), str(m.problem_field), str(m.answer_field),
-                      int(m.train_limit) if m.train_limit else None)
+        raise DatasetError(
+            f"{cfg.source}: training on task.kind 'math' needs math.train_dataset (the problems to "
+            f"train on, e.g. DeepScaleR-Preview saved as JSONL)"
+        )
+    return load_items(
+        m.train_dataset,
+        tokenizer,
+        str(m.train_split),
+        str(m.problem_field),
+        str(m.answer_field),
+        int(m.train_limit) if m.train_limit else None,
+    )
 
 
 def from_config(cfg, tokenizer) -> list[MathItem]:
@@ -185,5 +222,6 @@ def from_config(cfg, tokenizer) -> list[MathItem]:
     m = cfg.math
     if not m.dataset:
         raise DatasetError(f"{cfg.source}: task.kind is 'math' but math.dataset is not set")
-    return load_items(m.dataset, tokenizer, str(m.split), str(m.problem_field), str(m.answer_field),
-                      int(m.limit) if m.limit else None)
+    return load_items(
+        m.dataset, tokenizer, str(m.split), str(m.problem_field), str(m.answer_field), int(m.limit) if m.limit else None
+    )

@@ -1,8 +1,8 @@
 """Where things live: the repo, outputs/, content-addressed caches, and atomic writes."""
+
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -12,8 +12,9 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,8 +88,10 @@ def remove_stale_partials(parent: Path) -> list[Path]:
         m = PARTIAL.fullmatch(p.name)
         if m and m["host"] == _host() and not _running(int(m["pid"])) and p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
-            print(f"removed {p}: an unfinished temporary directory of process {m['pid']}, which is no longer "
-                  "running", file=sys.stderr)
+            print(
+                f"removed {p}: an unfinished temporary directory of process {m['pid']}, which is no longer running",
+                file=sys.stderr,
+            )
             removed.append(p)
     return removed
 
@@ -127,8 +130,9 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(final.parent)
     with _signals_raise():
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{_host()}-{os.getpid()}.",
-                                    suffix=".partial"))
+        tmp = Path(
+            tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{_host()}-{os.getpid()}.", suffix=".partial")
+        )
         try:
             os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
             yield tmp

@@ -9,20 +9,21 @@ the fp32 log-prob of the actual token and its raw logit, plus optionally hidden 
 Response tokens of all probes are laid out flat in probe order (`Probes.tokens()`); every per-token array here uses
 that order. The forward pass itself (`forward`) is separate so callers can attach hooks to the model and reuse it.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from helpers.lib import backends
-from helpers.lib import tasks
+from helpers.lib import backends, tasks
 from helpers.lib.cache import cached_build, dir_fingerprint, stable_hash
 from helpers.lib.device import pick
 from helpers.lib.paths import atomic_dir
@@ -39,9 +40,10 @@ class ProbeError(ValueError):
 @dataclass
 class Probes:
     """Prompt + response token sequences; response tokens are `input_ids[i][prompt_lens[i]:]`."""
+
     input_ids: list[list[int]]
     prompt_lens: list[int]
-    prompt_index: list[int]          # which prompt each probe answers
+    prompt_index: list[int]  # which prompt each probe answers
     prompts: list[str]
     responses: list[str]
     meta: dict = field(default_factory=dict)
@@ -52,8 +54,10 @@ class Probes:
             raise ProbeError("probes: input_ids, prompt_lens, prompt_index, prompts, responses differ in length")
         for i, (ids, p) in enumerate(zip(self.input_ids, self.prompt_lens)):
             if not 1 <= p < len(ids):
-                raise ProbeError(f"probe {i}: prompt length {p} must be ≥ 1 and leave ≥ 1 response token "
-                                 f"(sequence length {len(ids)})")
+                raise ProbeError(
+                    f"probe {i}: prompt length {p} must be ≥ 1 and leave ≥ 1 response token "
+                    f"(sequence length {len(ids)})"
+                )
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -85,8 +89,13 @@ class Probes:
         probe = np.repeat(np.arange(len(self)), self.response_lens)
         position = np.concatenate([np.arange(p, len(x)) for x, p in zip(self.input_ids, self.prompt_lens)])
         token = np.concatenate([np.asarray(x[p:]) for x, p in zip(self.input_ids, self.prompt_lens)])
-        return {"probe": probe, "position": position, "token": token, "prompt": np.asarray(self.prompt_index)[probe],
-                "sequence": self.sequence_ids()[probe]}
+        return {
+            "probe": probe,
+            "position": position,
+            "token": token,
+            "prompt": np.asarray(self.prompt_index)[probe],
+            "sequence": self.sequence_ids()[probe],
+        }
 
     def fingerprint(self) -> str:
         return stable_hash([self.input_ids, self.prompt_lens])
@@ -96,13 +105,22 @@ class Probes:
         directory = Path(directory)
         with open(directory / PROBES_FILE, "w") as f:
             for i in range(len(self)):
-                f.write(json.dumps({"prompt_index": self.prompt_index[i], "prompt": self.prompts[i],
-                                    "response": self.responses[i], "prompt_len": self.prompt_lens[i],
-                                    "input_ids": self.input_ids[i]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt_index": self.prompt_index[i],
+                            "prompt": self.prompts[i],
+                            "response": self.responses[i],
+                            "prompt_len": self.prompt_lens[i],
+                            "input_ids": self.input_ids[i],
+                        }
+                    )
+                    + "\n"
+                )
         (directory / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Probes":
+    def load(cls, directory: str | Path) -> Probes:
         directory = Path(directory)
         path = directory / PROBES_FILE
         if not path.is_file():
@@ -120,17 +138,28 @@ class Probes:
         meta_path = directory / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         try:
-            return cls([r["input_ids"] for r in rows], [r["prompt_len"] for r in rows],
-                       [r["prompt_index"] for r in rows], [r["prompt"] for r in rows],
-                       [r["response"] for r in rows], meta)
+            return cls(
+                [r["input_ids"] for r in rows],
+                [r["prompt_len"] for r in rows],
+                [r["prompt_index"] for r in rows],
+                [r["prompt"] for r in rows],
+                [r["response"] for r in rows],
+                meta,
+            )
         except ProbeError as e:
             raise ProbeError(f"{path}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------- building probes
 
-def from_samples(tokenizer, prompts: Sequence[str], responses: Sequence[Sequence[str]],
-                 max_new_tokens: int | None = None, meta: Mapping[str, Any] | None = None) -> Probes:
+
+def from_samples(
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    max_new_tokens: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Probes:
     """Tokenise sampled responses (`responses[i]` = the samples for `prompts[i]`) into probes.
 
     Prompts and responses are encoded without special tokens, as the hf sampler encodes prompts. With
@@ -162,6 +191,7 @@ def cached(key: Mapping[str, Any], build, keep_in: str | Path | None = None) -> 
     kept in the directory `keep_in` (a run directory's `RunDir.probes`) so a run holds the exact probes its numbers
     were measured on.
     """
+
     def make(tmp: Path) -> None:
         probes = build()
         probes.meta = {**probes.meta, "key": dict(key)}
@@ -182,7 +212,7 @@ def for_run(cfg, traj, keep_in: str | Path | None = None, section: Mapping[str, 
     the seed is `cfg.seed`. Cached by base checkpoint + prompts + those parameters, a copy kept in `keep_in`.
     """
     o = cfg.output_linearity if section is None else section
-    prompts = [it.prompt for it in tasks.split(cfg.task)[1][:int(o["prompts"])]]
+    prompts = [it.prompt for it in tasks.split(cfg.task)[1][: int(o["prompts"])]]
     params = {k: o[k] for k in ("samples_per_prompt", "temperature", "top_p", "max_new_tokens")} | {"seed": cfg.seed}
     key = {"base": dir_fingerprint(traj.path(traj.steps[0])), "prompts": stable_hash(prompts), **params}
 
@@ -190,9 +220,14 @@ def for_run(cfg, traj, keep_in: str | Path | None = None, section: Mapping[str, 
         tokenizer = traj.load_tokenizer()
         model = traj.load_model(traj.steps[0], device=pick(cfg.device))
         sampler = backends.make_sampler("hf", model, tokenizer=tokenizer)
-        responses = sampler.generate(prompts, n=int(o["samples_per_prompt"]), temperature=float(o["temperature"]),
-                                     top_p=float(o["top_p"]), max_new_tokens=int(o["max_new_tokens"]),
-                                     seed=int(cfg.seed))
+        responses = sampler.generate(
+            prompts,
+            n=int(o["samples_per_prompt"]),
+            temperature=float(o["temperature"]),
+            top_p=float(o["top_p"]),
+            max_new_tokens=int(o["max_new_tokens"]),
+            seed=int(cfg.seed),
+        )
         return from_samples(tokenizer, prompts, responses, int(o["max_new_tokens"]), meta=params)
 
     return cached(key, build, keep_in)[0]
@@ -200,17 +235,19 @@ def for_run(cfg, traj, keep_in: str | Path | None = None, section: Mapping[str, 
 
 # --------------------------------------------------------------------------------------------------- teacher forcing
 
+
 @dataclass
 class Batch:
     """Right-padded probes; `rows, cols` are the positions whose next-token prediction is a response token."""
-    probes: np.ndarray               # probe indices in this batch
-    input_ids: torch.Tensor          # (B, S)
-    attention_mask: torch.Tensor     # (B, S)
-    position_ids: torch.Tensor       # (B, S)
-    rows: torch.Tensor               # (n,) batch row of each predicted response token
-    cols: torch.Tensor               # (n,) predicting position (= token position - 1)
-    targets: torch.Tensor            # (n,) the response token ids
-    flat: torch.Tensor               # (n,) index of each token in the flat layout
+
+    probes: np.ndarray  # probe indices in this batch
+    input_ids: torch.Tensor  # (B, S)
+    attention_mask: torch.Tensor  # (B, S)
+    position_ids: torch.Tensor  # (B, S)
+    rows: torch.Tensor  # (n,) batch row of each predicted response token
+    cols: torch.Tensor  # (n,) predicting position (= token position - 1)
+    targets: torch.Tensor  # (n,) the response token ids
+    flat: torch.Tensor  # (n,) index of each token in the flat layout
 
 
 def batches(probes: Probes, batch_size: int, device: torch.device | str = "cpu", pad_id: int = 0) -> Iterator[Batch]:
@@ -221,26 +258,35 @@ def batches(probes: Probes, batch_size: int, device: torch.device | str = "cpu",
     order = np.argsort(lengths, kind="stable")
     offsets = probes.offsets()
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = int(lengths[idx].max())
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         rows, cols, flat = [], [], []
         for r, i in enumerate(idx):
             seq, p = probes.input_ids[i], probes.prompt_lens[i]
-            ids[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = 1
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
             rows.append(np.full(len(seq) - p, r))
             cols.append(np.arange(p - 1, len(seq) - 1))
             flat.append(np.arange(offsets[i], offsets[i + 1]))
         rows_t, cols_t = torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(cols))
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        yield Batch(idx, ids.to(device), mask.to(device), positions.to(device), rows_t.to(device), cols_t.to(device),
-                    ids[rows_t, cols_t + 1].to(device), torch.from_numpy(np.concatenate(flat)))
+        yield Batch(
+            idx,
+            ids.to(device),
+            mask.to(device),
+            positions.to(device),
+            rows_t.to(device),
+            cols_t.to(device),
+            ids[rows_t, cols_t + 1].to(device),
+            torch.from_numpy(np.concatenate(flat)),
+        )
 
 
-def forward(model, probes: Probes, batch_size: int, hidden_states: bool = False,
-            device: torch.device | str | None = None) -> Iterator[tuple[Batch, Any]]:
+def forward(
+    model, probes: Probes, batch_size: int, hidden_states: bool = False, device: torch.device | str | None = None
+) -> Iterator[tuple[Batch, Any]]:
     """Run the model's decoder over every probe batch, yielding (batch, decoder output) under `inference_mode`.
 
     The language-model head is not applied here (see `log_softmax_rows`): full-vocabulary logits of every position
@@ -251,8 +297,13 @@ def forward(model, probes: Probes, batch_size: int, hidden_states: bool = False,
     decoder = model.get_decoder()
     with torch.inference_mode():
         for batch in batches(probes, batch_size, device):
-            out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, output_hidden_states=hidden_states, use_cache=False)
+            out = decoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                output_hidden_states=hidden_states,
+                use_cache=False,
+            )
             yield batch, out
 
 
@@ -265,13 +316,15 @@ def log_softmax_rows(model, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.T
 @dataclass
 class Forced:
     """One checkpoint's teacher-forced outputs on the probes (flat layout)."""
-    logprobs: np.ndarray             # (N,) fp32 log-prob of each response token
-    logits: np.ndarray               # (N,) its raw logit
-    hidden: np.ndarray | None        # (L+1, P, D) hidden states at sampled positions × dims (embeddings first)
+
+    logprobs: np.ndarray  # (N,) fp32 log-prob of each response token
+    logits: np.ndarray  # (N,) its raw logit
+    hidden: np.ndarray | None  # (L+1, P, D) hidden states at sampled positions × dims (embeddings first)
 
 
-def teacher_force(model, probes: Probes, batch_size: int = 8, hidden_index: tuple | None = None,
-                  chunk: int = 1024) -> Forced:
+def teacher_force(
+    model, probes: Probes, batch_size: int = 8, hidden_index: tuple | None = None, chunk: int = 1024
+) -> Forced:
     """Teacher-force one model over the probes.
 
     `hidden_index = (positions, dims)`: flat token indices (as in `Probes.tokens()`) and hidden dimensions whose hidden
@@ -288,9 +341,9 @@ def teacher_force(model, probes: Probes, batch_size: int = 8, hidden_index: tupl
     for batch, out in forward(model, probes, batch_size, hidden_states=hidden_index is not None):
         final = out.last_hidden_state[batch.rows, batch.cols]
         for s in range(0, len(final), chunk):
-            lsm, raw = log_softmax_rows(model, final[s:s + chunk])
-            tgt = batch.targets[s:s + chunk, None]
-            where = batch.flat[s:s + chunk].numpy()
+            lsm, raw = log_softmax_rows(model, final[s : s + chunk])
+            tgt = batch.targets[s : s + chunk, None]
+            where = batch.flat[s : s + chunk].numpy()
             logprobs[where] = lsm.gather(1, tgt)[:, 0].cpu().numpy()
             logits[where] = raw.gather(1, tgt)[:, 0].cpu().numpy()
         if hidden_index is not None:
@@ -318,16 +371,24 @@ def activation_index(probes: Probes, hidden_size: int, positions: int, dims: int
 @dataclass
 class TrajectoryForced:
     """Teacher-forced outputs of every checkpoint: arrays stacked over steps (axis 0)."""
-    steps: np.ndarray                # (T,)
-    logprobs: np.ndarray             # (T, N)
-    logits: np.ndarray               # (T, N)
-    hidden: np.ndarray | None        # (T, L+1, P, D)
-    hidden_index: tuple | None       # (positions, dims) of `hidden`
+
+    steps: np.ndarray  # (T,)
+    logprobs: np.ndarray  # (T, N)
+    logits: np.ndarray  # (T, N)
+    hidden: np.ndarray | None  # (T, L+1, P, D)
+    hidden_index: tuple | None  # (positions, dims) of `hidden`
 
 
-def over_trajectory(traj, probes: Probes, batch_size: int = 8, device: torch.device | str = "cpu",
-                    activation_positions: int = 0, activation_dims: int = 0, seed: int = 0,
-                    steps: Sequence[int] | None = None) -> TrajectoryForced:
+def over_trajectory(
+    traj,
+    probes: Probes,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    activation_positions: int = 0,
+    activation_dims: int = 0,
+    seed: int = 0,
+    steps: Sequence[int] | None = None,
+) -> TrajectoryForced:
     """Teacher-force every checkpoint of `traj` (one model in memory at a time) over the probes."""
     steps = list(traj.steps if steps is None else steps)
     index = None
@@ -339,5 +400,10 @@ def over_trajectory(traj, probes: Probes, batch_size: int = 8, device: torch.dev
         per_step.append(teacher_force(model, probes, batch_size, index))
         del model
     hidden = np.stack([f.hidden for f in per_step]) if index is not None else None
-    return TrajectoryForced(np.asarray(steps), np.stack([f.logprobs for f in per_step]),
-                            np.stack([f.logits for f in per_step]), hidden, index)
+    return TrajectoryForced(
+        np.asarray(steps),
+        np.stack([f.logprobs for f in per_step]),
+        np.stack([f.logits for f in per_step]),
+        hidden,
+        index,
+    )

@@ -39,6 +39,7 @@ Multiple processes (accelerate):
   Written against DeepSpeed's documented API; not exercised by this repository's tests (CPU only).
 - Not supported (error at `on_train_begin`): FSDP2 / DTensor parameters, and TP/PP-sharded models.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -124,7 +125,7 @@ class _Weights:
         """W ← P + β (W − P) in place, tensor by tensor (fp32)."""
         with self._full(modify=True) as params:
             for n, p in params:
-                w = lerp(anchor[n].to(p.device), self._value(p), beta)   # fp32 (the master's dtype under DeepSpeed)
+                w = lerp(anchor[n].to(p.device), self._value(p), beta)  # fp32 (the master's dtype under DeepSpeed)
                 if self.deepspeed:
                     from deepspeed.utils import safe_set_full_fp32_param
 
@@ -152,8 +153,14 @@ class RLExtra(TrainerCallback):
     `train()` call), `anchor` ({name: CPU fp32 P}).
     """
 
-    def __init__(self, m: int, n: int, norms: str = "copy-from-t1", optimizer: str = "reset",
-                 resume_from: str | Path | None = None):
+    def __init__(
+        self,
+        m: int,
+        n: int,
+        norms: str = "copy-from-t1",
+        optimizer: str = "reset",
+        resume_from: str | Path | None = None,
+    ):
         if int(m) < 1 or int(n) < 0:
             raise ValueError(f"RL-Extra needs m >= 1 real and n >= 0 extrapolated steps per cycle (got m={m}, n={n})")
         if norms not in NORM_POLICIES:
@@ -171,9 +178,18 @@ class RLExtra(TrainerCallback):
     def record(self, step: int) -> dict:
         """What a checkpoint at real step `step` carries in `rl_extra.json`."""
         cycle_start = step - step % self.m
-        return {"rl_steps": step, "effective_steps": effective_steps(step, self.m, self.n), "m": self.m, "n": self.n,
-                "beta": self.beta, "norms": self.norms, "optimizer": self.optimizer, "cycle": step // self.m,
-                "phase_start": cycle_start, "anchor": ANCHOR if step % self.m else None}
+        return {
+            "rl_steps": step,
+            "effective_steps": effective_steps(step, self.m, self.n),
+            "m": self.m,
+            "n": self.n,
+            "beta": self.beta,
+            "norms": self.norms,
+            "optimizer": self.optimizer,
+            "cycle": step // self.m,
+            "phase_start": cycle_start,
+            "anchor": ANCHOR if step % self.m else None,
+        }
 
     def _count(self, step: int) -> None:
         self.rl_steps, self.effective_steps = step, effective_steps(step, self.m, self.n)
@@ -181,14 +197,18 @@ class RLExtra(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kw):
         period = generation_period(args)
         if self.m % period:
-            raise ValueError(f"RL-Extra: m = {self.m} is not a multiple of GRPOTrainer's generation period {period} "
-                             f"(steps_per_generation {args.steps_per_generation} × num_iterations {args.num_iterations}"
-                             f" micro-steps, gradient_accumulation_steps {args.gradient_accumulation_steps}): an "
-                             f"extrapolation would leave rollouts of the old policy in the buffer")
+            raise ValueError(
+                f"RL-Extra: m = {self.m} is not a multiple of GRPOTrainer's generation period {period} "
+                f"(steps_per_generation {args.steps_per_generation} × num_iterations {args.num_iterations}"
+                f" micro-steps, gradient_accumulation_steps {args.gradient_accumulation_steps}): an "
+                f"extrapolation would leave rollouts of the old policy in the buffer"
+            )
         self._start = int(state.global_step)
         if self._start % period:
-            raise ValueError(f"RL-Extra: resuming at step {self._start}, not a multiple of the generation period "
-                             f"{period}: later cycle boundaries would not be generation boundaries")
+            raise ValueError(
+                f"RL-Extra: resuming at step {self._start}, not a multiple of the generation period "
+                f"{period}: later cycle boundaries would not be generation boundaries"
+            )
         self._weights = _Weights(model, self.norms)
         self._count(self._start)
         self.anchor = self._weights.read() if self._start % self.m == 0 else self._load_anchor(args)
@@ -197,12 +217,16 @@ class RLExtra(TrainerCallback):
         ckpt = self.resume_from or Path(args.output_dir) / f"checkpoint-{self._start}"
         rec_path, path = ckpt / RECORD, ckpt / ANCHOR
         if not (rec_path.is_file() and path.is_file()):
-            raise FileNotFoundError(f"{ckpt}: resuming RL-Extra mid-cycle (step {self._start}, m = {self.m}) needs "
-                                    f"{RECORD} and {ANCHOR} there (pass resume_from= the checkpoint directory)")
+            raise FileNotFoundError(
+                f"{ckpt}: resuming RL-Extra mid-cycle (step {self._start}, m = {self.m}) needs "
+                f"{RECORD} and {ANCHOR} there (pass resume_from= the checkpoint directory)"
+            )
         rec = json.loads(rec_path.read_text())
         mine = {"m": self.m, "n": self.n, "norms": self.norms, "rl_steps": self._start}
         if any(rec.get(k) != v for k, v in mine.items()):
-            raise ValueError(f"{rec_path}: written by RL-Extra {({k: rec.get(k) for k in mine})}, resuming with {mine}")
+            raise ValueError(
+                f"{rec_path}: written by RL-Extra { ({k: rec.get(k) for k in mine}) }, resuming with {mine}"
+            )
         anchor = load_file(path)
         now = self._weights.read()
         if set(anchor) != set(now) or any(anchor[k].shape != now[k].shape for k in now):
@@ -212,7 +236,7 @@ class RLExtra(TrainerCallback):
     def on_step_end(self, args, state, control, optimizer=None, **kw):
         step = int(state.global_step)
         if step % self.m == 0:
-            if (step - self._start) % generation_period(args):   # guarded at on_train_begin; never silent
+            if (step - self._start) % generation_period(args):  # guarded at on_train_begin; never silent
                 raise RuntimeError(f"RL-Extra: step {step} is not a generation boundary")
             self._weights.extrapolate(self.anchor, self.beta)
             if self.n:

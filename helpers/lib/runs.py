@@ -9,13 +9,14 @@ rl.seed, rl.seed + 1, …, all from the same base model and task split). A user'
 run whatever `rl.seeds` says: its seed is reported as `rl.seed`. Nothing below this module imports `training` to find
 a run; the readers (`trajectory`, `checkpoint_io`) only read directories.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from helpers.lib import scoring
-from helpers.lib import training
+from helpers.lib import scoring, training
 from helpers.lib.config import derive
 from helpers.lib.paths import resolve
 from helpers.lib.trajectory import Trajectory, discover, is_extrapolation

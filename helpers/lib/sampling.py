@@ -7,16 +7,19 @@
 left padding, so a logit-extrapolated pair of models (helpers.lib.logit_extrapolation) samples through the very same
 loop. A sampler may also set `last_entropy` (mean token entropy of the distributions it sampled from in its last call).
 """
+
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
 
 class Sampler(Protocol):
-    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int) -> list[list[str]]:
+    def generate(
+        self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int
+    ) -> list[list[str]]:
         """n completions per prompt (temperature 0 = greedy)."""
         ...
 
@@ -32,8 +35,14 @@ class ModelLogits:
         self.model, self.cache, self.pos = model, None, None
 
     def _forward(self, ids, mask, pos):
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1)  # the last position only: no (B, L, vocab) prefill logits
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )  # the last position only: no (B, L, vocab) prefill logits
         self.cache = out.past_key_values
         return out.logits[:, -1].float()
 
@@ -62,8 +71,17 @@ def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode(source, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-           top_p: float, eos_id: int | Sequence[int], pad_id: int, generator: torch.Generator | None = None):
+def decode(
+    source,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos_id: int | Sequence[int],
+    pad_id: int,
+    generator: torch.Generator | None = None,
+):
     """Batched decoding from any logits source (`ModelLogits` or a mix of models): temperature, then top-p, then a
     multinomial draw (argmax when temperature is 0); rows that emit a stop token (`eos_id`: one id or several) leave
     the batch.
@@ -120,24 +138,46 @@ class HFSampler:
         ids.update(config if isinstance(config, (list, tuple)) else [config])
         ids.discard(None)
         if not ids:
-            raise ValueError("the tokenizer and the model's generation config name no EOS token: completions "
-                             "would never stop")
+            raise ValueError(
+                "the tokenizer and the model's generation config name no EOS token: completions would never stop"
+            )
         return sorted(int(i) for i in ids)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 16, seed: int = 0) -> list[list[str]]:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 16,
+        seed: int = 0,
+    ) -> list[list[str]]:
         tok = self.tokenizer
         device = next(self.model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(int(seed))
         flat = [p for p in prompts for _ in range(n)]
         out, ent_sum, ent_n = [], 0.0, 0
         for i in range(0, len(flat), self.batch_size):
-            enc = tok(flat[i:i + self.batch_size], return_tensors="pt", padding=True, padding_side="left",
-                      add_special_tokens=False).to(device)
-            new, es, en = decode(self.logits_source(), enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                                 temperature, top_p, self.stop_ids(), tok.pad_token_id, gen)
+            enc = tok(
+                flat[i : i + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            ).to(device)
+            new, es, en = decode(
+                self.logits_source(),
+                enc["input_ids"],
+                enc["attention_mask"],
+                max_new_tokens,
+                temperature,
+                top_p,
+                self.stop_ids(),
+                tok.pad_token_id,
+                gen,
+            )
             ent_sum, ent_n = ent_sum + es, ent_n + en
             out.extend(tok.batch_decode(new, skip_special_tokens=True))
         self.last_entropy = ent_sum / max(ent_n, 1)
-        return [out[j * n:(j + 1) * n] for j in range(len(prompts))]
+        return [out[j * n : (j + 1) * n] for j in range(len(prompts))]

@@ -2,7 +2,8 @@
 
     write_synthetic_trajectory(out_dir, n_params=100e6, steps=range(0, 1501, 100), drift=2e-3, noise=2e-4)
 
-writes a Qwen2-architecture model (an HF config.json and Qwen2ForCausalLM's tensor names and shapes) as a TRL-layout run `out_dir/checkpoint-N/`
+writes a Qwen2-architecture model (an HF config.json and Qwen2ForCausalLM's tensor names and shapes) as a TRL-layout
+run `out_dir/checkpoint-N/`
 (model.safetensors + config.json, checkpoint-0 = base) whose entries follow
 
     θ_t = θ_0 + drift · u · t / t_max + noise · ε_t + walk · W_t
@@ -15,13 +16,14 @@ name and the step), so memory stays at one tensor whatever the model size.
 
 CLI: `python -m helpers.lib.synthetic OUT_DIR --n-params 1e8 --steps 0:1500:100 --dtype bf16`.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,18 +38,35 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, 
 ValueFn = Callable[[str, tuple, int], torch.Tensor]  # (tensor name, shape, step) -> values at that step
 
 
-def qwen2_config(n_params: float = 100e6, hidden_size: int = 512, vocab_size: int = 32000,
-                 tie_word_embeddings: bool = False, **overrides) -> dict:
+def qwen2_config(
+    n_params: float = 100e6,
+    hidden_size: int = 512,
+    vocab_size: int = 32000,
+    tie_word_embeddings: bool = False,
+    **overrides,
+) -> dict:
     """A Qwen2 `config.json` (as a dict) with about `n_params` parameters: head dim 64 (or hidden_size when smaller),
     4 query heads per KV head, intermediate 3 × hidden; the number of layers (≥ 1) makes up the count."""
     head_dim = min(64, hidden_size)
     heads = max(1, hidden_size // head_dim)
     kv_heads = max(1, heads // 4)
-    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": vocab_size,
-              "hidden_size": hidden_size, "intermediate_size": 3 * hidden_size, "num_hidden_layers": 1,
-              "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
-              "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-              "tie_word_embeddings": tie_word_embeddings, "use_cache": True}
+    config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": 3 * hidden_size,
+        "num_hidden_layers": 1,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": tie_word_embeddings,
+        "use_cache": True,
+    }
     config.update(overrides)
     if "num_hidden_layers" not in overrides:
         shapes = qwen2_shapes(config)
@@ -65,21 +84,36 @@ def qwen2_shapes(config: dict) -> dict[str, tuple]:
     shapes = {"model.embed_tokens.weight": (v, h)}
     for n in range(config["num_hidden_layers"]):
         p = f"model.layers.{n}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.q_proj.bias": (q,),
-            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
-            p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (q, h),
+                p + "self_attn.q_proj.bias": (q,),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.k_proj.bias": (kv,),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.v_proj.bias": (kv,),
+                p + "self_attn.o_proj.weight": (h, q),
+                p + "mlp.gate_proj.weight": (i, h),
+                p + "mlp.up_proj.weight": (i, h),
+                p + "mlp.down_proj.weight": (h, i),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+            }
+        )
     shapes["model.norm.weight"] = (h,)
     if not config.get("tie_word_embeddings"):
         shapes["lm_head.weight"] = (v, h)
     return shapes
 
 
-def write_trajectory(out_dir, config: dict, steps: Sequence[int], values: ValueFn,
-                     dtype: torch.dtype = torch.bfloat16, shapes: dict[str, tuple] | None = None) -> Path:
+def write_trajectory(
+    out_dir,
+    config: dict,
+    steps: Sequence[int],
+    values: ValueFn,
+    dtype: torch.dtype = torch.bfloat16,
+    shapes: dict[str, tuple] | None = None,
+) -> Path:
     """Write `out_dir/checkpoint-<step>/` (model.safetensors + config.json) for every step: tensor `name` at `step`
     is `values(name, shape, step)` stored as `dtype`; `shapes` defaults to `qwen2_shapes(config)`. The directory
     appears only when complete."""
@@ -88,9 +122,12 @@ def write_trajectory(out_dir, config: dict, steps: Sequence[int], values: ValueF
     with tempfile.TemporaryDirectory() as like, atomic_dir(out_dir) as tmp:
         atomic_write_json(Path(like) / "config.json", config)
         for step in sorted(int(s) for s in steps):
-            write_checkpoint(tmp / f"checkpoint-{step}",
-                             ((name, values(name, shape, step)) for name, shape in shapes.items()),
-                             like=Path(like), dtype_of=lambda _: dtype)
+            write_checkpoint(
+                tmp / f"checkpoint-{step}",
+                ((name, values(name, shape, step)) for name, shape in shapes.items()),
+                like=Path(like),
+                dtype_of=lambda _: dtype,
+            )
     return Path(out_dir)
 
 
@@ -98,8 +135,14 @@ def _randn(seed: int, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tens
     return torch.randn(shape, generator=torch.Generator().manual_seed(tensor_seed(seed, name)), dtype=dtype)
 
 
-def drift_noise_walk(steps: Sequence[int], drift: float, noise: float, walk: float = 0.0, seed: int = 0,
-                     dtype: torch.dtype = torch.float32) -> ValueFn:
+def drift_noise_walk(
+    steps: Sequence[int],
+    drift: float,
+    noise: float,
+    walk: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> ValueFn:
     """The value function of the module docstring's model, computed in `dtype`."""
     steps = sorted(int(s) for s in steps)
     t_max = max(steps) or 1
@@ -120,28 +163,42 @@ def drift_noise_walk(steps: Sequence[int], drift: float, noise: float, walk: flo
         if noise:
             theta += noise * _randn(seed, f"{name}/noise@{step}", shape, dtype)
         if walk:
-            for s in steps[1:position[step] + 1]:
+            for s in steps[1 : position[step] + 1]:
                 theta += walk * _randn(seed, f"{name}/walk@{s}", shape, dtype)
         return theta
 
     return values
 
 
-def write_synthetic_trajectory(out_dir, n_params: float = 100e6, steps: Sequence[int] = range(0, 1501, 100),
-                               dtype: torch.dtype = torch.bfloat16, drift: float = 2e-3, noise: float = 2e-4,
-                               walk: float = 0.0, seed: int = 0, **shape) -> Path:
+def write_synthetic_trajectory(
+    out_dir,
+    n_params: float = 100e6,
+    steps: Sequence[int] = range(0, 1501, 100),
+    dtype: torch.dtype = torch.bfloat16,
+    drift: float = 2e-3,
+    noise: float = 2e-4,
+    walk: float = 0.0,
+    seed: int = 0,
+    **shape,
+) -> Path:
     """A Qwen2-shaped synthetic run of ≈ `n_params` parameters (`shape` overrides `qwen2_config` arguments) with
     linear drift + noise (+ random walk) as in the module docstring. Returns `out_dir`."""
     steps = list(steps)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     if len(steps) < 2 or 0 not in steps:
         raise ValueError(f"steps must include 0 (the base) and at least one more step, got {steps}")
-    return write_trajectory(out_dir, qwen2_config(n_params, **shape), steps,
-                            drift_noise_walk(steps, drift, noise, walk, seed, compute), dtype)
+    return write_trajectory(
+        out_dir,
+        qwen2_config(n_params, **shape),
+        steps,
+        drift_noise_walk(steps, drift, noise, walk, seed, compute),
+        dtype,
+    )
 
 
-def reference_r2(steps: Sequence[int], drift: float, noise: float, walk: float = 0.0, n: int = 100_000,
-                 seed: int = 0) -> np.ndarray:
+def reference_r2(
+    steps: Sequence[int], drift: float, noise: float, walk: float = 0.0, n: int = 100_000, seed: int = 0
+) -> np.ndarray:
     """R² of `n` entries drawn from the same model as `drift_noise_walk`, simulated in float64 without storage
     rounding or filters: the known answer a measurement on a synthetic trajectory should reproduce."""
     from helpers.lib.linearity import r2
@@ -174,8 +231,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--hidden-size", type=int, default=512)
     p.add_argument("--vocab-size", type=int, default=32000)
     a = p.parse_args(argv)
-    out = write_synthetic_trajectory(a.out_dir, a.n_params, a.steps, DTYPES[a.dtype], a.drift, a.noise, a.walk,
-                                     a.seed, hidden_size=a.hidden_size, vocab_size=a.vocab_size)
+    out = write_synthetic_trajectory(
+        a.out_dir,
+        a.n_params,
+        a.steps,
+        DTYPES[a.dtype],
+        a.drift,
+        a.noise,
+        a.walk,
+        a.seed,
+        hidden_size=a.hidden_size,
+        vocab_size=a.vocab_size,
+    )
     cfg = json.loads((out / "checkpoint-0" / "config.json").read_text())
     print(f"{out}: {len(a.steps)} checkpoints, {cfg['num_hidden_layers']} layers × hidden {cfg['hidden_size']}")
 

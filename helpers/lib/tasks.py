@@ -9,20 +9,23 @@ A fraction `slip` of the train problems carry a flawed reference solution (the l
 so a model trained on them by SFT mixes a right and a wrong procedure — the headroom RL then removes. Rewards and
 accuracy always use the true answer.
 """
+
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-ALPHABET = "0123456789+-="          # every character a prompt or completion can contain
+ALPHABET = "0123456789+-="  # every character a prompt or completion can contain
 _INT = re.compile(r"-?\d+")
 
 
 @dataclass(frozen=True)
 class Item:
     """One problem: the prompt the model sees, the gold integer, and the reference completion (for SFT)."""
+
     prompt: str
     answer: int
     solution: str
@@ -42,7 +45,7 @@ def _solution(operands: list[int], ops: list[str], chain: bool) -> tuple[int, st
     # worked chain: replace the first two operands by their partial result, repeatedly
     parts = []
     for i in range(len(steps) - 1):
-        rest = "".join(f"{o}{x}" for o, x in zip(ops[i + 1:], operands[i + 2:]))
+        rest = "".join(f"{o}{x}" for o, x in zip(ops[i + 1 :], operands[i + 2 :]))
         parts.append(f"{steps[i]}{rest}=")
     return total, "".join(parts) + str(total)
 
@@ -65,8 +68,10 @@ def split(task: Mapping[str, Any]) -> tuple[list[Item], list[Item]]:
     spec = (int(task["operands"]), int(task["max_value"]), str(task["ops"]), bool(task["chain"]))
     distinct = spec[1] ** spec[0] * len(set(spec[2])) ** (spec[0] - 1)
     if int(task["heldout_size"]) >= distinct:
-        raise ValueError(f"task.heldout_size {task['heldout_size']} leaves no training problems: the task has only "
-                         f"{distinct} distinct problems")
+        raise ValueError(
+            f"task.heldout_size {task['heldout_size']} leaves no training problems: the task has only "
+            f"{distinct} distinct problems"
+        )
     heldout: dict[str, Item] = {}
     while len(heldout) < task["heldout_size"]:
         it = make_item(rng, *spec)

@@ -3,10 +3,12 @@
 Both are saved with `save_pretrained`, so `AutoTokenizer` / `AutoModelForCausalLM` (and vLLM: head size 32) load them
 like any real model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -26,8 +28,9 @@ def make_tokenizer(alphabet: str = ALPHABET) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                   padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
+    )
 
 
 def make_config(model: Mapping[str, Any], tokenizer) -> Any:
@@ -38,11 +41,19 @@ def make_config(model: Mapping[str, Any], tokenizer) -> Any:
     if hidden % heads or hidden // heads not in (32, 64, 128):
         raise ValueError(f"model: head size hidden_size/heads = {hidden}/{heads} must be 32, 64 or 128")
     return ARCHS[model["arch"]](
-        vocab_size=len(tokenizer), hidden_size=hidden, num_attention_heads=heads,
-        num_key_value_heads=int(model["kv_heads"]), num_hidden_layers=int(model["layers"]),
-        intermediate_size=int(model["intermediate_size"]), max_position_embeddings=int(model["max_positions"]),
-        tie_word_embeddings=bool(model["tie_embeddings"]), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, dtype="float32")
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=int(model["kv_heads"]),
+        num_hidden_layers=int(model["layers"]),
+        intermediate_size=int(model["intermediate_size"]),
+        max_position_embeddings=int(model["max_positions"]),
+        tie_word_embeddings=bool(model["tie_embeddings"]),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        dtype="float32",
+    )
 
 
 def init_model(model: Mapping[str, Any], seed: int, out_dir: str | Path, alphabet: str = ALPHABET) -> Path:

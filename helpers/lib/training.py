@@ -9,31 +9,40 @@ complete trajectory, and `log.csv` with one row per optimizer step (columns `LOG
 greedy held-out accuracy, filled at step 0 and at every checkpoint). SFT runs (`train_sft`) share that layout, the
 callbacks and the checkpointing; RL accepts extra `TrainerCallback`s.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import shutil
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
-from helpers.lib import models
-from helpers.lib import scoring
-from helpers.lib import tasks
-from helpers.lib import tiny
-from helpers.lib.device import cpu_threads, pick
+from helpers.lib import models, scoring, tasks, tiny
 from helpers.lib.cache import build_info, cached, cached_build, dir_fingerprint
+from helpers.lib.device import cpu_threads, pick
 from helpers.lib.paths import atomic_write_text, resolve
 
-LOG_COLUMNS = ["step", "seconds", "loss", "grad_norm", "learning_rate", "reward", "reward_std", "entropy",
-               "completion_length", "heldout_accuracy"]
-TRL_KEYS = {"completions/mean_length": "completion_length"}   # TRL log key -> log column
+LOG_COLUMNS = [
+    "step",
+    "seconds",
+    "loss",
+    "grad_norm",
+    "learning_rate",
+    "reward",
+    "reward_std",
+    "entropy",
+    "completion_length",
+    "heldout_accuracy",
+]
+TRL_KEYS = {"completions/mean_length": "completion_length"}  # TRL log key -> log column
 
 # RL algorithms as GRPOConfig keyword sets (beta=0 and the clip range come from the `rl` section). Token-level
 # losses are averaged over all tokens of the batch (dapo, as verl's token-mean); GSPO averages per sequence.
@@ -43,15 +52,14 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "reinforce++": {"importance_sampling_level": "token", "scale_rewards": "batch", "loss_type": "dapo"},
 }
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
-BASE_VERSION = 1         # `cache` versions of the SFT base and of the embedded RL run: bump when training changes
+BASE_VERSION = 1  # `cache` versions of the SFT base and of the embedded RL run: bump when training changes
 TRAJECTORY_VERSION = 1
 
 
 class TrajectoryLog(TrainerCallback):
     """Per-step metrics to `log.csv`; greedy held-out accuracy of the model at step 0 and at every checkpoint."""
 
-    def __init__(self, path: Path, heldout: Sequence, tokenizer, max_new_tokens: int,
-                 batch_size: int = 512):
+    def __init__(self, path: Path, heldout: Sequence, tokenizer, max_new_tokens: int, batch_size: int = 512):
         self.path, self.heldout, self.tokenizer = Path(path), list(heldout), tokenizer
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.rows: dict[int, dict] = {}
@@ -94,23 +102,43 @@ class TrajectoryLog(TrainerCallback):
         atomic_write_text(self.path, buf.getvalue())
 
 
-def _common_args(out_dir: Path, *, steps: int, save_every: int, lr: float, optimizer: str, seed: int,
-                 device: str, batch: int) -> dict:
+def _common_args(
+    out_dir: Path, *, steps: int, save_every: int, lr: float, optimizer: str, seed: int, device: str, batch: int
+) -> dict:
     """TrainingArguments shared by SFT and RL: constant lr, one log row per step, light checkpoints."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {optimizer!r} unknown (known: {', '.join(OPTIMIZERS)})")
-    return dict(output_dir=str(out_dir), max_steps=int(steps), learning_rate=float(lr), optim=OPTIMIZERS[optimizer],
-                lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=batch,
-                gradient_accumulation_steps=1, logging_steps=1, save_strategy="steps" if save_every else "no",
-                save_steps=int(save_every) if save_every else 500, save_only_model=True, seed=int(seed),
-                data_seed=int(seed), report_to=[], disable_tqdm=True, use_cpu=pick(device).type == "cpu",
-                bf16=False, fp16=False, dataloader_num_workers=0, gradient_checkpointing=False)
+    return dict(
+        output_dir=str(out_dir),
+        max_steps=int(steps),
+        learning_rate=float(lr),
+        optim=OPTIMIZERS[optimizer],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        logging_steps=1,
+        save_strategy="steps" if save_every else "no",
+        save_steps=int(save_every) if save_every else 500,
+        save_only_model=True,
+        seed=int(seed),
+        data_seed=int(seed),
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=pick(device).type == "cpu",
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+    )
 
 
 def _start_dir(out_dir: Path, start: Path) -> None:
     """`out_dir/checkpoint-0` = a copy of the starting model, so the run directory is a complete trajectory."""
-    shutil.copytree(start, out_dir / "checkpoint-0",
-                    ignore=shutil.ignore_patterns("log.csv", "build.json", "*.md", "init"))
+    shutil.copytree(
+        start, out_dir / "checkpoint-0", ignore=shutil.ignore_patterns("log.csv", "build.json", "*.md", "init")
+    )
 
 
 def _fit(trainer) -> None:
@@ -148,8 +176,7 @@ def problems(cfg, tokenizer) -> tuple[list, list, Callable]:
     if cfg.task.kind == "math":
         from helpers.lib import math_tasks
 
-        return (math_tasks.train_from_config(cfg, tokenizer), math_tasks.from_config(cfg, tokenizer),
-                math_tasks.reward)
+        return (math_tasks.train_from_config(cfg, tokenizer), math_tasks.from_config(cfg, tokenizer), math_tasks.reward)
     train, heldout = tasks.split(cfg.task)
     return train, heldout, tasks.reward
 
@@ -158,7 +185,7 @@ def run_key(cfg, sections: Sequence[str]) -> dict:
     """What a trained run is cached by: these config sections, the seed and the device; on the math task also the
     `math` section and the starting model (`dir_fingerprint` of `trajectory.base`)."""
     key = {k: cfg[k] for k in sections} | {"seed": cfg.seed, "device": cfg.device}
-    if "rl" in key:   # how many seeds a notebook trains is not a property of one run
+    if "rl" in key:  # how many seeds a notebook trains is not a property of one run
         key["rl"] = {k: v for k, v in cfg.rl.items() if k != "seeds"}
     if cfg.task.kind == "math":
         key |= {"math": cfg.math, "base": dir_fingerprint(base_model(cfg))}
@@ -182,13 +209,24 @@ class _SFTCollator:
         width = max(map(len, seqs))
         pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
         ids = torch.tensor(pad(seqs, tok.pad_token_id))
-        return {"input_ids": ids, "attention_mask": torch.tensor(pad([[1] * len(s) for s in seqs], 0)),
-                "labels": torch.tensor(pad(labels, -100))}
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.tensor(pad([[1] * len(s) for s in seqs], 0)),
+            "labels": torch.tensor(pad(labels, -100)),
+        }
 
 
-def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int, save_every: int,
-              compute_loss_func: Callable | None = None, callbacks: Iterable[TrainerCallback] = (),
-              save_final: bool = False) -> Path:
+def train_sft(
+    cfg,
+    base_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    save_every: int,
+    compute_loss_func: Callable | None = None,
+    callbacks: Iterable[TrainerCallback] = (),
+    save_final: bool = False,
+) -> Path:
     """Supervised fine-tuning of the model in `base_dir` on reference solutions of the train split, for `steps`
     steps with a checkpoint every `save_every` (0: none); lr, batch and optimizer come from the `sft` section (derive
     the config to change them, `config.derive`).
@@ -205,18 +243,42 @@ def train_sft(cfg, base_dir: str | Path, out_dir: str | Path, *, steps: int, sav
     train, heldout, _ = problems(cfg, tok)
     unsolved = [it.prompt for it in train if getattr(it, "solution", None) is None]
     if unsolved:
-        raise ValueError(f"{cfg.source}: SFT needs a worked solution for every training problem; {len(unsolved)} of "
-                         f"{len(train)} have none (math: give math.train_dataset a `solution` column)")
+        raise ValueError(
+            f"{cfg.source}: SFT needs a worked solution for every training problem; {len(unsolved)} of "
+            f"{len(train)} have none (math: give math.train_dataset a `solution` column)"
+        )
     if save_every:
         _start_dir(out_dir, base_dir)
-    args = TrainingArguments(**_common_args(out_dir, steps=steps, save_every=save_every, lr=cfg.sft.lr,
-                                            optimizer=cfg.sft.optimizer, seed=cfg.seed, device=cfg.device,
-                                            batch=int(cfg.sft.batch)), remove_unused_columns=False)
+    args = TrainingArguments(
+        **_common_args(
+            out_dir,
+            steps=steps,
+            save_every=save_every,
+            lr=cfg.sft.lr,
+            optimizer=cfg.sft.optimizer,
+            seed=cfg.seed,
+            device=cfg.device,
+            batch=int(cfg.sft.batch),
+        ),
+        remove_unused_columns=False,
+    )
     data = Dataset.from_list([{"prompt": it.prompt, "solution": it.solution} for it in train])
-    log = TrajectoryLog(out_dir / "log.csv", heldout[:int(cfg.eval.heldout_during_training)], tok,
-                        int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=_SFTCollator(tok),
-                      processing_class=tok, compute_loss_func=compute_loss_func, callbacks=[log, *callbacks])
+    log = TrajectoryLog(
+        out_dir / "log.csv",
+        heldout[: int(cfg.eval.heldout_during_training)],
+        tok,
+        int(cfg.eval.max_new_tokens),
+        int(cfg.eval.batch_size),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=_SFTCollator(tok),
+        processing_class=tok,
+        compute_loss_func=compute_loss_func,
+        callbacks=[log, *callbacks],
+    )
     _fit(trainer)
     if save_final:
         trainer.save_model(str(out_dir))
@@ -231,17 +293,37 @@ def rl_args(cfg, out_dir: str | Path):
     rl = cfg.rl
     if rl.algorithm not in ALGORITHMS:
         raise ValueError(f"rl.algorithm: unknown algorithm {rl.algorithm!r} (known: {', '.join(ALGORITHMS)})")
-    common = _common_args(Path(out_dir), steps=rl.steps, save_every=rl.save_every, lr=rl.lr, optimizer=rl.optimizer,
-                          seed=rl.seed, device=cfg.device, batch=int(rl.batch) * int(rl.rollouts))
-    return GRPOConfig(**common, **ALGORITHMS[rl.algorithm], num_generations=int(rl.rollouts),
-                      max_completion_length=int(rl.max_completion_length), temperature=float(rl.temperature),
-                      top_p=1.0, beta=0.0, epsilon=float(rl.epsilon), epsilon_high=float(rl.epsilon_high),
-                      num_iterations=1, log_completions=False, shuffle_dataset=True,
-                      use_vllm=bool(rl.use_vllm), vllm_mode="colocate")
+    common = _common_args(
+        Path(out_dir),
+        steps=rl.steps,
+        save_every=rl.save_every,
+        lr=rl.lr,
+        optimizer=rl.optimizer,
+        seed=rl.seed,
+        device=cfg.device,
+        batch=int(rl.batch) * int(rl.rollouts),
+    )
+    return GRPOConfig(
+        **common,
+        **ALGORITHMS[rl.algorithm],
+        num_generations=int(rl.rollouts),
+        max_completion_length=int(rl.max_completion_length),
+        temperature=float(rl.temperature),
+        top_p=1.0,
+        beta=0.0,
+        epsilon=float(rl.epsilon),
+        epsilon_high=float(rl.epsilon_high),
+        num_iterations=1,
+        log_completions=False,
+        shuffle_dataset=True,
+        use_vllm=bool(rl.use_vllm),
+        vllm_mode="colocate",
+    )
 
 
-def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = (),
-             base_dir: str | Path | None = None) -> Path:
+def train_rl(
+    cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = (), base_dir: str | Path | None = None
+) -> Path:
     """RLVR with TRL's GRPOTrainer on the task's training problems and verifier (`problems`), starting from
     `base_dir` (default: `base_model(cfg)`).
 
@@ -259,10 +341,21 @@ def train_rl(cfg, out_dir: str | Path, callbacks: Iterable[TrainerCallback] = ()
     train, heldout, reward = problems(cfg, tok)
     _start_dir(out_dir, base_dir)
     data = Dataset.from_list([{"prompt": it.prompt, "answer": it.answer} for it in train])
-    log = TrajectoryLog(out_dir / "log.csv", heldout[:int(cfg.eval.heldout_during_training)], tok,
-                        int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                          processing_class=tok, callbacks=[log, *callbacks])
+    log = TrajectoryLog(
+        out_dir / "log.csv",
+        heldout[: int(cfg.eval.heldout_during_training)],
+        tok,
+        int(cfg.eval.max_new_tokens),
+        int(cfg.eval.batch_size),
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[log, *callbacks],
+    )
     _fit(trainer)
     return out_dir
 
@@ -273,8 +366,10 @@ def base_model(cfg) -> Path:
     time. Math task: the real model in `trajectory.base`."""
     if cfg.task.kind == "math":
         if not cfg.trajectory.base:
-            raise ValueError(f"{cfg.source}: on task.kind 'math' training starts from a real model: set trajectory."
-                             f"base to its directory (the tiny SFT base exists for the arithmetic task only)")
+            raise ValueError(
+                f"{cfg.source}: on task.kind 'math' training starts from a real model: set trajectory."
+                f"base to its directory (the tiny SFT base exists for the arithmetic task only)"
+            )
         base = resolve(cfg.trajectory.base)
         if not (base / "config.json").is_file():
             raise FileNotFoundError(f"{cfg.source}: trajectory.base {base} is not a model directory (no config.json)")

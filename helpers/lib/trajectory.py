@@ -8,6 +8,7 @@ Checkpoints are found by a small registry of directory-name patterns (`LAYOUTS`)
 at construction (cheap); tensor data is read on demand with `safetensors.safe_open`, or, for a sample of flat
 indices, straight from a memory map of the file, so a read touches only the bytes it needs.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,9 +20,9 @@ import re
 import stat
 import struct
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ class TrajectoryWarning(UserWarning):
 # ---------------------------------------------------------------------------------------------------------------------
 # Layouts: how each trainer names its checkpoint directories and where the HF weights live inside them.
 
+
 @dataclass(frozen=True)
 class Layout:
     name: str
@@ -49,10 +51,10 @@ class Layout:
 
 
 LAYOUTS = (
-    Layout("trl", r"checkpoint-(\d+)", "."),                       # output_dir/checkpoint-N/
-    Layout("verl", r"global_step_(\d+)", "actor/huggingface"),     # .../global_step_N/actor/huggingface/
-    Layout("openrlhf", r"global_step(\d+)_hf", "."),               # ckpt_path/global_stepN_hf/
-    Layout("plain", r"step_(\d+)", "."),                           # step_N/ (e.g. one Hub revision per step)
+    Layout("trl", r"checkpoint-(\d+)", "."),  # output_dir/checkpoint-N/
+    Layout("verl", r"global_step_(\d+)", "actor/huggingface"),  # .../global_step_N/actor/huggingface/
+    Layout("openrlhf", r"global_step(\d+)_hf", "."),  # ckpt_path/global_stepN_hf/
+    Layout("plain", r"step_(\d+)", "."),  # step_N/ (e.g. one Hub revision per step)
 )
 
 RECORD_NAME = "extrapolation.json"  # written beside the weights of an extrapolated model (helpers.lib.checkpoint_io)
@@ -97,15 +99,33 @@ def read_json(file: Path):
 # Reading safetensors headers (8-byte little-endian length, JSON header, raw little-endian data).
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 # numpy stand-ins with the same byte width (bf16 / fp8 are reinterpreted by torch after the read)
 NP_STANDIN = {
-    torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16,
-    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8,
-    torch.bool: np.bool_, torch.float8_e4m3fn: np.uint8, torch.float8_e5m2: np.uint8,
+    torch.float64: np.float64,
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.bfloat16: np.uint16,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.int16: np.int16,
+    torch.int8: np.int8,
+    torch.uint8: np.uint8,
+    torch.bool: np.bool_,
+    torch.float8_e4m3fn: np.uint8,
+    torch.float8_e5m2: np.uint8,
 }
 
 
@@ -148,10 +168,14 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
             raise TrajectoryError(f"{file}: corrupt safetensors header entry for {name!r} ({h})") from e
         info = TensorInfo(file, shape, dtype, 8 + n + start)
         if stop - start != info.numel * dtype.itemsize:
-            raise TrajectoryError(f"{file}: corrupt safetensors file ({name!r}: {stop - start} bytes for shape {shape})")
+            raise TrajectoryError(
+                f"{file}: corrupt safetensors file ({name!r}: {stop - start} bytes for shape {shape})"
+            )
         infos[name], end = info, max(end, stop)
     if 8 + n + end > size:
-        raise TrajectoryError(f"{file}: corrupt safetensors file (truncated: {size} bytes, header promises {8 + n + end})")
+        raise TrajectoryError(
+            f"{file}: corrupt safetensors file (truncated: {size} bytes, header promises {8 + n + end})"
+        )
     return infos
 
 
@@ -170,10 +194,13 @@ def load_pickle(file: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------------
 # One checkpoint: its HF dir and where each tensor lives.
 
+
 def weight_files(hf_dir: Path, allow_pickle: bool) -> tuple[str, dict[str, Path]]:
     """("safetensors" | "pickle", {tensor name: file}) for the HF model dir; the index's map when sharded."""
-    for fmt, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
-                               ("pickle", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+    for fmt, single, index in (
+        ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+        ("pickle", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
         if (hf_dir / index).exists():
             try:
                 weight_map = read_json(hf_dir / index)["weight_map"]
@@ -185,8 +212,10 @@ def weight_files(hf_dir: Path, allow_pickle: bool) -> tuple[str, dict[str, Path]
         else:
             continue
         if fmt == "pickle" and not allow_pickle:
-            raise TrajectoryError(f"{hf_dir}: only pickle weights (.bin) found; these can run code when loaded. "
-                                  "Convert to safetensors, or pass allow_pickle=True (loaded with weights_only=True)")
+            raise TrajectoryError(
+                f"{hf_dir}: only pickle weights (.bin) found; these can run code when loaded. "
+                "Convert to safetensors, or pass allow_pickle=True (loaded with weights_only=True)"
+            )
         for f in set(files.values()):
             if not f.exists():
                 raise TrajectoryError(f"{f}: listed in the shard index but missing")
@@ -198,8 +227,10 @@ def no_weights(hf_dir: Path) -> TrajectoryError:
     """The error for a checkpoint without HF weights; for verl FSDP shards it says how to merge them."""
     actor = hf_dir.parent
     if hf_dir.name == "huggingface" and any(actor.glob("model_world_size_*_rank_*.pt")):
-        return TrajectoryError(f"{actor}: verl checkpoint with only FSDP shards, no HF weights. Merge them first: "
-                               + VERL_MERGE.format(actor=actor))
+        return TrajectoryError(
+            f"{actor}: verl checkpoint with only FSDP shards, no HF weights. Merge them first: "
+            + VERL_MERGE.format(actor=actor)
+        )
     if not hf_dir.is_dir():
         return TrajectoryError(f"{hf_dir}: checkpoint directory does not exist")
     return TrajectoryError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
@@ -214,7 +245,7 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
 
     @classmethod
-    def open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
+    def open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> Checkpoint:
         """The checkpoint's tensor table (headers only); an unreadable directory or file is an error naming it."""
         try:
             return cls._open(step, hf_dir, layout, allow_pickle)
@@ -222,7 +253,7 @@ class Checkpoint:
             raise TrajectoryError(f"{hf_dir} (step {step}): cannot read ({e})") from e
 
     @classmethod
-    def _open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> "Checkpoint":
+    def _open(cls, step: int, hf_dir: Path, layout: str, allow_pickle: bool) -> Checkpoint:
         if not hf_dir.is_dir():
             raise no_weights(hf_dir)
         if layout in {lay.name for lay in LAYOUTS}:  # the step came from the directory name
@@ -256,6 +287,7 @@ def check_trainer_state(hf_dir: Path, step: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Discovery
 
+
 def run_entry(child: Path) -> bool:
     """Whether a run directory's entry named like a checkpoint is a directory (False: a file of that name). A broken
     symlink, a symlink loop or an entry that cannot be read is an error naming it."""
@@ -287,8 +319,11 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
                 found.append((hit[1], (child / hit[0].weights).resolve(), hit[0].name))
         if not found:
             patterns = ", ".join(f"{lay.pattern} ({lay.name})" for lay in LAYOUTS)
-            hint = (" (this looks like a single model; pass {step: dir} pairs instead)"
-                    if (root / "config.json").exists() else "")
+            hint = (
+                " (this looks like a single model; pass {step: dir} pairs instead)"
+                if (root / "config.json").exists()
+                else ""
+            )
             raise TrajectoryError(f"{root}: no checkpoints found; expected sub-directories named like {patterns}{hint}")
     else:
         items = source.items() if isinstance(source, Mapping) else source
@@ -300,8 +335,10 @@ def discover(source, base) -> list[tuple[int, Path, str]]:
                 continue
             hit = locate(Path(item))
             if hit is None:
-                raise TrajectoryError(f"{item}: cannot tell the step from the name; name it checkpoint-N / step_N / "
-                                      "global_step_N / global_stepN_hf, or pass (step, dir) / {step: dir}")
+                raise TrajectoryError(
+                    f"{item}: cannot tell the step from the name; name it checkpoint-N / step_N / "
+                    "global_step_N / global_stepN_hf, or pass (step, dir) / {step: dir}"
+                )
             found.append((hit[0], hit[1], hit[2].name))
         if not found:
             raise TrajectoryError("empty list of checkpoints")
@@ -331,8 +368,10 @@ def drop_extrapolations(found: list[tuple[int, Path, str]], error: bool) -> list
     kept = []
     for step, path, layout in found:
         if layout in {lay.name for lay in LAYOUTS} and is_extrapolation(path):
-            msg = (f"{path}: its {RECORD_NAME} says it is an extrapolated model, not step {step} of the run; "
-                   "move it out of the run directory")
+            msg = (
+                f"{path}: its {RECORD_NAME} says it is an extrapolated model, not step {step} of the run; "
+                "move it out of the run directory"
+            )
             if error:
                 raise TrajectoryError(msg)
             warnings.warn(f"{msg} (skipped)", TrajectoryWarning, stacklevel=3)
@@ -344,7 +383,7 @@ def drop_extrapolations(found: list[tuple[int, Path, str]], error: bool) -> list
 
 
 def nearest_step(steps, target: float) -> int:
-    """The saved step nearest to `target` (the earlier one on a tie): the one rule for snapping a step to a checkpoint."""
+    """The saved step nearest to `target` (the earlier one on a tie): the one rule for snapping to a checkpoint."""
     return min(steps, key=lambda s: (abs(s - target), s))
 
 
@@ -361,8 +400,10 @@ def step_of(path) -> int:
         except (KeyError, TypeError, ValueError) as e:
             raise TrajectoryError(f"{state}: no readable global_step ({e})") from e
     if hit is None:
-        raise TrajectoryError(f"{path}: cannot tell the step (no trainer_state.json, name not like checkpoint-N / "
-                              "step_N / global_step_N / global_stepN_hf)")
+        raise TrajectoryError(
+            f"{path}: cannot tell the step (no trainer_state.json, name not like checkpoint-N / "
+            "step_N / global_step_N / global_stepN_hf)"
+        )
     return hit[0]
 
 
@@ -371,6 +412,7 @@ def natural_key(name: str):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class Trajectory:
     """Checkpoints θ_0 (base, step 0), θ_s1, ... of one run, with lazy per-tensor access.
@@ -387,8 +429,10 @@ class Trajectory:
 
     def __init__(self, source, base=None, allow_pickle: bool = False, skip_extrapolations: bool = True):
         self.allow_pickle = allow_pickle
-        self.checkpoints = [Checkpoint.open(step, path, layout, allow_pickle) for step, path, layout
-                            in drop_extrapolations(discover(source, base), error=not skip_extrapolations)]
+        self.checkpoints = [
+            Checkpoint.open(step, path, layout, allow_pickle)
+            for step, path, layout in drop_extrapolations(discover(source, base), error=not skip_extrapolations)
+        ]
         self.steps = [c.step for c in self.checkpoints]
         self._by_step = {c.step: c for c in self.checkpoints}
         base_ckpt = self.checkpoints[0]
@@ -401,13 +445,18 @@ class Trajectory:
         self.names = sorted(names, key=natural_key)
         self._alias = {}
         if self.tied_embeddings:
-            embed = [n for n in self.names if n.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))]
+            embed = [
+                n for n in self.names if n.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))
+            ]
             if embed:
                 self._alias["lm_head.weight"] = embed[0]
         self._check_consistent()
         if self.steps[0] != 0 and isinstance(source, (str, Path)):
-            warnings.warn(f"{source}: no base checkpoint (step 0); pass base=<initial model dir> or add checkpoint-0",
-                          TrajectoryWarning, stacklevel=2)
+            warnings.warn(
+                f"{source}: no base checkpoint (step 0); pass base=<initial model dir> or add checkpoint-0",
+                TrajectoryWarning,
+                stacklevel=2,
+            )
         if len(set(np.diff(self.steps).tolist())) > 1:
             where = source if isinstance(source, (str, Path)) else self.path(self.steps[-1])
             warnings.warn(f"{where}: uneven step spacing, steps {self.steps}", TrajectoryWarning, stacklevel=2)
@@ -424,13 +473,17 @@ class Trajectory:
                 raise TrajectoryError(f"{c.dir} (step {c.step}): tensor(s) {extra[:5]} not in the base {base.dir}")
             for n in self.names:
                 if c.tensors[n].shape != base.tensors[n].shape:
-                    raise TrajectoryError(f"{c.tensors[n].file} (step {c.step}): tensor {n!r} has shape "
-                                          f"{c.tensors[n].shape}, the base has {base.tensors[n].shape}")
+                    raise TrajectoryError(
+                        f"{c.tensors[n].file} (step {c.step}): tensor {n!r} has shape "
+                        f"{c.tensors[n].shape}, the base has {base.tensors[n].shape}"
+                    )
 
     def __repr__(self) -> str:
         layouts = sorted({c.layout for c in self.checkpoints})
-        return (f"Trajectory({len(self.steps)} checkpoints, steps {self.steps[0]}..{self.steps[-1]}, "
-                f"{len(self.names)} tensors, layouts {layouts}, tied_embeddings={self.tied_embeddings})")
+        return (
+            f"Trajectory({len(self.steps)} checkpoints, steps {self.steps[0]}..{self.steps[-1]}, "
+            f"{len(self.names)} tensors, layouts {layouts}, tied_embeddings={self.tied_embeddings})"
+        )
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -479,8 +532,12 @@ class Trajectory:
                     return f.get_tensor(name)
             np_dtype = np.dtype(NP_STANDIN[info.dtype])
             if isinstance(index, slice):
-                data = np.fromfile(info.file, dtype=np_dtype, count=index.stop - index.start,
-                                   offset=info.offset + index.start * np_dtype.itemsize)
+                data = np.fromfile(
+                    info.file,
+                    dtype=np_dtype,
+                    count=index.stop - index.start,
+                    offset=info.offset + index.start * np_dtype.itemsize,
+                )
                 if len(data) != index.stop - index.start:
                     raise TrajectoryError(f"{info.file}: truncated data for tensor {name!r}")
             else:
@@ -535,8 +592,10 @@ class Trajectory:
         """Flat entries [start, stop) of one tensor of one checkpoint: a contiguous read of only those bytes."""
         n = self.numel(name)
         if not 0 <= start <= stop <= n:
-            raise TrajectoryError(f"{self._info(name, step).file}: flat range [{start}, {stop}) out of range for "
-                                  f"{name!r} with {n} entries")
+            raise TrajectoryError(
+                f"{self._info(name, step).file}: flat range [{start}, {stop}) out of range for "
+                f"{name!r} with {n} entries"
+            )
         return self._get(name, step, slice(start, stop))
 
     def rows(self, name: str, step: int, start: int, stop: int) -> torch.Tensor:
@@ -544,8 +603,9 @@ class Trajectory:
         shape = self.shape(name)
         rows, per_row = (shape[0], self.numel(name) // max(shape[0], 1)) if shape else (1, 1)
         if not 0 <= start <= stop <= rows:
-            raise TrajectoryError(f"{self._info(name, step).file}: rows [{start}, {stop}) out of range for {name!r} "
-                                  f"of shape {shape}")
+            raise TrajectoryError(
+                f"{self._info(name, step).file}: rows [{start}, {stop}) out of range for {name!r} of shape {shape}"
+            )
         return self._get(name, step, slice(start * per_row, stop * per_row)).reshape(stop - start, *shape[1:])
 
     def series(self, name: str, index: torch.Tensor | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -574,8 +634,9 @@ class Trajectory:
             for step in self.steps:
                 self._get(name, step, index)
             row = int((~torch.isfinite(out)).any(dim=1).nonzero()[0])
-            raise TrajectoryError(f"{infos[row].file} (step {self.steps[row]}): tensor {name!r} overflows {dtype} "
-                                  "when converted")
+            raise TrajectoryError(
+                f"{infos[row].file} (step {self.steps[row]}): tensor {name!r} overflows {dtype} when converted"
+            )
         return out
 
     # --- whole models ---------------------------------------------------------------------------------------------
@@ -585,8 +646,9 @@ class Trajectory:
         c = self.checkpoint(step)
         config_dir = c.dir if (c.dir / "config.json").exists() else self.path(0)
         try:
-            return load_weights(c.dir, device or "cpu", dtype, allow_pickle=c.fmt != "safetensors",
-                                config_dir=config_dir)
+            return load_weights(
+                c.dir, device or "cpu", dtype, allow_pickle=c.fmt != "safetensors", config_dir=config_dir
+            )
         except Exception as e:
             raise TrajectoryError(f"{c.dir}: cannot load the model ({e})") from e
 

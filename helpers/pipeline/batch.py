@@ -10,6 +10,7 @@ one row per combination. A notebook is skipped when its results for the same par
 helpers sources and the notebook file, `helpers.pipeline.results.code_version`), and an executed copy newer than the
 notebook exist (unless --force). A cell running longer than `batch.cell_timeout` seconds fails its notebook.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,6 +49,7 @@ class NotebookFailed(RuntimeError):
 @dataclass
 class RunOutcome:
     """What happened to one combination: per notebook "ran", "skipped", "failed" or "not run"."""
+
     name: str
     dir: Path
     overrides: dict
@@ -61,6 +63,7 @@ class RunOutcome:
 
 # ---------------------------------------------------------------- notebooks, grid, names
 
+
 def discover(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     """The notebook set: `NN_*.ipynb` in `notebooks_dir`, in order."""
     found = sorted(Path(notebooks_dir).glob(NOTEBOOK_PATTERN))
@@ -73,8 +76,10 @@ def select(notebooks: Sequence[Path], only: str) -> Path:
     """The notebook `only` names: its file name, its stem (`01_weight_linearity`) or its number (`01`)."""
     have = ", ".join(nb.stem for nb in notebooks)
     if not only.strip():
-        raise ValueError(f"--only {only!r}: empty notebook name (an unset variable?); give a name, stem or number "
-                         f"(have: {have}), or leave --only out to run them all")
+        raise ValueError(
+            f"--only {only!r}: empty notebook name (an unset variable?); give a name, stem or number "
+            f"(have: {have}), or leave --only out to run them all"
+        )
     for nb in notebooks:
         if only in (nb.name, nb.stem, nb.stem.split("_")[0]):
             return nb
@@ -133,6 +138,7 @@ def batch_name(base: str, grid: dict[str, list]) -> str:
 
 # ---------------------------------------------------------------- one notebook
 
+
 def is_complete(notebook: Path, run_dir: str | os.PathLike, params_hash: str) -> bool:
     """Results written for the same params hash by the same code (`run.json`'s code version of the notebook is
     `results.code_version(notebook)`), and an executed copy that did not fail and is newer than the notebook (an
@@ -147,8 +153,12 @@ def is_complete(notebook: Path, run_dir: str | os.PathLike, params_hash: str) ->
         return False
     failed = nb.get("metadata", {}).get("papermill", {}).get("exception")
     made_by = run.read_manifest().get("code_versions", {}).get(notebook.stem)
-    return (meta.get("params_hash") == params_hash and not failed and not edited
-            and made_by == results.code_version(notebook))
+    return (
+        meta.get("params_hash") == params_hash
+        and not failed
+        and not edited
+        and made_by == results.code_version(notebook)
+    )
 
 
 @contextlib.contextmanager
@@ -169,17 +179,28 @@ def execute(notebook: Path, run_dir: str | os.PathLike, parameters: dict, cwd: P
     start = time.time()
     try:
         with _kernel_env():
-            pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name="python3",
-                                language="python", cwd=str(cwd), progress_bar={"desc": f"  {notebook.stem}"},
-                                execution_timeout=cell_timeout,
-                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # no kernel log noise
+            pm.execute_notebook(
+                str(notebook),
+                str(out),
+                parameters=parameters,
+                kernel_name="python3",
+                language="python",
+                cwd=str(cwd),
+                progress_bar={"desc": f"  {notebook.stem}"},
+                execution_timeout=cell_timeout,
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )  # no kernel log noise
     except PapermillExecutionError as e:
-        raise _failed(notebook, out, {"cell": e.cell_index, "line": _first_line(e.source),
-                                      "error": f"{e.ename}: {e.evalue}"}) from e
+        raise _failed(
+            notebook, out, {"cell": e.cell_index, "line": _first_line(e.source), "error": f"{e.ename}: {e.evalue}"}
+        ) from e
     except (CellTimeoutError, DeadKernelError) as e:
-        evalue = (f"the cell ran longer than batch.cell_timeout = {cell_timeout:g} s (raise it in the params file "
-                  f"if the cell needs longer)" if isinstance(e, CellTimeoutError) else
-                  "the kernel died while the cell ran (out of memory, a crash, or an exit in the cell)")
+        evalue = (
+            f"the cell ran longer than batch.cell_timeout = {cell_timeout:g} s (raise it in the params file "
+            f"if the cell needs longer)"
+            if isinstance(e, CellTimeoutError)
+            else "the kernel died while the cell ran (out of memory, a crash, or an exit in the cell)"
+        )
         if out.is_file():
             _mark_running_cell(out, type(e).__name__, evalue)
         raise _failed(notebook, out, None, f"{type(e).__name__}: {evalue}") from e
@@ -201,7 +222,8 @@ def _mark_running_cell(executed: Path, ename: str, evalue: str) -> None:
         return
     cell = started[-1]
     cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("output_type") != "error"] + [
-        {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": []}]  # the interrupt's error replaced
+        {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": []}
+    ]  # the interrupt's error replaced
     cell["metadata"]["papermill"].update(exception=True, status="failed")
     nb["metadata"].setdefault("papermill", {})["exception"] = True
     atomic_write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
@@ -212,8 +234,10 @@ def _failed(notebook: Path, executed: Path, where: dict | None, error: str = "")
     where = (report.failure_of(json.loads(executed.read_text())) if executed.is_file() else None) or where
     if where is None:
         return NotebookFailed(f"notebook {notebook.stem} failed: {error}")
-    return NotebookFailed(f"notebook {notebook.stem} failed in cell {where['cell']} (`{where['line']}`): "
-                          f"{where['error']}\n  executed notebook kept for inspection: {executed}")
+    return NotebookFailed(
+        f"notebook {notebook.stem} failed in cell {where['cell']} (`{where['line']}`): "
+        f"{where['error']}\n  executed notebook kept for inspection: {executed}"
+    )
 
 
 _exporter = None
@@ -234,6 +258,7 @@ def export_html(run: RunDir, notebook: str) -> Path:
 
 # ---------------------------------------------------------------- one combination, the batch
 
+
 def portable(params_file: str | os.PathLike) -> str:
     """The params path as the notebook should see it: repo-relative inside the repo, else absolute."""
     path = resolve(params_file).resolve()
@@ -243,19 +268,36 @@ def portable(params_file: str | os.PathLike) -> str:
         return str(path)
 
 
-def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_file: str, cfg: config_mod.Config,
-                    overrides: dict, run_dir: Path, force: bool = False) -> RunOutcome:
+def run_combination(
+    notebooks: Sequence[Path],
+    selected: Sequence[Path],
+    params_file: str,
+    cfg: config_mod.Config,
+    overrides: dict,
+    run_dir: Path,
+    force: bool = False,
+) -> RunOutcome:
     """Execute the `selected` notebooks of the set into `run_dir`, skipping complete ones; stop at the first failure."""
     outcome = RunOutcome(run_dir.name, run_dir, overrides)
     params_hash = cfg.hash()
     run = RunDir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     made_by = run.read_manifest().get("code_versions", {})  # notebook -> the code version of its last good run
-    manifest = {"params_file": params_file, "profile": cfg.profile, "overrides": overrides,
-                "params_hash": params_hash, "notebooks": [nb.stem for nb in notebooks], "code_versions": made_by}
+    manifest = {
+        "params_file": params_file,
+        "profile": cfg.profile,
+        "overrides": overrides,
+        "params_hash": params_hash,
+        "notebooks": [nb.stem for nb in notebooks],
+        "code_versions": made_by,
+    }
     atomic_write_json(run.manifest, manifest)
-    parameters = {"params_file": params_file, "profile": cfg.profile, "run_dir": str(run_dir.resolve()),
-                  "overrides": overrides}
+    parameters = {
+        "params_file": params_file,
+        "profile": cfg.profile,
+        "run_dir": str(run_dir.resolve()),
+        "overrides": overrides,
+    }
     start = time.perf_counter()
     for nb in selected:
         name = nb.stem
@@ -268,7 +310,7 @@ def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_
             print(f"  {name}: complete for params hash {params_hash}, skipped", flush=True)
             continue
         run.results(name).unlink(missing_ok=True)  # a stale file must never look like this run's
-        version = results.code_version(nb)         # the sources the kernel is about to import
+        version = results.code_version(nb)  # the sources the kernel is about to import
         try:
             seconds = execute(nb, run_dir, parameters, nb.parent, cfg.batch.cell_timeout)
         except NotebookFailed as e:
@@ -288,9 +330,15 @@ def run_combination(notebooks: Sequence[Path], selected: Sequence[Path], params_
     return outcome
 
 
-def run_batch(params_file: str | os.PathLike, grid: dict[str, list] | None = None, only: str | None = None,
-              force: bool = False, profile: str = "auto", out: str | os.PathLike | None = None,
-              notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR) -> list[RunOutcome]:
+def run_batch(
+    params_file: str | os.PathLike,
+    grid: dict[str, list] | None = None,
+    only: str | None = None,
+    force: bool = False,
+    profile: str = "auto",
+    out: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR,
+) -> list[RunOutcome]:
     """Run the notebook set for every grid combination; returns one outcome per combination.
 
     Every combination's config is loaded (and so validated) before anything runs.
@@ -327,16 +375,22 @@ def record_batch(manifest: Path, grid: dict[str, list], runs: list[str]) -> Path
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.pipeline.batch", description=__doc__.splitlines()[0])
     ap.add_argument("params", help="params file, e.g. params/default.yaml")
-    ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
-                    help="dotted overrides; every combination of the values is one run")
+    ap.add_argument(
+        "--grid",
+        nargs="+",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="dotted overrides; every combination of the values is one run",
+    )
     ap.add_argument("--only", metavar="NOTEBOOK", help="run just this notebook (name, stem or number)")
     ap.add_argument("--force", action="store_true", help="re-run notebooks even when their outputs are complete")
     ap.add_argument("--profile", default="auto", help='params profile ("auto" = $RLVR_PROFILE, else default)')
     ap.add_argument("--out", type=Path, help="where run directories go (default outputs/)")
     ap.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="notebook directory (default notebooks/)")
     args = ap.parse_args(argv)
-    outcomes = run_batch(args.params, parse_grid(args.grid), args.only, args.force, args.profile, args.out,
-                         args.notebooks)
+    outcomes = run_batch(
+        args.params, parse_grid(args.grid), args.only, args.force, args.profile, args.out, args.notebooks
+    )
     failed = [o for o in outcomes if not o.ok]
     for o in failed:
         print(f"FAILED run {o.name}:\n{o.error}", file=sys.stderr)

@@ -6,6 +6,7 @@
 Clean = no outputs or execution counts, one code cell tagged `parameters` assigning the four common knobs, and
 `helpers.pipeline.run.start` given the notebook's own file stem (the batch runner finds `results/<stem>.json`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,11 @@ def check(path: str | Path) -> list[str]:
     except ValueError as e:
         return [str(e)]
     problems = []
-    dirty = [i for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
     if dirty:
         problems.append(f"{path}: cells {dirty} have outputs or execution counts (run `make strip`)")
     found = parameters_cell(nb)
@@ -95,19 +99,28 @@ def check(path: str | Path) -> list[str]:
         tree = ast.parse(cell.source)
     except SyntaxError as e:
         return problems + [f"{path}: the parameters cell (cell {index}) is not valid Python ({e.msg}, line {e.lineno})"]
-    assigned = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    assigned = {
+        t.id
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name)
+    }
     missing = [k for k in COMMON_KNOBS if k not in assigned]
     if missing:
         problems.append(f"{path}: the parameters cell (cell {index}) lacks {', '.join(missing)}")
     unseen = sorted(assigned - papermill_parameters(cell.source))
     if unseen:
-        problems.append(f"{path}: papermill cannot parse the parameters cell's lines for {', '.join(unseen)} "
-                        "(keep one `name = value  # comment` per line, with no '=' inside the comment)")
+        problems.append(
+            f"{path}: papermill cannot parse the parameters cell's lines for {', '.join(unseen)} "
+            "(keep one `name = value  # comment` per line, with no '=' inside the comment)"
+        )
     names = {m for c in nb.cells if c.cell_type == "code" for m in START_CALL.findall(c.source)}
     if names - {path.stem}:
-        problems.append(f"{path}: helpers.pipeline.run.start is given {', '.join(sorted(names))} but the file is "
-                        f"{path.stem} (the batch runner looks for results/{path.stem}.json)")
+        problems.append(
+            f"{path}: helpers.pipeline.run.start is given {', '.join(sorted(names))} but the file is "
+            f"{path.stem} (the batch runner looks for results/{path.stem}.json)"
+        )
     return problems
 
 

@@ -1,15 +1,16 @@
 """The regime search behind the embedded default: which CPU-scale RLVR setting learns on every seed, moves in straight
 lines, and is cheap enough for `make run`?
 
-    python -m helpers.pipeline.regime params/sweeps/regime_search.yaml [--workers 2] [--only NAME ...] [--payoffs NAME ...]
+    python -m helpers.pipeline.regime params/sweeps/regime_search.yaml [--workers 2] [--only NAME ...]
+                                      [--payoffs NAME ...]
 
-A sweep file (`params/sweeps/regime_search.yaml`) names a params file (`base`), the RL seeds, the selection criteria (written
-down before any setting was run) and the settings (dotted overrides of `base`). Stage 1 measures every setting on every
-seed; stage 2 (`--payoffs`) adds the extrapolation payoffs of the finalists. Each (setting, seed) is one job in its own
-single-threaded process (`--workers` side by side), written to `<out>/<setting>/seed-<s>.json` and skipped when
-present; the trained runs are the project's cached runs (`training.embedded_trajectory`), so the chosen setting's
-seeds are reused by `make run`. The tables go to `<out>/regime.json` and `<out>/regime.md` (default
-`outputs/regime/<sweep name>/`).
+A sweep file (`params/sweeps/regime_search.yaml`) names a params file (`base`), the RL seeds, the selection criteria
+(written down before any setting was run) and the settings (dotted overrides of `base`). Stage 1 measures every setting
+on every seed; stage 2 (`--payoffs`) adds the extrapolation payoffs of the finalists. Each (setting, seed) is one job in
+its own single-threaded process (`--workers` side by side), written to `<out>/<setting>/seed-<s>.json` and skipped when
+present; the trained runs are the project's cached runs (`training.embedded_trajectory`), so the chosen setting's seeds
+are reused by `make run`. The tables go to `<out>/regime.json` and `<out>/regime.md` (default `outputs/regime/<sweep
+name>/`).
 
 Stage 1, per seed: held-out greedy accuracy of base and final checkpoint (`gain`), `peak` and `end_drop` (peak − final),
 `late_gain` (the least-squares slope over the last third of the run × its length: is it still rising?), `early_share`
@@ -19,6 +20,7 @@ median), RL training seconds. Stage 2, per seed: two-point weight extrapolation 
 θ_T; RELEX rank-1 linear extrapolation from the 15 % and 25 % prefixes to T; RL-Extra with the first `rl_extra.configs`
 pair (scaled, optimizer reset): real RL steps to the standard run's final accuracy and the speedup.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +29,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,19 +40,19 @@ from helpers.experiments import nb02_output_linearity as nb02
 from helpers.experiments import nb04_extrapolation as nb04
 from helpers.experiments import nb05_rl_extra as nb05
 from helpers.experiments.training_log import read_log
-from helpers.lib import cli
+from helpers.lib import cli, extrapolation, models, probes, relex, runs, scoring, training
 from helpers.lib import config as config_mod
-from helpers.lib import extrapolation, models, probes, relex, runs, scoring, training
 from helpers.lib.cache import build_info
 from helpers.lib.device import cpu_threads, pick
 from helpers.lib.linearity import r2, weight_r2
-from helpers.lib.trajectory import Trajectory
 from helpers.lib.paths import atomic_write_json, atomic_write_text, outputs_root, resolve
+from helpers.lib.trajectory import Trajectory
 
 CRITERIA = ("min_gain", "max_end_drop", "min_weight_frac", "min_token_median", "max_rl_seconds")
 
 
 # ------------------------------------------------------------------------------------------------------------ the sweep
+
 
 def load_sweep(path) -> dict:
     """The sweep file: {name, base, seeds, baseline, common, criteria, settings: [{name, overrides, note}]}, checked.
@@ -72,7 +75,7 @@ def load_sweep(path) -> dict:
     data.setdefault("baseline", {})
     data["source"] = str(path)
     for s in data["settings"]:
-        setting_config(data, s["name"], data["seeds"][0])     # every override must name a knob of `base`
+        setting_config(data, s["name"], data["seeds"][0])  # every override must name a knob of `base`
     return data
 
 
@@ -87,6 +90,7 @@ def setting_config(sweep: Mapping, name: str, seed: int):
 
 # ------------------------------------------------------------------------------------------------------ measurements
 
+
 def curve_stats(steps: Sequence[float], accuracy: Sequence[float]) -> dict:
     """Shape of a held-out accuracy curve (see the module docstring)."""
     t, a = np.asarray(steps, dtype=float), np.asarray(accuracy, dtype=float)
@@ -95,10 +99,16 @@ def curve_stats(steps: Sequence[float], accuracy: Sequence[float]) -> dict:
     slope = np.polyfit(t[late], a[late], 1)[0] if late.sum() >= 2 else np.nan
     quarter = a[np.argmin(np.abs(t - (t[0] + span / 4)))]
     gain = final - base
-    return {"base": float(base), "final": float(final), "gain": float(gain), "peak": float(peak),
-            "end_drop": float(peak - final), "late_gain": float(slope * span / 3),
-            "early_share": float((quarter - base) / gain) if abs(gain) > 1e-9 else float("nan"),
-            "accuracy_r2": float(r2(a[:, None], t)[0])}
+    return {
+        "base": float(base),
+        "final": float(final),
+        "gain": float(gain),
+        "peak": float(peak),
+        "end_drop": float(peak - final),
+        "late_gain": float(slope * span / 3),
+        "early_share": float((quarter - base) / gain) if abs(gain) > 1e-9 else float("nan"),
+        "accuracy_r2": float(r2(a[:, None], t)[0]),
+    }
 
 
 def linearity_stats(cfg, run_dir: Path) -> dict:
@@ -106,23 +116,31 @@ def linearity_stats(cfg, run_dir: Path) -> dict:
     traj = Trajectory(run_dir)
     w = nb01.summary(weight_r2(traj, seed=cfg.seed, progress=False, **cfg.weight_linearity.entries))
     tok = nb02.token_r2(traj, probes.for_run(cfg, traj), cfg, pick(cfg.device))
-    return {"weight_r2_median": w["median"], "weight_r2_frac_above_0_7": w["frac_above"],
-            "token_r2_median": tok["median"], "tokens_kept": tok["kept"]}
+    return {
+        "weight_r2_median": w["median"],
+        "weight_r2_frac_above_0_7": w["frac_above"],
+        "token_r2_median": tok["median"],
+        "tokens_kept": tok["kept"],
+    }
 
 
 def measure(cfg) -> dict:
     """Stage 1 of one config: train (or reuse) its run, then curve, linearity and cost."""
     run = training.embedded_trajectory(cfg)
     log = read_log(run).dropna(subset=["heldout_accuracy"])
-    return {**curve_stats(log["step"], log["heldout_accuracy"]), **linearity_stats(cfg, run),
-            "heldout_items": int(cfg.eval.heldout_during_training), "rl_seconds": build_info(run)["seconds"],
-            "run": str(run)}
+    return {
+        **curve_stats(log["step"], log["heldout_accuracy"]),
+        **linearity_stats(cfg, run),
+        "heldout_items": int(cfg.eval.heldout_during_training),
+        "rl_seconds": build_info(run)["seconds"],
+        "run": str(run),
+    }
 
 
 def greedy_accuracy(cfg, model_dir) -> float:
     """Greedy held-out accuracy of a model directory on the `eval.heldout_during_training` problems (the items
     `log.csv` scores), so it compares directly with the run's curve."""
-    items = runs.heldout_items(cfg)[:int(cfg.eval.heldout_during_training)]
+    items = runs.heldout_items(cfg)[: int(cfg.eval.heldout_during_training)]
     with cpu_threads():
         model, tok = models.load_model(model_dir, cfg.device)
         return scoring.greedy_accuracy(model, tok, items, int(cfg.eval.max_new_tokens), int(cfg.eval.batch_size))
@@ -148,13 +166,18 @@ def payoffs(cfg) -> dict:
     extra = read_log(nb05.train_run(cfg, m, n, "reset")).dropna(subset=["heldout_accuracy"])
     reach = next((int(s) for s, a in zip(extra["step"], extra["heldout_accuracy"]) if a >= out["final"] - 1e-9), None)
     std_reach = next(int(s) for s, a in zip(log["step"], log["heldout_accuracy"]) if a >= out["final"] - 1e-9)
-    out |= {"rl_extra": f"({m},{n})", "rl_extra_final": float(extra["heldout_accuracy"].iloc[-1]),
-            "rl_extra_steps_to_final": reach, "standard_steps_to_final": std_reach,
-            "rl_extra_speedup": std_reach / reach if reach else float("nan")}
+    out |= {
+        "rl_extra": f"({m},{n})",
+        "rl_extra_final": float(extra["heldout_accuracy"].iloc[-1]),
+        "rl_extra_steps_to_final": reach,
+        "standard_steps_to_final": std_reach,
+        "rl_extra_speedup": std_reach / reach if reach else float("nan"),
+    }
     return out
 
 
 # -------------------------------------------------------------------------------------------------------------- jobs
+
 
 def _record(out: Path, name: str, seed: int, stage: str) -> Path:
     return out / name / f"{'seed' if stage == 'measure' else 'payoffs'}-{seed}.json"
@@ -171,8 +194,9 @@ def _job(sweep_file: str, name: str, seed: int, stage: str, dest: str) -> str:
             training.base_model(cfg)
         else:
             result = measure(cfg) if stage == "measure" else payoffs(cfg)
-            atomic_write_json(dest, {"setting": name, "seed": seed, "stage": stage,
-                                     "seconds": round(time.time() - t0, 1), **result})
+            atomic_write_json(
+                dest, {"setting": name, "seed": seed, "stage": stage, "seconds": round(time.time() - t0, 1), **result}
+            )
         return f"{stage:8s} {name} seed {seed}: done ({time.strftime('%H:%M:%S')})"
     except Exception as e:  # noqa: BLE001
         return f"{stage:8s} {name} seed {seed}: FAILED {type(e).__name__}: {e}"
@@ -181,7 +205,6 @@ def _job(sweep_file: str, name: str, seed: int, stage: str, dest: str) -> str:
 def run_jobs(sweep: Mapping, out: Path, names: Sequence[str], stage: str, workers: int) -> None:
     """Bases first (one per setting, so seeds never build the same base twice), then every (setting, seed), each in
     its own single-threaded process (`training.in_processes`)."""
-
 
     todo = [(n, s) for n in names for s in sweep["seeds"] if not _record(out, n, s, stage).is_file()]
     bases = [(sweep["source"], n, sweep["seeds"][0], "base", "") for n in dict.fromkeys(n for n, _ in todo)]
@@ -193,6 +216,7 @@ def run_jobs(sweep: Mapping, out: Path, names: Sequence[str], stage: str, worker
 
 # ------------------------------------------------------------------------------------------------------------ tables
 
+
 def collect(sweep: Mapping, out: Path) -> list[dict]:
     """Per setting: its per-seed records and summaries over seeds, with the criteria verdicts."""
     crit = sweep["criteria"]
@@ -200,23 +224,36 @@ def collect(sweep: Mapping, out: Path) -> list[dict]:
     for s in sweep["settings"]:
         seeds = [json.loads(p.read_text()) for p in sorted((out / s["name"]).glob("seed-*.json"))]
         pay = [json.loads(p.read_text()) for p in sorted((out / s["name"]).glob("payoffs-*.json"))]
-        row: dict[str, Any] = {"name": s["name"], "overrides": s.get("overrides") or {}, "note": s.get("note", ""),
-                               "seeds": seeds, "payoffs": pay, "n_seeds": len(seeds)}
+        row: dict[str, Any] = {
+            "name": s["name"],
+            "overrides": s.get("overrides") or {},
+            "note": s.get("note", ""),
+            "seeds": seeds,
+            "payoffs": pay,
+            "n_seeds": len(seeds),
+        }
         if seeds:
-            col = lambda k: [r[k] for r in seeds]  # noqa: E731
-            row |= {"base": statistics.mean(col("base")), "gain_mean": statistics.mean(col("gain")),
-                    "gain_min": min(col("gain")), "end_drop_max": max(col("end_drop")),
-                    "late_gain_mean": statistics.mean(col("late_gain")),
-                    "early_share_mean": statistics.mean(col("early_share")),
-                    "weight_frac_mean": statistics.mean(col("weight_r2_frac_above_0_7")),
-                    "weight_frac_min": min(col("weight_r2_frac_above_0_7")),
-                    "token_median_mean": statistics.mean(col("token_r2_median")),
-                    "token_median_min": min(col("token_r2_median")),
-                    "rl_seconds_max": max(col("rl_seconds"))}
+            col = lambda k, seeds=seeds: [r[k] for r in seeds]  # noqa: E731
+            row |= {
+                "base": statistics.mean(col("base")),
+                "gain_mean": statistics.mean(col("gain")),
+                "gain_min": min(col("gain")),
+                "end_drop_max": max(col("end_drop")),
+                "late_gain_mean": statistics.mean(col("late_gain")),
+                "early_share_mean": statistics.mean(col("early_share")),
+                "weight_frac_mean": statistics.mean(col("weight_r2_frac_above_0_7")),
+                "weight_frac_min": min(col("weight_r2_frac_above_0_7")),
+                "token_median_mean": statistics.mean(col("token_r2_median")),
+                "token_median_min": min(col("token_r2_median")),
+                "rl_seconds_max": max(col("rl_seconds")),
+            }
             complete = len(seeds) == len(sweep["seeds"])
             row["a"] = complete and row["gain_min"] >= crit["min_gain"] and row["end_drop_max"] <= crit["max_end_drop"]
-            row["b"] = (complete and row["weight_frac_min"] >= crit["min_weight_frac"]
-                        and row["token_median_min"] >= crit["min_token_median"])
+            row["b"] = (
+                complete
+                and row["weight_frac_min"] >= crit["min_weight_frac"]
+                and row["token_median_min"] >= crit["min_token_median"]
+            )
             row["c"] = complete and row["rl_seconds_max"] <= crit["max_rl_seconds"]
         rows.append(row)
     return rows
@@ -230,15 +267,21 @@ def markdown(sweep: Mapping, rows: Sequence[dict]) -> str:
     """The sweep as Markdown: criteria, one row per setting (over seeds), per-seed detail and payoffs."""
     c = sweep["criteria"]
     yes = lambda v: "✓" if v else "✗"  # noqa: E731
-    lines = [f"# Regime search `{sweep['name']}`", "",
-             f"Base params `{sweep['base']}` with the baseline regime `{json.dumps(sweep['baseline'])}`, RL seeds "
-             f"{sweep['seeds']}, measurement overrides shared by every setting: `{json.dumps(sweep['common'])}`.", "",
-             "Criteria (fixed before the search): (a) held-out greedy gain ≥ "
-             f"{c['min_gain']} on every seed and final ≥ peak − {c['max_end_drop']}; (b) weight R² > 0.7 for ≥ "
-             f"{c['min_weight_frac']:.0%} of entries and token R² median ≥ {c['min_token_median']} on every seed; "
-             f"(c) RL run ≤ {c['max_rl_seconds']} s per seed.", "",
-             "| setting | seeds | base | gain mean (min) | end drop max | late gain | early share | weight frac mean "
-             "(min) | token median mean (min) | RL s | a | b | c |", "|" + "---|" * 13]
+    lines = [
+        f"# Regime search `{sweep['name']}`",
+        "",
+        f"Base params `{sweep['base']}` with the baseline regime `{json.dumps(sweep['baseline'])}`, RL seeds "
+        f"{sweep['seeds']}, measurement overrides shared by every setting: `{json.dumps(sweep['common'])}`.",
+        "",
+        "Criteria (fixed before the search): (a) held-out greedy gain ≥ "
+        f"{c['min_gain']} on every seed and final ≥ peak − {c['max_end_drop']}; (b) weight R² > 0.7 for ≥ "
+        f"{c['min_weight_frac']:.0%} of entries and token R² median ≥ {c['min_token_median']} on every seed; "
+        f"(c) RL run ≤ {c['max_rl_seconds']} s per seed.",
+        "",
+        "| setting | seeds | base | gain mean (min) | end drop max | late gain | early share | weight frac mean "
+        "(min) | token median mean (min) | RL s | a | b | c |",
+        "|" + "---|" * 13,
+    ]
     for r in rows:
         if not r["n_seeds"]:
             lines.append(f"| {r['name']} | 0 | not run |" + " |" * 10)
@@ -248,27 +291,44 @@ def markdown(sweep: Mapping, rows: Sequence[dict]) -> str:
             f"{_f(r['end_drop_max'], '.3f')} | {r['late_gain_mean']:+.3f} | {_f(r['early_share_mean'])} | "
             f"{r['weight_frac_mean']:.2f} ({r['weight_frac_min']:.2f}) | {_f(r['token_median_mean'])} "
             f"({_f(r['token_median_min'])}) | {r['rl_seconds_max']:.0f} | {yes(r['a'])} | {yes(r['b'])} | "
-            f"{yes(r['c'])} |")
+            f"{yes(r['c'])} |"
+        )
     lines += ["", "## Settings", ""]
-    lines += [f"- **{r['name']}** `{json.dumps(r['overrides'])}`" + (f": {r['note']}" if r["note"] else "")
-              for r in rows]
-    lines += ["", "## Per seed", "", "| setting | seed | base → final | peak | late gain | accuracy R² | weight median / "
-              "frac > 0.7 | token median | RL s |", "|" + "---|" * 9]
+    lines += [
+        f"- **{r['name']}** `{json.dumps(r['overrides'])}`" + (f": {r['note']}" if r["note"] else "") for r in rows
+    ]
+    lines += [
+        "",
+        "## Per seed",
+        "",
+        "| setting | seed | base → final | peak | late gain | accuracy R² | weight median / "
+        "frac > 0.7 | token median | RL s |",
+        "|" + "---|" * 9,
+    ]
     for r in rows:
         for s in r["seeds"]:
-            lines.append(f"| {r['name']} | {s['seed']} | {s['base']:.3f} → {s['final']:.3f} | {s['peak']:.3f} | "
-                         f"{s['late_gain']:+.3f} | {_f(s['accuracy_r2'])} | {s['weight_r2_median']:.2f} / "
-                         f"{s['weight_r2_frac_above_0_7']:.2f} | {_f(s['token_r2_median'])} | {s['rl_seconds']:.0f} |")
+            lines.append(
+                f"| {r['name']} | {s['seed']} | {s['base']:.3f} → {s['final']:.3f} | {s['peak']:.3f} | "
+                f"{s['late_gain']:+.3f} | {_f(s['accuracy_r2'])} | {s['weight_r2_median']:.2f} / "
+                f"{s['weight_r2_frac_above_0_7']:.2f} | {_f(s['token_r2_median'])} | {s['rl_seconds']:.0f} |"
+            )
     pays = [(r["name"], p) for r in rows for p in r["payoffs"]]
     if pays:
-        lines += ["", "## Payoffs (stage 2)", "",
-                  "| setting | seed | real final | weight extrap. (0, t1) → T | θ_t1 | RELEX 15 % → T | RELEX 25 % → T | "
-                  "RL-Extra | its steps / standard's to the final accuracy | speedup |", "|" + "---|" * 10]
+        lines += [
+            "",
+            "## Payoffs (stage 2)",
+            "",
+            "| setting | seed | real final | weight extrap. (0, t1) → T | θ_t1 | RELEX 15 % → T | RELEX 25 % → T | "
+            "RL-Extra | its steps / standard's to the final accuracy | speedup |",
+            "|" + "---|" * 10,
+        ]
         for name, p in pays:
-            lines.append(f"| {name} | {p['seed']} | {p['final']:.3f} | {p['weight_extrapolated']:.3f} (t1 = "
-                         f"{p['weight_t1']}) | {p['weight_t1_accuracy']:.3f} | {p['relex_15']:.3f} | "
-                         f"{p['relex_25']:.3f} | {p['rl_extra']} | {p['rl_extra_steps_to_final']} / "
-                         f"{p['standard_steps_to_final']} | {_f(p['rl_extra_speedup'])} |")
+            lines.append(
+                f"| {name} | {p['seed']} | {p['final']:.3f} | {p['weight_extrapolated']:.3f} (t1 = "
+                f"{p['weight_t1']}) | {p['weight_t1_accuracy']:.3f} | {p['relex_15']:.3f} | "
+                f"{p['relex_25']:.3f} | {p['rl_extra']} | {p['rl_extra_steps_to_final']} / "
+                f"{p['standard_steps_to_final']} | {_f(p['rl_extra_speedup'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ pages can be rebuilt any time:
 
 Links are relative, so the pages open straight from disk.
 """
+
 from __future__ import annotations
 
 import html
@@ -25,7 +26,7 @@ from helpers.lib.paths import atomic_write_text
 from helpers.pipeline import results as results_mod
 from helpers.pipeline.rundir import RunDir
 
-HEADLINES = 8          # numbers shown per notebook
+HEADLINES = 8  # numbers shown per notebook
 PAPERMILL_CELL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
 
 STYLE = """
@@ -103,13 +104,14 @@ def _href(target: Path, start: Path) -> str:
 @dataclass
 class NotebookEntry:
     """One notebook of a run as the index shows it."""
+
     name: str
-    status: str                                   # complete | failed | incomplete | stale | not run
+    status: str  # complete | failed | incomplete | stale | not run
     seconds: float | None = None
     error: str | None = None
     headlines: list[tuple[str, str]] = field(default_factory=list)
-    more: int = 0                                 # scalar results not shown
-    files: dict[str, Path] = field(default_factory=dict)   # "html" / "ipynb" -> path, when present
+    more: int = 0  # scalar results not shown
+    files: dict[str, Path] = field(default_factory=dict)  # "html" / "ipynb" -> path, when present
     figures: list[Path] = field(default_factory=list)
     claims: list[dict] = field(default_factory=list)  # the `claims` records of its results file
 
@@ -184,8 +186,10 @@ def measured_text(claim: Mapping) -> str:
 def tally(claims: Iterable[Mapping]) -> str:
     """'5 hold, 3 do not hold, 2 inconclusive'."""
     verdicts = [c.get("verdict") for c in claims]
-    return ", ".join(f"{verdicts.count(v)} {label}" for v, label in
-                     (("holds", "hold"), ("does not hold", "do not hold"), ("inconclusive", "inconclusive")))
+    return ", ".join(
+        f"{verdicts.count(v)} {label}"
+        for v, label in (("holds", "hold"), ("does not hold", "do not hold"), ("inconclusive", "inconclusive"))
+    )
 
 
 def _scoreboard_html(run: RunSummary) -> str:
@@ -196,25 +200,37 @@ def _scoreboard_html(run: RunSummary) -> str:
         f"<td>{html.escape(c.get('paper', ''))}<br><small>{html.escape(c.get('source', ''))}</small></td>"
         f"<td class='num'>{html.escape(measured_text(c))}</td>"
         f"<td class='{VERDICT_CLASS.get(c.get('verdict'), '')}'>{html.escape(str(c.get('verdict')))}</td></tr>"
-        for nb, c in run.claims)
-    return (f"<p>{html.escape(tally(c for _, c in run.claims))} (intervals and rules in each notebook's "
-            "results file)</p>\n<table><tr><th>notebook</th><th>claim</th><th>paper</th><th>measured [interval]</th>"
-            f"<th>verdict</th></tr>\n{rows}</table>")
+        for nb, c in run.claims
+    )
+    return (
+        f"<p>{html.escape(tally(c for _, c in run.claims))} (intervals and rules in each notebook's "
+        "results file)</p>\n<table><tr><th>notebook</th><th>claim</th><th>paper</th><th>measured [interval]</th>"
+        f"<th>verdict</th></tr>\n{rows}</table>"
+    )
 
 
 def _scoreboard_md(run: RunSummary) -> list[str]:
     if not run.claims:
         return ["No claims stored yet."]
-    lines = [tally(c for _, c in run.claims), "", "| notebook | claim | paper | measured [interval] | verdict |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {nb} | {_md_cell(c.get('claim', c['id']))} | {_md_cell(c.get('paper', ''))} "
-              f"({_md_cell(c.get('source', ''))}) | {measured_text(c)} | {c.get('verdict')} |" for nb, c in run.claims]
+    lines = [
+        tally(c for _, c in run.claims),
+        "",
+        "| notebook | claim | paper | measured [interval] | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {nb} | {_md_cell(c.get('claim', c['id']))} | {_md_cell(c.get('paper', ''))} "
+        f"({_md_cell(c.get('source', ''))}) | {measured_text(c)} | {c.get('verdict')} |"
+        for nb, c in run.claims
+    ]
     return lines
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def _dl(entry: NotebookEntry) -> str:
@@ -256,18 +272,25 @@ def render_run_html(run: RunSummary) -> str:
             link = f"<a href='{_href(e.files['html'], here)}'>{link}</a>"
         if "ipynb" in e.files:
             link += f" <small>(<a href='{_href(e.files['ipynb'], here)}'>ipynb</a>)</small>"
-        rows.append(f"<tr><td>{link}</td><td>{_status_html(e)}</td><td class='num'>{_seconds(e)}</td>"
-                    f"<td>{_dl(e)}</td></tr>")
-    table = ("<table><tr><th>notebook</th><th>status</th><th>time</th><th>headline numbers</th></tr>\n"
-             + "\n".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td>{link}</td><td>{_status_html(e)}</td><td class='num'>{_seconds(e)}</td><td>{_dl(e)}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>notebook</th><th>status</th><th>time</th><th>headline numbers</th></tr>\n"
+        + "\n".join(rows)
+        + "</table>"
+    )
     gallery = []
     for e in run.notebooks:
         if e.figures:
             gallery.append(f"<h3>{html.escape(e.name)}</h3>\n" + "".join(_figure(f, here) for f in e.figures))
     figures = "<h2>Figures</h2>\n" + "\n".join(gallery) if gallery else ""
-    return _page(f"Run {run.name}", f"<ul>{info}</ul>\n<p>Status: {html.escape(run.status)}</p>\n"
-                                    f"<h2>Claims: paper vs measured</h2>\n{_scoreboard_html(run)}\n"
-                                    f"<h2>Notebooks</h2>\n{table}\n{figures}")
+    return _page(
+        f"Run {run.name}",
+        f"<ul>{info}</ul>\n<p>Status: {html.escape(run.status)}</p>\n"
+        f"<h2>Claims: paper vs measured</h2>\n{_scoreboard_html(run)}\n"
+        f"<h2>Notebooks</h2>\n{table}\n{figures}",
+    )
 
 
 def _md_cell(text: str) -> str:
@@ -277,9 +300,19 @@ def _md_cell(text: str) -> str:
 def render_run_md(run: RunSummary) -> str:
     lines = [f"# Run {run.name}", ""]
     lines += [f"- {k}: `{v}`" for k, v in _params_line(run.manifest)]
-    lines += ["", f"Status: {run.status}", "", "## Claims: paper vs measured", "", *_scoreboard_md(run), "",
-              "## Notebooks", "", "| notebook | status | time | headline numbers |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        f"Status: {run.status}",
+        "",
+        "## Claims: paper vs measured",
+        "",
+        *_scoreboard_md(run),
+        "",
+        "## Notebooks",
+        "",
+        "| notebook | status | time | headline numbers |",
+        "| --- | --- | --- | --- |",
+    ]
     for e in run.notebooks:
         name = f"[{e.name}]({_href(e.files['html'], run.dir)})" if "html" in e.files else e.name
         status = e.status + (f": {e.error}" if e.error else "")
@@ -336,22 +369,39 @@ def _claims_matrix(summaries: Sequence[RunSummary], names: Sequence[str]) -> tup
     by_run = [{c["id"]: c for _, c in s.claims} for s in summaries]
     label = {c["id"]: c.get("claim", c["id"]) for s in summaries for _, c in s.claims}
     head = "<th>claim</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    rows, md = [], ["", "## Claims per run", "", "| claim | " + " | ".join(names) + " |",
-                    "|" + " --- |" * (len(names) + 1)]
+    rows, md = (
+        [],
+        ["", "## Claims per run", "", "| claim | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)],
+    )
     for i in ids:
         cells = [by_run_i.get(i) for by_run_i in by_run]
-        rows.append(f"<tr><td>{html.escape(label[i])}<br><small>{html.escape(i)}</small></td>" + "".join(
-            f"<td class='{VERDICT_CLASS.get(c.get('verdict'), '')}'>{html.escape(str(c.get('verdict')))}<br>"
-            f"<small>{html.escape(measured_text(c))}</small></td>" if c else "<td></td>" for c in cells) + "</tr>")
-        md.append(f"| {_md_cell(label[i])} | " + " | ".join(
-            f"{c.get('verdict')}: {measured_text(c)}" if c else "" for c in cells) + " |")
+        rows.append(
+            f"<tr><td>{html.escape(label[i])}<br><small>{html.escape(i)}</small></td>"
+            + "".join(
+                f"<td class='{VERDICT_CLASS.get(c.get('verdict'), '')}'>{html.escape(str(c.get('verdict')))}<br>"
+                f"<small>{html.escape(measured_text(c))}</small></td>"
+                if c
+                else "<td></td>"
+                for c in cells
+            )
+            + "</tr>"
+        )
+        md.append(
+            f"| {_md_cell(label[i])} | "
+            + " | ".join(f"{c.get('verdict')}: {measured_text(c)}" if c else "" for c in cells)
+            + " |"
+        )
     return f"\n<h2>Claims per run</h2>\n<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>", md
 
 
-def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path | None = None,
-                      figures: Sequence[str | Path] = (), title: str | None = None,
-                      headline: Mapping[str, Sequence[str]] | None = None,
-                      labels: Sequence[Mapping[str, Any]] | None = None) -> Path:
+def build_batch_index(
+    runs: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
+    figures: Sequence[str | Path] = (),
+    title: str | None = None,
+    headline: Mapping[str, Sequence[str]] | None = None,
+    labels: Sequence[Mapping[str, Any]] | None = None,
+) -> Path:
     """Write one page with a row per run (its overrides, status, a link to its index, each notebook's headline
     numbers) plus any `figures` (PNG paths, e.g. a cross-run robustness plot); also a `.md` twin. Returns the HTML path.
 
@@ -389,7 +439,8 @@ def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path |
         by_name = {e.name: e for e in s.notebooks}
         nums: dict[str, list[tuple[str, str]]] = {
             n: (_chosen(s.dir, n, headline[n]) if headline else by_name[n].headlines) if n in by_name else []
-            for n in notebooks}
+            for n in notebooks
+        }
         cells = [f"<td>{html.escape(str(lab.get(k, '')))}</td>" for k in label_keys]
         cells.append(f"<td><a href='{link}'>{html.escape(s.name)}</a></td>")
         cells += [f"<td>{html.escape(str(over.get(k, '')))}</td>" for k in keys]
@@ -407,8 +458,13 @@ def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path |
             e, text = by_name.get(n), "<br>".join(f"{k} = {v}" for k, v in nums[n])
             target = e and headline and (e.files.get("html") or e.files.get("ipynb"))
             md_nb.append((f"[{n}]({_href(target, here)})<br>" if target else "") + text)
-        md_row = [*(str(lab.get(k, "")) for k in label_keys), f"[{s.name}]({link})",
-                  *(str(over.get(k, "")) for k in keys), s.status, *md_nb]
+        md_row = [
+            *(str(lab.get(k, "")) for k in label_keys),
+            f"[{s.name}]({link})",
+            *(str(over.get(k, "")) for k in keys),
+            s.status,
+            *md_nb,
+        ]
         md.append("| " + " | ".join(_md_cell(c) for c in md_row) + " |")
     body = f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
     names = ["=".join(str(v) for v in lab.values()) or s.name for s, lab in zip(summaries, labels)]
@@ -417,7 +473,8 @@ def build_batch_index(runs: str | Path | Sequence[str | Path], out: str | Path |
     md += matrix_md
     if figures:
         body += "\n<h2>Figures</h2>\n" + "".join(
-            _figure(Path(f), here).replace("<figure>", "<figure class='wide'>", 1) for f in figures)
+            _figure(Path(f), here).replace("<figure>", "<figure class='wide'>", 1) for f in figures
+        )
         md += ["", "## Figures", ""] + [f"![{Path(f).stem}]({_href(Path(f), here)})" for f in figures]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
     return atomic_write_text(out, _page(title, body))

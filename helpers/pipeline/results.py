@@ -1,5 +1,6 @@
 """What a notebook measured and the code that measured it: `results/<notebook>.json` (atomic, JSON-clean) and the code
 versions that tell whether results are current."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,7 @@ from helpers.lib.cache import stable_hash
 from helpers.lib.paths import atomic_write_json
 from helpers.pipeline.rundir import RunDir
 
-HELPERS = Path(__file__).resolve().parents[1]   # the helpers package
+HELPERS = Path(__file__).resolve().parents[1]  # the helpers package
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -37,8 +38,9 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def save(run_dir: str | os.PathLike, notebook: str, results: Mapping[str, Any],
-         meta: Mapping[str, Any] | None = None) -> Path:
+def save(
+    run_dir: str | os.PathLike, notebook: str, results: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+) -> Path:
     """Write `results` (plus `_meta`: params hash, profile, …) atomically; the file exists only once complete."""
     payload = dict(to_jsonable(results))
     if meta:

@@ -14,6 +14,7 @@ file re-runs notebooks, not training. The batch directory `<run dir>/robustness/
 (settings, resolved overrides, run directories, status, seconds) and `index.html` / `index.md` (grid table with links
 to every run's executed notebooks, their headline numbers, the Fig-2 figure), which open from disk.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,11 @@ from helpers.pipeline import run as run_mod
 from helpers.pipeline.rundir import RunDir
 
 NOTEBOOK = "07_robustness"
-HEADLINE = {"00_trajectory": ["base_accuracy", "final_accuracy"],     # batch index: numbers shown per notebook
-            "01_weight_linearity": ["weight_r2_median", "weight_r2_frac_above_0_7"],
-            "02_output_linearity": ["token_r2_median"]}
+HEADLINE = {
+    "00_trajectory": ["base_accuracy", "final_accuracy"],  # batch index: numbers shown per notebook
+    "01_weight_linearity": ["weight_r2_median", "weight_r2_frac_above_0_7"],
+    "02_output_linearity": ["token_r2_median"],
+}
 
 
 def run_overrides(setting: nb.Setting, ref, base: Mapping[str, Any] | None = None) -> dict:
@@ -50,7 +53,7 @@ def run_overrides(setting: nb.Setting, ref, base: Mapping[str, Any] | None = Non
     lr resolved, and for SFT `trajectory.dir` = the SFT run (trained on a cache miss). `ref` = the reference config."""
     over = dict(base or {})
     if not setting.is_reference:
-        over["rl.seeds"] = 1                    # one run per setting, as in LIN v3 Fig. 2 (the reference has its seeds)
+        over["rl.seeds"] = 1  # one run per setting, as in LIN v3 Fig. 2 (the reference has its seeds)
     over |= {k: origin.significant(nb.knob(ref, k) * f) for k, f in setting.scale.items()}
     over |= setting.overrides
     if over.get("rl.lr") == nb.SGD_LR:
@@ -63,23 +66,25 @@ def run_overrides(setting: nb.Setting, ref, base: Mapping[str, Any] | None = Non
 
 # --------------------------------------------------------------------------------------------------------- the runs
 
+
 @dataclass
 class Entry:
     """One setting's run: its directory, the overrides it ran with, and what happened."""
+
     setting: nb.Setting
     dir: Path
     overrides: dict
     params_hash: str | None = None
     knobs: dict = field(default_factory=dict)  # the run's rl.optimizer and rl.lr
-    status: str = "not run"          # ran (some notebook executed) | complete (all reused) | failed
+    status: str = "not run"  # ran (some notebook executed) | complete (all reused) | failed
     error: str | None = None
-    seconds: float = 0.0             # wall time spent on it by this call
+    seconds: float = 0.0  # wall time spent on it by this call
 
 
 @dataclass
 class Batch:
-    run_dir: Path                    # the reference run directory
-    dir: Path                        # <run_dir>/robustness
+    run_dir: Path  # the reference run directory
+    dir: Path  # <run_dir>/robustness
     notebooks: list[str]
     entries: list[Entry]
     seconds: float = 0.0
@@ -91,9 +96,11 @@ class Batch:
     def check(self) -> None:
         """Raise naming every failed setting and its error."""
         if self.failed:
-            raise RuntimeError(f"{len(self.failed)} of {len(self.entries)} robustness settings failed (the others "
-                               f"are done; a re-run resumes, executed notebooks kept under {self.dir}):\n" +
-                               "\n".join(f"- {e.setting.label}: {e.error}" for e in self.failed))
+            raise RuntimeError(
+                f"{len(self.failed)} of {len(self.entries)} robustness settings failed (the others "
+                f"are done; a re-run resumes, executed notebooks kept under {self.dir}):\n"
+                + "\n".join(f"- {e.setting.label}: {e.error}" for e in self.failed)
+            )
 
     def grid(self) -> nb.Grid:
         """What notebook 07 reads: each setting's run with the results its notebooks wrote with the setting's params
@@ -119,8 +126,11 @@ def _done(selected: Sequence[Path], run_dir: Path, params_hash: str) -> bool:
     def done(notebook: Path) -> bool:
         meta = (results.read(run_dir, notebook.stem) or {}).get("_meta", {})
         return batch_mod.is_complete(notebook, run_dir, params_hash) or (
-            meta.get("params_hash") == params_hash and meta.get("helpers_version") == version
-            and run.results(notebook.stem).stat().st_mtime >= notebook.stat().st_mtime)
+            meta.get("params_hash") == params_hash
+            and meta.get("helpers_version") == version
+            and run.results(notebook.stem).stat().st_mtime >= notebook.stat().st_mtime
+        )
+
     return all(done(notebook) for notebook in selected)
 
 
@@ -137,8 +147,7 @@ def _kernel_threads(n: int | None) -> Iterator[None]:
         os.environ.pop("OMP_NUM_THREADS", None)
 
 
-def pretrain(settings: Sequence[nb.Setting], ref, overrides: Mapping[str, Any] | None = None,
-             workers: int = 2) -> None:
+def pretrain(settings: Sequence[nb.Setting], ref, overrides: Mapping[str, Any] | None = None, workers: int = 2) -> None:
     """Train the RL runs of the settings that are not cached yet, `workers` at a time in single-threaded processes
     (`training.in_processes`; new base models first), so the notebooks then only analyse. A setting whose overrides
     cannot be built is left to `run_settings`, which reports it."""
@@ -169,16 +178,23 @@ def run_dir_of(cfg, out: str | Path | None = None) -> Path:
     return (Path(out) if out else outputs_root()) / cfg.run_name
 
 
-def run_settings(params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "auto",
-                 overrides: Mapping[str, Any] | None = None, run_dir: str | Path | None = None, force: bool = False,
-                 notebooks_dir: str | Path = batch_mod.NOTEBOOKS_DIR) -> Batch:
+def run_settings(
+    params_file: str = config_mod.DEFAULT_PARAMS,
+    profile: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    force: bool = False,
+    notebooks_dir: str | Path = batch_mod.NOTEBOOKS_DIR,
+) -> Batch:
     """Run the notebooks of every setting that is not complete (in order, so the reference run exists before SGD's lr
     is matched to it), continue past failures, write `robustness.json`; returns the batch."""
     t0 = time.time()
     ref = config_mod.load(params_file, profile, overrides)
     if ref.trajectory.dir:
-        raise ValueError(f"{ref.source}: the robustness grid trains its own runs; trajectory.dir must be null "
-                         f"(it is {ref.trajectory.dir!r})")
+        raise ValueError(
+            f"{ref.source}: the robustness grid trains its own runs; trajectory.dir must be null "
+            f"(it is {ref.trajectory.dir!r})"
+        )
     settings = nb.design(ref)
     run_dir = Path(run_dir) if run_dir else run_dir_of(ref)
     nbs = batch_mod.discover(notebooks_dir)
@@ -204,23 +220,42 @@ def run_settings(params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "a
             else:
                 notebook_set = nbs if s.is_reference else selected  # a setting's index lists only what it runs
                 with _kernel_threads(ref.robustness.kernel_threads):
-                    outcome = batch_mod.run_combination(notebook_set, selected, params_arg, cfg, entry.overrides,
-                                                        entry.dir, force)
+                    outcome = batch_mod.run_combination(
+                        notebook_set, selected, params_arg, cfg, entry.overrides, entry.dir, force
+                    )
                 ran = any(v == "ran" for v in outcome.status.values())
-                entry.status, entry.error = ("ran" if ran else "complete", None) if outcome.ok else ("failed",
-                                                                                                  outcome.error)
+                entry.status, entry.error = (
+                    ("ran" if ran else "complete", None) if outcome.ok else ("failed", outcome.error)
+                )
         except Exception as e:  # a setting that cannot be built (bad knob value, training error) fails alone
             entry.status, entry.error = "failed", f"{type(e).__name__}: {e}"
             print(f"  FAILED: {entry.error}", file=sys.stderr, flush=True)
         entry.seconds = round(time.time() - start, 1)
     out.seconds = round(time.time() - t0, 1)
-    atomic_write_json(layout.robustness_manifest, {
-        "params_file": params_arg, "profile": ref.profile, "overrides": dict(overrides or {}),
-        "notebooks": out.notebooks, "seconds": out.seconds,
-        "settings": [{"factor": e.setting.factor, "value": e.setting.value, "trajectory": e.setting.trajectory,
-                      "overrides": e.overrides, "run": Path(os.path.relpath(e.dir, out.dir)).as_posix(),
-                      "params_hash": e.params_hash, "status": e.status, "error": e.error, "seconds": e.seconds}
-                     for e in out.entries]})
+    atomic_write_json(
+        layout.robustness_manifest,
+        {
+            "params_file": params_arg,
+            "profile": ref.profile,
+            "overrides": dict(overrides or {}),
+            "notebooks": out.notebooks,
+            "seconds": out.seconds,
+            "settings": [
+                {
+                    "factor": e.setting.factor,
+                    "value": e.setting.value,
+                    "trajectory": e.setting.trajectory,
+                    "overrides": e.overrides,
+                    "run": Path(os.path.relpath(e.dir, out.dir)).as_posix(),
+                    "params_hash": e.params_hash,
+                    "status": e.status,
+                    "error": e.error,
+                    "seconds": e.seconds,
+                }
+                for e in out.entries
+            ],
+        },
+    )
     return out
 
 
@@ -230,14 +265,18 @@ def write_index(b: Batch, figures: Sequence[str | Path] = ()) -> Path:
     first, so every link resolves."""
     for e in b.entries:
         report.build_run_index(e.dir)
-    return report.build_batch_index([e.dir for e in b.entries], out=RunDir(b.run_dir).robustness_index,
-                                    figures=figures, title=f"Robustness grid · {b.run_dir.name}",
-                                    headline={n: HEADLINE.get(n, []) for n in b.notebooks},
-                                    labels=[{"factor": e.setting.factor, "value": e.setting.value}
-                                            for e in b.entries])
+    return report.build_batch_index(
+        [e.dir for e in b.entries],
+        out=RunDir(b.run_dir).robustness_index,
+        figures=figures,
+        title=f"Robustness grid · {b.run_dir.name}",
+        headline={n: HEADLINE.get(n, []) for n in b.notebooks},
+        labels=[{"factor": e.setting.factor, "value": e.setting.value} for e in b.entries],
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.pipeline.robustness", description=__doc__.splitlines()[0])

@@ -8,6 +8,7 @@ and ends with `run.compare(claims)` (the paper-vs-measured table and verdicts, `
 `run.save_results({...})`, which stores the claims beside the measured numbers. The run directory defaults to
 `outputs/<params name>[-<profile>]/`; its layout is `helpers.pipeline.rundir`.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,6 +44,7 @@ def write_figure(fig, path: str | os.PathLike) -> Path:
 @dataclass
 class Run:
     """One notebook's session: its name, config and run directory, and the claims it compared."""
+
     notebook: str
     cfg: config_mod.Config
     dir: Path
@@ -62,11 +64,19 @@ class Run:
     def save_results(self, measured: Mapping[str, Any]) -> Path:
         """`results/<notebook>.json`: the measured numbers, the claims of `compare` (`claims`: id, paper, measured,
         ci_low, ci_high, verdict, rule, ...) and their verdict sentences (`verdicts`)."""
-        meta = {"notebook": self.notebook, "params": self.cfg.source, "profile": self.cfg.profile,
-                "params_hash": self.cfg.hash(), "helpers_version": self.helpers_version,
-                "seconds": round(time.time() - self.started, 1)}
-        payload = {**measured, "claims": [c.record() for c in self.claims],
-                   "verdicts": [c.sentence() for c in self.claims]}
+        meta = {
+            "notebook": self.notebook,
+            "params": self.cfg.source,
+            "profile": self.cfg.profile,
+            "params_hash": self.cfg.hash(),
+            "helpers_version": self.helpers_version,
+            "seconds": round(time.time() - self.started, 1),
+        }
+        payload = {
+            **measured,
+            "claims": [c.record() for c in self.claims],
+            "verdicts": [c.sentence() for c in self.claims],
+        }
         return results.save(self.dir, self.notebook, payload, meta)
 
     def results_of(self, notebook: str) -> dict:
@@ -84,8 +94,13 @@ class Run:
         return claims_mod.table(self.claims)
 
 
-def start(notebook: str, params_file: str = config_mod.DEFAULT_PARAMS, profile: str = "auto",
-          run_dir: str | None = None, overrides: Mapping[str, Any] | None = None) -> Run:
+def start(
+    notebook: str,
+    params_file: str = config_mod.DEFAULT_PARAMS,
+    profile: str = "auto",
+    run_dir: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Run:
     """Load the params, pick the run directory, set the plot style."""
     cfg = config_mod.load(params_file, profile=profile, overrides=overrides)
     out = Path(run_dir) if run_dir else outputs_root() / cfg.run_name

@@ -1,16 +1,17 @@
 """The layout of a run directory, in one place:
 
-    <run dir>/
-      run.json                  the batch runner's manifest: params file, profile, overrides, params hash, notebook
-                                order, and the code version each notebook last ran with
-      NN_x.ipynb, NN_x.html     the executed notebooks (batch runner)
-      results/NN_x.json         what each notebook measured (`helpers.pipeline.results`)
-      figures/NN_x/NAME.png     its figures (`helpers.pipeline.run.savefig`)
-      probes/                   the probes its output-linearity numbers were measured on (`helpers.lib.probes`)
-      index.html, index.md      the pages to open (`helpers.pipeline.report`)
-      robustness/               the robustness grid (`helpers.pipeline.robustness`): `<factor>=<value>/`, a run
-                                directory per setting, `robustness.json` and the grid's `index.html` / `index.md`
+<run dir>/
+  run.json                  the batch runner's manifest: params file, profile, overrides, params hash, notebook
+                            order, and the code version each notebook last ran with
+  NN_x.ipynb, NN_x.html     the executed notebooks (batch runner)
+  results/NN_x.json         what each notebook measured (`helpers.pipeline.results`)
+  figures/NN_x/NAME.png     its figures (`helpers.pipeline.run.savefig`)
+  probes/                   the probes its output-linearity numbers were measured on (`helpers.lib.probes`)
+  index.html, index.md      the pages to open (`helpers.pipeline.report`)
+  robustness/               the robustness grid (`helpers.pipeline.robustness`): `<factor>=<value>/`, a run
+                            directory per setting, `robustness.json` and the grid's `index.html` / `index.md`
 """
+
 from __future__ import annotations
 
 import json
