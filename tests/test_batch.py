@@ -168,6 +168,7 @@ def grid_run(tmp_path_factory, params):
     return nbs, out, outcomes
 
 
+@pytest.mark.slow
 def test_grid_runs_every_combination_into_its_own_dir(grid_run):
     nbs, out, outcomes = grid_run
     assert [o.name for o in outcomes] == ["tiny-smoke_seed=1", "tiny-smoke_seed=2"]
@@ -220,6 +221,7 @@ def test_batch_index_has_a_row_per_combination(grid_run):
     assert page.count("complete 2/2") == 2 and "<dt>y</dt><dd>2</dd>" in page and "<dt>y</dt><dd>3</dd>" in page
 
 
+@pytest.mark.slow
 def test_rerun_skips_complete_notebooks_and_force_reruns(grid_run, params, capsys):
     nbs, out, _ = grid_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.ipynb")}
@@ -244,6 +246,7 @@ def test_rerun_skips_complete_notebooks_and_force_reruns(grid_run, params, capsy
     assert (out / "tiny-smoke_grid_seed-index.html").read_text().count("complete 2/2") == 2
 
 
+@pytest.mark.slow
 def test_failure_names_notebook_and_cell_and_leaves_no_results(tmp_path, params, capsys):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
@@ -300,6 +303,7 @@ def test_empty_only_is_an_error_not_all_notebooks(tmp_path, params, capsys):
         ("notebooks", ["strip", "missing.ipynb"], "missing.ipynb: not a readable notebook"),
     ],
 )
+@pytest.mark.slow
 def test_every_command_line_ends_a_user_error_in_one_line(tmp_path, module, argv, message):
     def run(*extra):
         return subprocess.run(
@@ -332,6 +336,7 @@ def hasty(tmp_path_factory):
         ("import os\nos._exit(1)", "DeadKernelError: the kernel died while the cell ran"),
     ],
 )
+@pytest.mark.slow
 def test_timeout_and_dead_kernel_name_notebook_and_cell(tmp_path, hasty, capfd, cell, error):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()

@@ -109,6 +109,7 @@ print(";".join(f"{who} imports {name}" for name, who in seen if who.startswith("
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [m for m in MODULES if layer(m) == 0])
 def test_library_module_imports_alone_without_the_notebook_stack(module):
     """In a fresh interpreter, importing a library module makes no helpers module import pandas / matplotlib /
@@ -124,6 +125,7 @@ def test_library_module_imports_alone_without_the_notebook_stack(module):
     assert out.stdout.strip() == "", out.stdout
 
 
+@pytest.mark.slow
 def test_the_import_watch_names_a_helpers_importer(tmp_path):
     """The watch used above reports a helpers module that imports pandas (it can fail)."""
     (tmp_path / "helpers").mkdir()

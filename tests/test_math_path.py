@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from helpers.experiments.training_log import read_log
-from helpers.lib import config, device, tiny, training, trajectory
+from helpers.lib import config, device, runs, tiny, training
 from helpers.pipeline import batch
+
+pytestmark = pytest.mark.slow  # trains models / executes notebooks: left out of `make test-fast`
 
 PRINTABLE = "".join(ch for ch in string.printable if ch not in "\t\n\r\x0b\x0c")
 SMALL = {
@@ -55,7 +57,7 @@ def math_run(tmp_path_factory):
     mp.setenv("RLVR_OUTPUTS", str(d / "out"))
     try:
         outcome = batch.run_batch(d / "math.yaml", profile="default", out=d / "out")[0]
-        rl_run = trajectory.run_dir(cfg)  # cached by the batch: the RL run the notebooks analysed
+        rl_run = runs.run_dir(cfg)  # cached by the batch: the RL run the notebooks analysed
     finally:
         mp.undo()
     return outcome, rl_run

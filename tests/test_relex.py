@@ -75,6 +75,76 @@ def test_chunked_gram_matches_in_memory_svd(tmp_path):
     torch.testing.assert_close(v_whole, v)
 
 
+def bf16_trajectory(root, steps, noise=1e-3):
+    """make_trajectory's run with every checkpoint stored in bf16."""
+    make_trajectory(root, steps, noise=noise)
+    for f in root.glob("checkpoint-*/model.safetensors"):
+        save_file({n: t.to(torch.bfloat16) for n, t in load_file(f).items()}, f)
+    return Trajectory(root)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_read_once_matches_two_passes(tmp_path, monkeypatch, dtype):
+    """A tensor whose delta matrix fits the budget is read once, in several chunks kept for the projection; the
+    two-pass fallback (same chunks, read again) gives the same factors: bit for bit on float32 checkpoints."""
+    steps = list(range(0, 7))
+    traj = (make_trajectory(tmp_path / "run", steps, noise=1e-3)[0] if dtype == torch.float32
+            else bf16_trajectory(tmp_path / "run", steps))
+    name = "model.layers.0.mlp.up_proj.weight"
+    steps = relex.observed_steps(traj)
+    itemsize = relex.delta_dtype(traj.dtype(name)).itemsize
+    assert itemsize == (8 if dtype == torch.float32 else 4)
+    budget = len(steps) * traj.numel(name) * itemsize  # exactly the whole delta matrix
+    n_chunks = len(relex._row_chunks(traj.shape(name), len(steps) + 1, budget, itemsize))
+    assert n_chunks > 1
+    reads = []
+    flat = traj.flat
+    monkeypatch.setattr(traj, "flat", lambda *a: reads.append(a) or flat(*a))
+    once, v_once = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=budget)
+    assert len(reads) == n_chunks * (len(steps) + 1)
+    monkeypatch.setattr(relex, "_read_once", lambda *a: False)
+    twice, v_twice = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=budget)
+    assert len(reads) == 3 * n_chunks * (len(steps) + 1)
+    if dtype == torch.float32:
+        for a, b in [(once.s, twice.s), (once.u, twice.u), (once.eigenvalues, twice.eigenvalues)]:
+            np.testing.assert_array_equal(a, b)
+        assert torch.equal(v_once, v_twice)
+    else:
+        np.testing.assert_allclose(once.s, twice.s, rtol=1e-6)
+        np.testing.assert_allclose(once.eigenvalues, twice.eigenvalues, rtol=1e-6, atol=1e-6 * twice.eigenvalues[0])
+        torch.testing.assert_close(v_once, v_twice, rtol=1e-6, atol=1e-6 * float(v_twice.abs().max()))
+
+
+def test_bf16_matches_float64_reference(tmp_path):
+    """bf16 checkpoints: deltas held in float32 (the differences are exact there, or within float32's rounding), the
+    Gram in float64 — the same SVD as in float64 throughout."""
+    traj = bf16_trajectory(tmp_path / "run", list(range(0, 7)))
+    name = "model.layers.0.mlp.up_proj.weight"
+    steps = relex.observed_steps(traj)
+    m = np.stack([(traj.tensor(name, s).double() - traj.tensor(name, 0).double()).reshape(-1).numpy() for s in steps])
+    m32 = relex._delta_chunk(traj, name, steps, 0, traj.shape(name)[0], relex.delta_dtype(traj.dtype(name)))
+    assert m32.dtype == torch.float32
+    np.testing.assert_allclose(m32.double().numpy(), m, rtol=2.0 ** -24, atol=0)
+    f, v = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=8 * traj.shape(name)[1] * 4 * (len(steps) + 1))
+    _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
+    np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
+    np.testing.assert_allclose(f.eigenvalues, s_ref ** 2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
+    for r in range(3):
+        assert abs(cos(v[r], torch.from_numpy(vt_ref[r]))) > 1 - 1e-6
+    np.testing.assert_allclose(f.coefficients, m @ v.reshape(3, -1).double().numpy().T, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_products_match_cpu(tmp_path):
+    traj = bf16_trajectory(tmp_path / "run", list(range(0, 7)))
+    steps = relex.observed_steps(traj)
+    for name in ["model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"]:
+        cpu, v_cpu = relex.tensor_svd(traj, name, steps, rank=2, device="cpu")
+        gpu, v_gpu = relex.tensor_svd(traj, name, steps, rank=2, device="cuda")
+        np.testing.assert_allclose(gpu.s, cpu.s, rtol=1e-9)
+        torch.testing.assert_close(v_gpu, v_cpu, rtol=1e-5, atol=1e-6)
+
+
 def test_frozen_tensor_stays_at_base(tmp_path):
     traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2, 3, 4])
     dec = relex.decompose(traj, rank=2)

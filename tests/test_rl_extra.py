@@ -177,6 +177,7 @@ def test_m_must_be_a_multiple_of_the_generation_period():
             RLExtra(**bad)
 
 
+@pytest.mark.slow
 def test_library_imports_without_the_notebook_stack():
     code = (
         "import sys, helpers.lib.rl_extra; "

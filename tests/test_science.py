@@ -13,6 +13,8 @@ import pytest
 from helpers.lib import config
 from helpers.pipeline import regime
 
+pytestmark = pytest.mark.slow  # trains models / executes notebooks: left out of `make test-fast`
+
 MIN_GAIN = 0.10  # held-out greedy gain, final − base
 WEIGHT_SHARE = (0.45, 0.85)  # share of moved weight entries with R² > 0.7
 MIN_TOKEN_MEDIAN = 0.75  # token log-prob R² median

@@ -11,6 +11,8 @@ from helpers.experiments.training_log import read_log
 from helpers.lib import config, tasks, training
 from helpers.lib.trajectory import Trajectory
 
+pytestmark = pytest.mark.slow  # trains models / executes notebooks: left out of `make test-fast`
+
 MICRO = {
     "model.hidden_size": 64,
     "model.heads": 2,

@@ -13,6 +13,7 @@ Notebook 06's experiments on top of it are in `helpers.experiments.nb06_relex`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from scipy.optimize import curve_fit
 
 from helpers.lib.cache import cache_dir, cached_build, dir_fingerprint
 from helpers.lib.checkpoint_io import write_checkpoint
+from helpers.lib.device import cpu_threads, pick
 from helpers.lib.paths import atomic_write_json
 
 DEFAULT_CHUNK_BYTES = 256 << 20
@@ -37,27 +39,69 @@ REL_CUTOFF = 1e-6  # directions with s <= REL_CUTOFF * s_0 are dropped (the pape
 # ----------------------------------------------------------------------------------------------------------------------
 # Reading column chunks of one tensor across the checkpoints
 
-def _row_chunks(shape: Sequence[int], n_rows_read: int, chunk_bytes: int) -> list[tuple[int, int]]:
-    """Ranges of dim-0 indices such that `n_rows_read` float64 copies of one range fit in `chunk_bytes`.
+def delta_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the SVD holds deltas of `dtype` checkpoints in: float32 for ≤ 16-bit floats (bf16, fp16): the
+    difference of two such values is exact in float32 unless their magnitudes differ by more than 2^16 (bf16) or 2^13
+    (fp16), and then off by at most float32's rounding; float64 otherwise."""
+    return torch.float32 if dtype.is_floating_point and dtype.itemsize <= 2 else torch.float64
+
+
+def _row_chunks(shape: Sequence[int], n_rows_read: int, chunk_bytes: int, itemsize: int = 8
+                ) -> list[tuple[int, int]]:
+    """Ranges of dim-0 indices such that `n_rows_read` copies of one range (`itemsize` bytes an entry) fit in
+    `chunk_bytes`.
 
     A 2-D weight is chunked by rows, a 1-D tensor by flat ranges; at least one row per chunk.
     """
     if len(shape) == 0:
         return [(0, 1)]
-    per_row = math.prod(shape[1:]) * 8 * n_rows_read
+    per_row = math.prod(shape[1:]) * itemsize * n_rows_read
     rows = max(1, chunk_bytes // max(per_row, 1))
     return [(a, min(a + rows, shape[0])) for a in range(0, shape[0], rows)]
 
 
-def _delta_chunk(traj, name: str, steps: Sequence[int], start: int, stop: int) -> torch.Tensor:
-    """M_c: the (T, cols) float64 block of deltas θ_t − θ_0 for rows [start, stop) of `name` (slice reads only)."""
+def _convert(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out` ← `x` in out's dtype; bf16 → float32 by shifting the bits (exact, several times faster than a cast)."""
+    if x.dtype == torch.bfloat16 and out.dtype == torch.float32:
+        bits = out.numpy().view(np.uint32)
+        np.copyto(bits, x.view(torch.int16).numpy().view(np.uint16))
+        np.left_shift(bits, 16, out=bits)
+        return out
+    return out.copy_(x)
+
+
+def _delta_chunk(traj, name: str, steps: Sequence[int], start: int, stop: int, dtype: torch.dtype = torch.float64,
+                 buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """M_c: the (T, cols) block of deltas θ_t − θ_0 in `dtype` for rows [start, stop) of `name` (slice reads only,
+    each read converted once), in the first T·cols entries of `buffer` (1-D, ≥ (T + 1)·cols entries of `dtype`;
+    the base goes after them) when given."""
     row = math.prod(traj.shape(name)[1:])
     a, b = start * row, stop * row
-    base = traj.flat(name, 0, a, b).to(torch.float64)
-    m = torch.empty((len(steps), b - a), dtype=torch.float64)
-    for i, s in enumerate(steps):
-        m[i].copy_(traj.flat(name, s, a, b)).sub_(base)
+    n = len(steps) * (b - a)
+    if buffer is None:
+        buffer = torch.empty(n + b - a, dtype=dtype)
+    with cpu_threads():  # torch's finite check of each read: a second thread costs more than it gains on busy cores
+        base = _convert(traj.flat(name, 0, a, b), buffer[n:n + b - a])
+        m = buffer[:n].view(len(steps), b - a)
+        for i, s in enumerate(steps):
+            _convert(traj.flat(name, s, a, b), m[i]).sub_(base)
     return m
+
+
+class Workspace:
+    """Memory reused for the delta chunks of one tensor after another: filling pages used before skips the page faults
+    of a fresh allocation, which cost as much as converting bf16 to float32."""
+
+    def __init__(self):
+        self._data = torch.empty(0, dtype=torch.uint8)
+
+    def take(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """A 1-D tensor of `n` entries of `dtype` (contents undefined; valid until the next `take`)."""
+        nbytes = n * dtype.itemsize
+        if self._data.numel() < nbytes:
+            self._data = torch.empty(0, dtype=torch.uint8)  # free the old block first
+            self._data = torch.empty(nbytes, dtype=torch.uint8)
+        return self._data[:nbytes].view(dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -113,33 +157,74 @@ def top_eigen(gram: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.n
     return s[:keep].copy(), u, lam
 
 
-def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[Factors, torch.Tensor]:
+GRAM_COLUMNS = 1 << 15  # columns per float64 block when the Gram of float32 deltas is formed on the CPU
+
+
+def _gram(m: torch.Tensor, device: torch.device) -> np.ndarray:
+    """M_c M_cᵀ in float64 (float32 deltas: exact float64 products of column blocks, summed in float64)."""
+    if device.type != "cpu":
+        md = m.to(device, torch.float64)
+        return (md @ md.T).cpu().numpy()
+    if m.dtype == torch.float64:
+        return (m @ m.T).numpy()
+    a, gram = m.numpy(), np.zeros((len(m), len(m)))
+    for j in range(0, a.shape[1], GRAM_COLUMNS):
+        block = a[:, j:j + GRAM_COLUMNS].astype(np.float64)
+        gram += block @ block.T  # numpy forms a matrix times its own transpose with syrk: half the products
+    return gram
+
+
+def _projected(proj: torch.Tensor, m: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(r, cols) float32 rows of v for one chunk: projᵀ M_c in M_c's dtype (float32 deltas: a sum of T products)."""
+    m = m.to(device)
+    return (proj.to(device, m.dtype).T @ m).to(torch.float32).cpu()
+
+
+def _read_once(n_chunks: int, delta_bytes: int, chunk_bytes: int) -> bool:
+    """Whether a tensor's chunks are kept from the Gram pass for the projection: its whole delta matrix fits in the
+    memory budget (or it is one chunk anyway)."""
+    return n_chunks == 1 or delta_bytes <= chunk_bytes
+
+
+def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+               device: str | torch.device | None = None, workspace: Workspace | None = None
+               ) -> tuple[Factors, torch.Tensor]:
     """Rank-`rank` SVD of `name`'s deltas at `steps`, streaming column chunks; returns (factors, v (r, *shape) fp32).
 
-    Peak memory: one chunk of M (≤ chunk_bytes, float64) plus v (rank × the tensor size, float32).
+    Deltas are held in `delta_dtype` (float32 for bf16/fp16 checkpoints, float64 otherwise), the Gram matrix is summed
+    in float64. When the whole delta matrix fits in `chunk_bytes`, each chunk is read and converted once and kept for
+    the projection; a larger tensor is read twice (Gram pass, then projection pass), one chunk at a time. The products
+    run on `device` (None/"auto": CUDA when present, else the CPU). Chunks live in `workspace` (pass the same one to
+    successive calls to reuse its memory). Peak memory: the delta matrix or one chunk of it (≤ chunk_bytes) plus v
+    (rank × the tensor size, float32).
     """
-    shape = tuple(traj.shape(name))
-    chunks = _row_chunks(shape, len(steps) + 1, chunk_bytes)
-    gram = np.zeros((len(steps), len(steps)))
-    kept = None  # a one-chunk tensor needs no second read
-    for a, b in chunks:
-        m = _delta_chunk(traj, name, steps, a, b)
-        gram += (m @ m.T).numpy()
-        if len(chunks) == 1:
-            kept = m
-        del m  # before the next chunk is read: one chunk in memory at a time
+    shape, numel, dev = tuple(traj.shape(name)), traj.numel(name), pick(device)
+    dtype = delta_dtype(traj.dtype(name))
+    chunks = _row_chunks(shape, len(steps) + 1, chunk_bytes, dtype.itemsize)
+    row, t = math.prod(shape[1:]), len(steps)
+    widest = max(b - a for a, b in chunks) * row
+    keep = _read_once(len(chunks), t * numel * dtype.itemsize, chunk_bytes)
+    buffer = (workspace or Workspace()).take(t * numel + widest if keep else (t + 1) * widest, dtype)
+
+    # float64 products run on the caller's torch threads: their last bits depend on the thread count
+    threads = contextlib.nullcontext if dtype == torch.float64 else cpu_threads
+
+    def chunk(a: int, b: int) -> torch.Tensor:  # kept: chunk after chunk; else all at the start of the buffer
+        return _delta_chunk(traj, name, steps, a, b, dtype, buffer[t * a * row:] if keep else buffer)
+
+    gram = np.zeros((t, t))
+    with threads():
+        for a, b in chunks:
+            gram += _gram(chunk(a, b), dev)
     s, u, lam = top_eigen(gram, rank)
-    factors = Factors(name, shape, s, u, lam)
-    v = torch.zeros((len(s), math.prod(shape)), dtype=torch.float32)
+    v = torch.empty((len(s), numel), dtype=torch.float32)
     if len(s):
         proj = torch.from_numpy(u / s)  # (T, r): v_r = Mᵀ u_r / s_r
-        row = math.prod(shape[1:])
-        for a, b in chunks:
-            m = kept if kept is not None else _delta_chunk(traj, name, steps, a, b)
-            v[:, a * row:b * row] = (proj.T @ m).to(torch.float32)
-            del m
-    return factors, v.reshape((len(s), *shape))
+        with threads():
+            for a, b in chunks:
+                m = buffer[t * a * row:t * b * row].view(t, -1) if keep else chunk(a, b)
+                v[:, a * row:b * row] = _projected(proj, m, dev)
+    return Factors(name, shape, s, u, lam), v.reshape((len(s), *shape))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -196,16 +281,18 @@ class Decomposition:
         return {n: f.explained_variance for n, f in self.factors.items() if f.rank}
 
 
-def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Decomposition:
-    """Rank-`rank` SVD of every tensor's deltas over the prefix (0, t_cut]; cached per trajectory + prefix + rank."""
+def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+              device: str | torch.device | None = None) -> Decomposition:
+    """Rank-`rank` SVD of every tensor's deltas over the prefix (0, t_cut] (`tensor_svd`, products on `device`);
+    cached per trajectory + prefix + rank."""
     steps = observed_steps(traj, t_cut)
     key = {"trajectory": fingerprint(traj, [0, *steps]), "steps": steps, "rank": rank}
 
     def build(tmp: Path) -> None:
         (tmp / "v").mkdir()
-        table = []
+        table, workspace = [], Workspace()
         for i, name in enumerate(traj.names):
-            f, v = tensor_svd(traj, name, steps, rank, chunk_bytes)
+            f, v = tensor_svd(traj, name, steps, rank, chunk_bytes, device, workspace)
             if f.rank:
                 save_file({"v": v.contiguous()}, str(tmp / "v" / f"{i:05d}.safetensors"))
             table.append(f.to_json())
@@ -327,8 +414,9 @@ def _write(dec: Decomposition, out_dir, coefficients: Callable[[str], np.ndarray
     out = Path(out_dir) if out_dir else cache_dir("relex-ckpt", {"svd": dec.dir.name, **record}, VERSION)
     if (out / "extrapolation.json").is_file() and out_dir is None:
         return out
-    return write_checkpoint(out, _tensors(dec, coefficients), like=Path(dec.traj.path(0)), record=record,
-                            overwrite=overwrite)
+    with cpu_threads():  # elementwise work on one thread (the same bits, faster on busy cores)
+        return write_checkpoint(out, _tensors(dec, coefficients), like=Path(dec.traj.path(0)), record=record,
+                                overwrite=overwrite)
 
 
 def extrapolate(dec: Decomposition, step: int, out_dir=None, rank: int | None = None, kind: str = "linear",
