@@ -11,6 +11,7 @@ child process, so that its peak RSS covers only reading the trajectory, the SVD 
 included). RELEX time = SVD + writing the extrapolated checkpoint. Targets: RELEX ≤ 3 × the cold plain read, peak RSS
 ≤ 1 GB, and the median rank-1 explained variance within 1e-3 of its known answer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ def expected_explained_variance() -> float:
     """The known answer: every entry drifts by DRIFT·u·t/t_max plus iid NOISE per checkpoint, so rank 1 holds
     Σ_t (DRIFT·t/t_max)² of each entry's Σ_t (DRIFT·t/t_max)² + T·NOISE² (bf16 rounding ignored)."""
     t = [s / STEPS[-1] for s in STEPS[1:]]
-    signal = DRIFT ** 2 * sum(x * x for x in t)
-    return signal / (signal + len(t) * NOISE ** 2)
+    signal = DRIFT**2 * sum(x * x for x in t)
+    return signal / (signal + len(t) * NOISE**2)
 
 
 def trajectory(n_params: float, out: Path | None = None) -> Path:
@@ -65,12 +66,18 @@ def measure(run_dir: Path, chunk_bytes: int) -> dict:
         t2 = time.perf_counter()
         ev = sorted(dec.explained_variance().values())
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"n_params": sum(traj.numel(name) for name in traj.names), "checkpoints": len(traj.steps),
-            "tensors": len(traj.names), "chunk_mb": chunk_bytes >> 20,
-            "svd_seconds": round(t1 - t0, 2), "write_seconds": round(t2 - t1, 2), "relex_seconds": round(t2 - t0, 2),
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 3),  # ru_maxrss is in KiB
-            "rank1_explained_variance_median": round(ev[len(ev) // 2], 4)}
+    return {
+        "n_params": sum(traj.numel(name) for name in traj.names),
+        "checkpoints": len(traj.steps),
+        "tensors": len(traj.names),
+        "chunk_mb": chunk_bytes >> 20,
+        "svd_seconds": round(t1 - t0, 2),
+        "write_seconds": round(t2 - t1, 2),
+        "relex_seconds": round(t2 - t0, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 3),  # ru_maxrss is in KiB
+        "rank1_explained_variance_median": round(ev[len(ev) // 2], 4),
+    }
 
 
 def main(argv=None) -> dict:
@@ -92,18 +99,30 @@ def main(argv=None) -> dict:
     cold, nbytes = plain_read(files)
     warm, _ = plain_read(files)
     evict(files)
-    child = subprocess.run([sys.executable, __file__, "--measure", str(run_dir), "--chunk-mb", str(a.chunk_mb)],
-                           check=True, capture_output=True, text=True)
-    figures = {"bytes": nbytes, "plain_read_cold_seconds": round(cold, 2), "plain_read_warm_seconds": round(warm, 2),
-               **json.loads(child.stdout.strip().splitlines()[-1])}
-    figures.update(ratio_cold=round(figures["relex_seconds"] / cold, 2),
-                   ratio_warm=round(figures["relex_seconds"] / warm, 2),
-                   expected_explained_variance=round(expected_explained_variance(), 4),
-                   load_average=os.getloadavg()[0], target_ratio_cold=TARGET_RATIO_COLD,
-                   target_peak_rss_gb=TARGET_RSS_GB)
+    child = subprocess.run(
+        [sys.executable, __file__, "--measure", str(run_dir), "--chunk-mb", str(a.chunk_mb)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    figures = {
+        "bytes": nbytes,
+        "plain_read_cold_seconds": round(cold, 2),
+        "plain_read_warm_seconds": round(warm, 2),
+        **json.loads(child.stdout.strip().splitlines()[-1]),
+    }
+    figures.update(
+        ratio_cold=round(figures["relex_seconds"] / cold, 2),
+        ratio_warm=round(figures["relex_seconds"] / warm, 2),
+        expected_explained_variance=round(expected_explained_variance(), 4),
+        load_average=os.getloadavg()[0],
+        target_ratio_cold=TARGET_RATIO_COLD,
+        target_peak_rss_gb=TARGET_RSS_GB,
+    )
     answer_error = abs(figures["rank1_explained_variance_median"] - figures["expected_explained_variance"])
-    figures["within_target"] = (figures["ratio_cold"] <= TARGET_RATIO_COLD and figures["peak_rss_gb"] <= TARGET_RSS_GB
-                                and answer_error <= 1e-3)
+    figures["within_target"] = (
+        figures["ratio_cold"] <= TARGET_RATIO_COLD and figures["peak_rss_gb"] <= TARGET_RSS_GB and answer_error <= 1e-3
+    )
     print(json.dumps(figures, indent=2))
     if a.out:
         a.out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -1,10 +1,10 @@
 """Notebook 06's experiments (helpers.experiments.nb06_relex): decompositions of a run, claims, results, alignment."""
+
 import numpy as np
 import pytest
 
 from helpers.experiments import nb06_relex as nb
-from helpers.lib import config
-from helpers.lib import relex
+from helpers.lib import config, relex
 from tests.test_relex import make_trajectory
 
 
@@ -30,45 +30,94 @@ def _knob(ref, knob, seed):
     return ref + delta + noise * (e - e.mean())
 
 
-def measured(ev=np.linspace(0.6, 1.0, 41), gain=0.4, kept=0.9, prefix=0.0, horizon=0.1, rank_k=-0.05,
-             nonlinear=-0.05, denoise=0.1, ablation=None):
+def measured(
+    ev=None,
+    gain=0.4,
+    kept=0.9,
+    prefix=0.0,
+    horizon=0.1,
+    rank_k=-0.05,
+    nonlinear=-0.05,
+    denoise=0.1,
+    ablation=None,
+):
     """Synthetic notebook-06 tables whose claims all hold by default; each knob moves one claim's quantity (a delta,
     or (delta, per-item noise sd)). Steps 0 / 10 / 20 / 100; prefixes 10 % (T_cut 10) and 15 % (T_cut 20)."""
     import pandas as pd
+
     from helpers.experiments import claims
     from helpers.lib.scoring import PerItem
 
+    ev = np.linspace(0.6, 1.0, 41) if ev is None else ev
     base = np.random.default_rng(0).random(N) * 0.4
     real_items = {0: base, 10: base + 0.1, 20: base + 0.2, 100: base + gain}
     row = lambda x, **k: {**k, "accuracy": float(np.mean(x)), "per_item": PerItem(np.asarray(x))}  # noqa: E731
     real = pd.DataFrame([row(x, step=s) for s, x in real_items.items()])
-    relex_items = {(0.10, 10, 20): base + 0.2, (0.10, 10, 100): _knob(real_items[10], horizon, 1),
-                   (0.15, 20, 40): base + 0.3, (0.15, 20, 100): _knob(real_items[100], prefix, 2)}
-    grid = pd.DataFrame([row(x, method="relex", fraction=f, t_cut=t, target_step=s, horizon=s / t, real_accuracy=0.5)
-                         for (f, t, s), x in relex_items.items()]
-                        + [row(2 * x - _knob(x, denoise, 3 + i),  # relex − two-point = the knob
-                               method="two_point", fraction=f, t_cut=t, target_step=s, horizon=s / t,
-                               real_accuracy=0.5)
-                           for i, ((f, t, s), x) in enumerate(relex_items.items())])
+    relex_items = {
+        (0.10, 10, 20): base + 0.2,
+        (0.10, 10, 100): _knob(real_items[10], horizon, 1),
+        (0.15, 20, 40): base + 0.3,
+        (0.15, 20, 100): _knob(real_items[100], prefix, 2),
+    }
+    grid = pd.DataFrame(
+        [
+            row(x, method="relex", fraction=f, t_cut=t, target_step=s, horizon=s / t, real_accuracy=0.5)
+            for (f, t, s), x in relex_items.items()
+        ]
+        + [
+            row(
+                2 * x - _knob(x, denoise, 3 + i),  # relex − two-point = the knob
+                method="two_point",
+                fraction=f,
+                t_cut=t,
+                target_step=s,
+                horizon=s / t,
+                real_accuracy=0.5,
+            )
+            for i, ((f, t, s), x) in enumerate(relex_items.items())
+        ]
+    )
     final = real_items[100]
-    ablation = ablation or {(1, "linear"): final, (2, "linear"): _knob(final, rank_k, 7),
-                            (5, "linear"): _knob(final, rank_k, 8) - 0.05,
-                            (1, "polynomial"): _knob(final, nonlinear, 9),
-                            (1, "sinusoid"): _knob(final, nonlinear, 10) - 0.05}
-    ablations = pd.DataFrame([row(x, rank=r, fit=f, window=None, t_cut=50, target_step=100, effective_rank=r,
-                                  note="") for (r, f), x in ablation.items()]
-                             + [row(final + 0.5, rank=1, fit="linear", window=3, t_cut=50, target_step=100,
-                                    effective_rank=1, note=""),  # a window variant: in neither ablation claim
-                                {"rank": 5, "fit": "sinusoid", "window": None, "t_cut": 50, "target_step": 100,
-                                 "accuracy": np.nan, "per_item": None, "effective_rank": 5, "note": "too short"}])
+    ablation = ablation or {
+        (1, "linear"): final,
+        (2, "linear"): _knob(final, rank_k, 7),
+        (5, "linear"): _knob(final, rank_k, 8) - 0.05,
+        (1, "polynomial"): _knob(final, nonlinear, 9),
+        (1, "sinusoid"): _knob(final, nonlinear, 10) - 0.05,
+    }
+    ablations = pd.DataFrame(
+        [
+            row(x, rank=r, fit=f, window=None, t_cut=50, target_step=100, effective_rank=r, note="")
+            for (r, f), x in ablation.items()
+        ]
+        + [
+            row(
+                final + 0.5, rank=1, fit="linear", window=3, t_cut=50, target_step=100, effective_rank=1, note=""
+            ),  # a window variant: in neither ablation claim
+            {
+                "rank": 5,
+                "fit": "sinusoid",
+                "window": None,
+                "t_cut": 50,
+                "target_step": 100,
+                "accuracy": np.nan,
+                "per_item": None,
+                "effective_rank": 5,
+                "note": "too short",
+            },
+        ]
+    )
     reconstructed = base + _knob(np.full(N, 0.0), kept, 11) * gain if gain else base + 0.1
-    denoise = pd.DataFrame([{**row(reconstructed, step=100, rank=1), "raw_accuracy": final.mean(),
-                             "raw_per_item": PerItem(final)},
-                            {**row(final, step=100, rank=5), "raw_accuracy": final.mean(),
-                             "raw_per_item": PerItem(final)}])
+    denoise = pd.DataFrame(
+        [
+            {**row(reconstructed, step=100, rank=1), "raw_accuracy": final.mean(), "raw_per_item": PerItem(final)},
+            {**row(final, step=100, rank=5), "raw_accuracy": final.mean(), "raw_per_item": PerItem(final)},
+        ]
+    )
     ev = pd.DataFrame({"explained_variance": ev, "module": "q"})
-    return nb.Measured(claims.Settings(bootstrap=500), ev, real, grid, ablations, denoise, pd.DataFrame(),
-                          pd.DataFrame())
+    return nb.Measured(
+        claims.Settings(bootstrap=500), ev, real, grid, ablations, denoise, pd.DataFrame(), pd.DataFrame()
+    )
 
 
 CASES = [  # (claim id, knobs, verdict)
@@ -107,7 +156,7 @@ def test_claim_numbers():
     c = {c.id: c for c in nb.claims(measured(kept=0.75, prefix=-0.01, horizon=0.03, denoise=0.05))}
     assert c["nb06.reconstruction_keeps_gain"].measured == pytest.approx(0.75)
     assert c["nb06.prefix_matches_full"].measured == pytest.approx(-0.01)  # the 15 % prefix at the final step
-    assert c["nb06.horizon_improves"].measured == pytest.approx(0.03)      # the 10 % prefix, 10x, vs step 10
+    assert c["nb06.horizon_improves"].measured == pytest.approx(0.03)  # the 10 % prefix, 10x, vs step 10
     assert c["nb06.denoising"].measured == pytest.approx(0.05)
     rank_k = c["nb06.rank_k_no_gain"]
     assert rank_k.measured == pytest.approx(-0.05) and "rank 2 linear" in rank_k.detail  # rank 5 is worse
@@ -120,8 +169,14 @@ def test_best_variant_is_chosen_on_one_half_and_reported_on_the_other():
     assert not set(select) & set(report) and len(select) + len(report) == N
     final = measured().real.per_item.iloc[-1].values
     flip = np.where(np.isin(np.arange(N), select), 0.1, -0.1)  # +0.1 on the selection half, −0.1 on the report half
-    m = measured(ablation={(1, "linear"): final, (2, "linear"): final + flip, (5, "linear"): final + 0.05,
-                           (1, "polynomial"): final})
+    m = measured(
+        ablation={
+            (1, "linear"): final,
+            (2, "linear"): final + flip,
+            (5, "linear"): final + 0.05,
+            (1, "polynomial"): final,
+        }
+    )
     label, _, reported_on = nb.best_variant(m, "rank_k_no_gain")
     assert label == "rank 2 linear at step 100" and np.array_equal(reported_on, report)
     rank_k = {c.id: c for c in nb.claims(m)}["nb06.rank_k_no_gain"]

@@ -5,12 +5,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers.lib import relex
-from helpers.lib import tiny
+from helpers.lib import relex, tiny
 from helpers.lib.trajectory import Trajectory
 
-MODEL = {"arch": "llama", "hidden_size": 64, "heads": 2, "kv_heads": 1, "layers": 1, "intermediate_size": 96,
-         "max_positions": 64, "tie_embeddings": True}
+MODEL = {
+    "arch": "llama",
+    "hidden_size": 64,
+    "heads": 2,
+    "kv_heads": 1,
+    "layers": 1,
+    "intermediate_size": 96,
+    "max_positions": 64,
+    "tie_embeddings": True,
+}
 FROZEN = "model.norm.weight"
 
 
@@ -28,8 +35,10 @@ def make_trajectory(root, steps, tied=True, noise=1e-4, scale=1e-3, seed=0):
     for s in steps[1:]:
         out = root / f"checkpoint-{s}"
         out.mkdir()
-        state = {n: t if n == FROZEN else t + s * d[n] + noise * torch.randn(t.shape, generator=gen)
-                 for n, t in theta0.items()}
+        state = {
+            n: t if n == FROZEN else t + s * d[n] + noise * torch.randn(t.shape, generator=gen)
+            for n, t in theta0.items()
+        }
         save_file(state, out / "model.safetensors")
         for f in base.glob("*.json"):  # config, generation config, tokenizer
             shutil.copy(f, out / f.name)
@@ -66,7 +75,7 @@ def test_chunked_gram_matches_in_memory_svd(tmp_path):
     m = np.stack([(traj.tensor(name, s) - traj.tensor(name, 0)).double().reshape(-1).numpy() for s in steps])
     _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
     np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
-    np.testing.assert_allclose(f.eigenvalues, s_ref ** 2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
+    np.testing.assert_allclose(f.eigenvalues, s_ref**2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
     for r in range(3):
         assert abs(cos(v[r], torch.from_numpy(vt_ref[r]))) > 1 - 1e-6
     np.testing.assert_allclose(f.coefficients, m @ v.reshape(3, -1).double().numpy().T, rtol=1e-5, atol=1e-9)
@@ -88,8 +97,11 @@ def test_read_once_matches_two_passes(tmp_path, monkeypatch, dtype):
     """A tensor whose delta matrix fits the budget is read once, in several chunks kept for the projection; the
     two-pass fallback (same chunks, read again) gives the same factors: bit for bit on float32 checkpoints."""
     steps = list(range(0, 7))
-    traj = (make_trajectory(tmp_path / "run", steps, noise=1e-3)[0] if dtype == torch.float32
-            else bf16_trajectory(tmp_path / "run", steps))
+    traj = (
+        make_trajectory(tmp_path / "run", steps, noise=1e-3)[0]
+        if dtype == torch.float32
+        else bf16_trajectory(tmp_path / "run", steps)
+    )
     name = "model.layers.0.mlp.up_proj.weight"
     steps = relex.observed_steps(traj)
     itemsize = relex.delta_dtype(traj.dtype(name)).itemsize
@@ -124,11 +136,11 @@ def test_bf16_matches_float64_reference(tmp_path):
     m = np.stack([(traj.tensor(name, s).double() - traj.tensor(name, 0).double()).reshape(-1).numpy() for s in steps])
     m32 = relex._delta_chunk(traj, name, steps, 0, traj.shape(name)[0], relex.delta_dtype(traj.dtype(name)))
     assert m32.dtype == torch.float32
-    np.testing.assert_allclose(m32.double().numpy(), m, rtol=2.0 ** -24, atol=0)
+    np.testing.assert_allclose(m32.double().numpy(), m, rtol=2.0**-24, atol=0)
     f, v = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=8 * traj.shape(name)[1] * 4 * (len(steps) + 1))
     _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
     np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
-    np.testing.assert_allclose(f.eigenvalues, s_ref ** 2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
+    np.testing.assert_allclose(f.eigenvalues, s_ref**2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
     for r in range(3):
         assert abs(cos(v[r], torch.from_numpy(vt_ref[r]))) > 1 - 1e-6
     np.testing.assert_allclose(f.coefficients, m @ v.reshape(3, -1).double().numpy().T, rtol=1e-5, atol=1e-9)
@@ -206,11 +218,12 @@ def test_project_beyond_prefix(tmp_path):
 def test_fits():
     t = np.arange(10, 110, 10, dtype=float)
     np.testing.assert_allclose(relex.fit(t, 3 * t + 1)(500), 1501)
-    np.testing.assert_allclose(relex.fit(t, 0.01 * t ** 2 - t, "polynomial", degree=2)(200), 200.0)
+    np.testing.assert_allclose(relex.fit(t, 0.01 * t**2 - t, "polynomial", degree=2)(200), 200.0)
     y = 0.5 * np.sin(0.08 * t + 0.3) + 0.02 * t + 1
     future = np.array([130.0, 160.0])
-    np.testing.assert_allclose(relex.fit(t, y, "sinusoid")(future), 0.5 * np.sin(0.08 * future + 0.3)
-                               + 0.02 * future + 1, atol=1e-3)
+    np.testing.assert_allclose(
+        relex.fit(t, y, "sinusoid")(future), 0.5 * np.sin(0.08 * future + 0.3) + 0.02 * future + 1, atol=1e-3
+    )
     kink = np.where(t <= 50, t, 50 + 3 * (t - 50))  # slope 1 then 3: a window of the last 4 points sees only slope 3
     np.testing.assert_allclose(relex.fit(t, kink, window=4)(200), 50 + 3 * 150)
     with pytest.raises(ValueError, match="sinusoid fit needs at least 5 points"):
@@ -224,8 +237,11 @@ def test_extrapolate_replaces_only_its_own_output_and_only_when_asked(tmp_path):
     and overwrite=True (it replaced any directory silently)."""
     traj, _ = make_trajectory(tmp_path / "run", [0, 1, 2, 3])
     dec = relex.decompose(traj)
-    with pytest.raises(FileExistsError, match=r"checkpoint-3: exists and is not a checkpoint written by this tool "
-                                              r"\(no extrapolation.json\); not replaced"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"checkpoint-3: exists and is not a checkpoint written by this tool "
+        r"\(no extrapolation.json\); not replaced",
+    ):
         relex.extrapolate(dec, 10, tmp_path / "run" / "checkpoint-3", overwrite=True)
     assert Trajectory(tmp_path / "run").steps == [0, 1, 2, 3]
     out = relex.extrapolate(dec, 10, tmp_path / "x")

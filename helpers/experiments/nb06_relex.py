@@ -4,12 +4,13 @@ alignment —, each scored model carrying its per-item held-out scores, their fi
 (`helpers.experiments.claims`) whose intervals come from those per-item scores. `score` is a `Scorer` (held-out
 metrics of a model directory, memoised).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,12 +19,21 @@ import seaborn as sns
 
 from helpers.experiments import claims as claims_mod
 from helpers.experiments import paper
-from helpers.lib import extrapolation
-from helpers.lib import runs
+from helpers.lib import extrapolation, runs
 from helpers.lib.cache import cache_dir
 from helpers.lib.linearity import parse_name, r2
-from helpers.lib.relex import (VERSION, Decomposition, decompose, extrapolate, fingerprint, fit, observed_steps,
-                               prefix_step, project, reconstruct)
+from helpers.lib.relex import (
+    VERSION,
+    Decomposition,
+    decompose,
+    extrapolate,
+    fingerprint,
+    fit,
+    observed_steps,
+    prefix_step,
+    project,
+    reconstruct,
+)
 from helpers.lib.scoring import CachedScorer, PerItem
 
 
@@ -48,8 +58,9 @@ def targets(traj, t_cut: int, horizons: Sequence[float]) -> list[int]:
 
 def two_point(traj, t_cut: int, step: int, norms: str) -> Path:
     """The two-point weight extrapolation θ_0 + (step / t_cut)(θ_{t_cut} − θ_0) (helpers.lib.extrapolation), cached."""
-    out = cache_dir("two-point", {"trajectory": fingerprint(traj, [0, t_cut]), "t1": t_cut, "target": step,
-                                  "norms": norms}, VERSION)
+    out = cache_dir(
+        "two-point", {"trajectory": fingerprint(traj, [0, t_cut]), "t1": t_cut, "target": step, "norms": norms}, VERSION
+    )
     if (out / "extrapolation.json").is_file():
         return out
     return extrapolation.extrapolate(traj, 0, t_cut, step, out, norms)
@@ -77,15 +88,19 @@ def full_decomposition(traj, rc) -> Decomposition:
     A trajectory in which no tensor moved is an error (there is nothing to extrapolate)."""
     dec = decompose(traj, None, max(rc.denoise.ranks), int(rc.chunk_mb) << 20)
     if not any(f.rank for f in dec.factors.values()):
-        raise ValueError(f"{traj.path(traj.steps[-1])}: no tensor moved between step 0 and step {traj.steps[-1]} "
-                         "(an RL run with no update, e.g. every reward equal), so there is nothing to extrapolate")
+        raise ValueError(
+            f"{traj.path(traj.steps[-1])}: no tensor moved between step 0 and step {traj.steps[-1]} "
+            "(an RL run with no update, e.g. every reward equal), so there is nothing to extrapolate"
+        )
     return dec
 
 
 def real_curve(traj, score: Scorer) -> pd.DataFrame:
     """Held-out accuracy (and per-item scores) of every real checkpoint (step 0 = base)."""
-    rows = [{"step": s, **score.scored(traj.path(s)), "greedy": score.checkpoint(traj.path(s)).get("greedy_accuracy")}
-            for s in traj.steps]
+    rows = [
+        {"step": s, **score.scored(traj.path(s)), "greedy": score.checkpoint(traj.path(s)).get("greedy_accuracy")}
+        for s in traj.steps
+    ]
     return pd.DataFrame(rows)
 
 
@@ -98,8 +113,14 @@ def extrapolation_grid(traj, rc, score: Scorer, real: pd.DataFrame) -> pd.DataFr
     for fraction in rc.t_cut_fractions:
         dec = prefix_decomposition(traj, rc, fraction)
         for step in targets(traj, dec.t_cut, rc.horizons):
-            common = {"fraction": fraction, "t_cut": dec.t_cut, "observed": len(dec.steps), "target_step": step,
-                      "horizon": round(step / dec.t_cut, 2), "real_accuracy": real_at.get(step, float("nan"))}
+            common = {
+                "fraction": fraction,
+                "t_cut": dec.t_cut,
+                "observed": len(dec.steps),
+                "target_step": step,
+                "horizon": round(step / dec.t_cut, 2),
+                "real_accuracy": real_at.get(step, float("nan")),
+            }
             path = extrapolate(dec, step, rank=rc.rank, kind=rc.fit, degree=rc.degree, window=rc.window)
             rows.append({"method": "relex", **common, **score.scored(path)})
             path = two_point(traj, dec.t_cut, step, rc.norms)
@@ -126,9 +147,18 @@ def ablation_grid(traj, rc, score: Scorer) -> pd.DataFrame:
     for rank, kind, window in variants:
         effective = max(min(f.rank, rank) for f in dec.factors.values())
         for step in targets(traj, dec.t_cut, ab.horizons):
-            row = {"rank": rank, "effective_rank": effective, "fit": kind, "window": window, "t_cut": dec.t_cut,
-                   "observed": len(dec.steps), "target_step": step, "accuracy": float("nan"), "per_item": None,
-                   "note": ""}
+            row = {
+                "rank": rank,
+                "effective_rank": effective,
+                "fit": kind,
+                "window": window,
+                "t_cut": dec.t_cut,
+                "observed": len(dec.steps),
+                "target_step": step,
+                "accuracy": float("nan"),
+                "per_item": None,
+                "note": "",
+            }
             try:
                 row.update(score.scored(extrapolate(dec, step, rank=rank, kind=kind, degree=rc.degree, window=window)))
             except ValueError as e:
@@ -145,9 +175,17 @@ def denoising(traj, rc, score: Scorer, real: pd.DataFrame) -> pd.DataFrame:
     if rc.denoise.steps and rc.denoise.steps < len(steps):
         steps = [steps[int(round(i))] for i in np.linspace(len(steps) - 1, 0, int(rc.denoise.steps))][::-1]
     raw = real.set_index("step")
-    rows = [{"step": s, "rank": r, "raw_accuracy": raw.accuracy[s], "raw_per_item": raw.per_item[s],
-             **score.scored(reconstruct(dec, s, rank=r))}
-            for s in steps for r in rc.denoise.ranks]
+    rows = [
+        {
+            "step": s,
+            "rank": r,
+            "raw_accuracy": raw.accuracy[s],
+            "raw_per_item": raw.per_item[s],
+            **score.scored(reconstruct(dec, s, rank=r)),
+        }
+        for s in steps
+        for r in rc.denoise.ranks
+    ]
     return pd.DataFrame(rows)
 
 
@@ -157,9 +195,17 @@ def explained_variance_table(dec: Decomposition) -> pd.DataFrame:
     for name, f in dec.factors.items():
         if f.rank:
             layer, module = parse_name(name)
-            rows.append({"tensor": name, "layer": layer, "module": module, "numel": math.prod(f.shape),
-                         "explained_variance": f.explained_variance, "s1": f.s[0],
-                         "s2_over_s1": f.s[1] / f.s[0] if f.rank > 1 else float("nan")})
+            rows.append(
+                {
+                    "tensor": name,
+                    "layer": layer,
+                    "module": module,
+                    "numel": math.prod(f.shape),
+                    "explained_variance": f.explained_variance,
+                    "s1": f.s[0],
+                    "s2_over_s1": f.s[1] / f.s[0] if f.rank > 1 else float("nan"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -179,8 +225,8 @@ def representative(dec: Decomposition, modules: Sequence[str]) -> list[str]:
 @dataclass
 class CoefficientSeries:
     name: str
-    steps: np.ndarray    # every non-base step of the trajectory
-    c: np.ndarray        # ⟨δ_t, v_1⟩ at `steps` (v_1 from the prefix)
+    steps: np.ndarray  # every non-base step of the trajectory
+    c: np.ndarray  # ⟨δ_t, v_1⟩ at `steps` (v_1 from the prefix)
     t_cut: int
     predicted: np.ndarray  # the prefix fit at `steps`
 
@@ -202,11 +248,16 @@ def coefficient_summary(series: Sequence[CoefficientSeries]) -> pd.DataFrame:
     rows = []
     for s in series:
         inside, after = s.steps <= s.t_cut, s.steps > s.t_cut
-        rows.append({"tensor": s.name, "t_cut": s.t_cut,
-                     "r2_in_sample": float(r2(s.c[inside], s.steps[inside])) if inside.sum() > 2 else float("nan"),
-                     "r2_out_of_sample": float(r2(s.c[after], s.steps[after])) if after.sum() > 2 else float("nan"),
-                     "r2_all": float(r2(s.c, s.steps)),
-                     "final_relative_error": abs(s.predicted[-1] - s.c[-1]) / max(abs(s.c[-1]), 1e-30)})
+        rows.append(
+            {
+                "tensor": s.name,
+                "t_cut": s.t_cut,
+                "r2_in_sample": float(r2(s.c[inside], s.steps[inside])) if inside.sum() > 2 else float("nan"),
+                "r2_out_of_sample": float(r2(s.c[after], s.steps[after])) if after.sum() > 2 else float("nan"),
+                "r2_all": float(r2(s.c, s.steps)),
+                "final_relative_error": abs(s.predicted[-1] - s.c[-1]) / max(abs(s.c[-1]), 1e-30),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -233,14 +284,23 @@ def alignment(dec: Decomposition, rc) -> pd.DataFrame:
         ratio["relex"].append(pred_norm / norm[1:])
         cos["two_point"].append(gram[0, 1:] / (norm[0] * norm[1:]))
         ratio["two_point"].append(t / dec.t_cut * norm[0] / norm[1:])
-    rows = [{"step": s, "horizon": s / dec.t_cut, "method": m, "cosine": float(np.mean([x[i] for x in cos[m]])),
-             "norm_ratio": float(np.mean([x[i] for x in ratio[m]]))}
-            for m in cos for i, s in enumerate(later)]
+    rows = [
+        {
+            "step": s,
+            "horizon": s / dec.t_cut,
+            "method": m,
+            "cosine": float(np.mean([x[i] for x in cos[m]])),
+            "norm_ratio": float(np.mean([x[i] for x in ratio[m]])),
+        }
+        for m in cos
+        for i, s in enumerate(later)
+    ]
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Figures
+
 
 def plot_explained_variance(table: pd.DataFrame):
     """Histogram of λ_1/Σλ over tensors, and its spread by module type."""
@@ -266,8 +326,14 @@ def plot_coefficients(series: Sequence[CoefficientSeries], summary: pd.DataFrame
         ax.plot(s.steps, s.predicted, "-", color="C3", label="fit")
         ax.axvline(s.t_cut, color="gray", ls=":")
         ax.set(title=s.name.replace("model.", "").replace(".weight", ""), xlabel="step")
-        ax.text(0.03, 0.97, f"R² in {row.r2_in_sample:.2f} / out {row.r2_out_of_sample:.2f}", transform=ax.transAxes,
-                va="top", fontsize=8)
+        ax.text(
+            0.03,
+            0.97,
+            f"R² in {row.r2_in_sample:.2f} / out {row.r2_out_of_sample:.2f}",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=8,
+        )
     axes[0][0].set_ylabel("c_t = ⟨δ_t, v₁⟩")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -293,8 +359,12 @@ def plot_extrapolation(real: pd.DataFrame, grid: pd.DataFrame):
 
 def plot_ablations(table: pd.DataFrame, final_accuracy: float):
     """Accuracy of each RELEX variant at each target; the line is the real final checkpoint."""
-    t = table.assign(variant=[f"r{r} {f}" + (f" w{int(w)}" if w == w and w is not None else "")
-                              for r, f, w in zip(table["rank"], table.fit, table.window)])
+    t = table.assign(
+        variant=[
+            f"r{r} {f}" + (f" w{int(w)}" if w == w and w is not None else "")
+            for r, f, w in zip(table["rank"], table.fit, table.window)
+        ]
+    )
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * t.variant.nunique() + 2), 3.8))
     sns.barplot(t, x="variant", y="accuracy", hue="target_step", ax=ax)
     ax.axhline(final_accuracy, color="k", ls="--", label="real final")
@@ -340,14 +410,15 @@ MOST = 0.5  # "rank 1 carries most" / "keeps most of the gain": more than half (
 class Measured:
     """Notebook 06's tables and the `claims` settings that judge them: the one argument of `claims` and `results`.
     Every scored row carries `per_item` (`scoring.PerItem`), all on the same held-out items."""
+
     settings: claims_mod.Settings
-    ev: pd.DataFrame            # explained_variance_table of the whole run
-    real: pd.DataFrame          # real_curve
-    grid: pd.DataFrame          # extrapolation_grid
-    ablations: pd.DataFrame     # ablation_grid
-    denoise: pd.DataFrame       # denoising
+    ev: pd.DataFrame  # explained_variance_table of the whole run
+    real: pd.DataFrame  # real_curve
+    grid: pd.DataFrame  # extrapolation_grid
+    ablations: pd.DataFrame  # ablation_grid
+    denoise: pd.DataFrame  # denoising
     coefficients: pd.DataFrame  # coefficient_summary
-    alignment: pd.DataFrame     # alignment
+    alignment: pd.DataFrame  # alignment
 
     def real_at(self, step: int) -> np.ndarray:
         """The per-item scores of the real checkpoint at `step`."""
@@ -367,8 +438,9 @@ def _paired_how(m: Measured, n: int) -> str:
     return f"{m.settings.level:.0%} paired bootstrap over {n} held-out items"
 
 
-def _ratio_of_means(num: np.ndarray, den: np.ndarray, level: float, n_boot: int, seed: int = 0
-                    ) -> tuple[float, tuple[float, float]]:
+def _ratio_of_means(
+    num: np.ndarray, den: np.ndarray, level: float, n_boot: int, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
     """mean(num) / mean(den) and its percentile-bootstrap interval, resampling items (both means from the same
     resample). Unbounded (−∞, ∞) when the interval of mean(den) reaches 0: the ratio is then not identified (as a
     Fieller interval would be)."""
@@ -378,7 +450,7 @@ def _ratio_of_means(num: np.ndarray, den: np.ndarray, level: float, n_boot: int,
     tops, bottoms = np.empty(n_boot), np.empty(n_boot)
     for i in range(0, n_boot, 256):
         idx = rng.integers(0, n, size=(min(256, n_boot - i), n))
-        tops[i:i + len(idx)], bottoms[i:i + len(idx)] = num[idx].mean(1), den[idx].mean(1)
+        tops[i : i + len(idx)], bottoms[i : i + len(idx)] = num[idx].mean(1), den[idx].mean(1)
     a = 1 - level
     if np.quantile(bottoms, a / 2) <= 0:
         return point, (-math.inf, math.inf)
@@ -389,11 +461,15 @@ def _ratio_of_means(num: np.ndarray, den: np.ndarray, level: float, n_boot: int,
 def _rank1(m: Measured) -> claims_mod.Claim:
     ev = m.ev.explained_variance.dropna().to_numpy()
     return claims_mod.Claim(
-        "nb06.rank1", "rank 1 carries most of each tensor's delta trajectory (median λ₁/Σλ over tensors)",
-        paper.get("relex_rank1"), float(np.median(ev)) if len(ev) else math.nan,
-        claims_mod.median_interval(ev, m.settings.level), claims_mod.above(MOST),
+        "nb06.rank1",
+        "rank 1 carries most of each tensor's delta trajectory (median λ₁/Σλ over tensors)",
+        paper.get("relex_rank1"),
+        float(np.median(ev)) if len(ev) else math.nan,
+        claims_mod.median_interval(ev, m.settings.level),
+        claims_mod.above(MOST),
         f"exact {m.settings.level:.0%} bootstrap interval of the median over {len(ev)} tensors; "
-        "'most' = more than half")
+        "'most' = more than half",
+    )
 
 
 def _reconstruction(m: Measured) -> claims_mod.Claim:
@@ -402,15 +478,20 @@ def _reconstruction(m: Measured) -> claims_mod.Claim:
     d = m.denoise
     row = d[(d["rank"] == d["rank"].min()) & (d.step == last)].iloc[0]
     base, final = m.real_at(m.real.step.iloc[0]), m.real_at(last)
-    kept, interval = _ratio_of_means(PerItem.scores(row.per_item) - base, final - base, m.settings.level,
-                                     m.settings.bootstrap)
+    kept, interval = _ratio_of_means(
+        PerItem.scores(row.per_item) - base, final - base, m.settings.level, m.settings.bootstrap
+    )
     return claims_mod.Claim(
         "nb06.reconstruction_keeps_gain",
         f"the rank-{row['rank']} reconstruction of the final checkpoint keeps most of the RL gain (share kept)",
-        paper.get("relex_reconstruction"), kept, interval, claims_mod.above(MOST),
+        paper.get("relex_reconstruction"),
+        kept,
+        interval,
+        claims_mod.above(MOST),
         f"{_paired_how(m, len(base))} of the share (unbounded when the RL gain's own interval reaches 0); "
         "'most' = more than half",
-        f"RL gain {final.mean() - base.mean():+.3f} at step {last}")
+        f"RL gain {final.mean() - base.mean():+.3f} at step {last}",
+    )
 
 
 def _prefix(m: Measured) -> claims_mod.Claim:
@@ -422,8 +503,13 @@ def _prefix(m: Measured) -> claims_mod.Claim:
     return claims_mod.Claim(
         "nb06.prefix_matches_full",
         f"RELEX from a {frac:.0%} prefix matches full RLVR at the final step (RELEX − full RL)",
-        paper.get("relex_prefix"), diff, interval, claims_mod.above(-m.settings.accuracy_margin),
-        _paired_how(m, len(final)), f"T_cut = {row.t_cut}, step {last}: {row.accuracy:.3f} vs {final.mean():.3f}")
+        paper.get("relex_prefix"),
+        diff,
+        interval,
+        claims_mod.above(-m.settings.accuracy_margin),
+        _paired_how(m, len(final)),
+        f"T_cut = {row.t_cut}, step {last}: {row.accuracy:.3f} vs {final.mean():.3f}",
+    )
 
 
 def _horizon(m: Measured) -> claims_mod.Claim:
@@ -435,15 +521,22 @@ def _horizon(m: Measured) -> claims_mod.Claim:
     return claims_mod.Claim(
         "nb06.horizon_improves",
         f"RELEX {far.horizon:g}× beyond the smallest prefix still improves on the prefix's own checkpoint",
-        paper.get("relex_horizon"), diff, interval, claims_mod.above(0, m.settings.accuracy_margin),
+        paper.get("relex_horizon"),
+        diff,
+        interval,
+        claims_mod.above(0, m.settings.accuracy_margin),
         _paired_how(m, len(own)),
-        f"T_cut = {far.t_cut}, step {far.target_step}: {far.accuracy:.3f} vs {own.mean():.3f}")
+        f"T_cut = {far.t_cut}, step {far.target_step}: {far.accuracy:.3f} vs {own.mean():.3f}",
+    )
 
 
 ABLATIONS = {  # claim name -> (paper key, what varies, the variants compared with rank 1 + linear)
     "rank_k_no_gain": ("relex_rank_k", "rank k > 1", lambda ab: (ab["rank"] > 1) & (ab.fit == "linear")),
-    "nonlinear_fit_no_gain": ("relex_nonlinear_fit", "a non-linear fit", lambda ab: (ab["rank"] == 1)
-                              & (ab.fit != "linear")),
+    "nonlinear_fit_no_gain": (
+        "relex_nonlinear_fit",
+        "a non-linear fit",
+        lambda ab: (ab["rank"] == 1) & (ab.fit != "linear"),
+    ),
 }
 
 
@@ -453,9 +546,13 @@ def best_variant(m: Measured, name: str) -> tuple[str | None, np.ndarray | None,
     report half); (None, None, report half) when no such variant was measured."""
     ab = m.ablations[m.ablations.window.isna() & m.ablations.accuracy.notna()]
     ref = ab[(ab["rank"] == 1) & (ab.fit == "linear")].set_index("target_step").per_item
-    gains = {f"rank {r} {f} at step {t}": PerItem.scores(cell) - PerItem.scores(ref[t])
-             for r, f, t, cell in ab[ABLATIONS[name][2](ab)][["rank", "fit", "target_step", "per_item"]].itertuples(
-                 index=False) if t in ref.index}
+    gains = {
+        f"rank {r} {f} at step {t}": PerItem.scores(cell) - PerItem.scores(ref[t])
+        for r, f, t, cell in ab[ABLATIONS[name][2](ab)][["rank", "fit", "target_step", "per_item"]].itertuples(
+            index=False
+        )
+        if t in ref.index
+    }
     select, report = claims_mod.split(m.n_items, m.settings.split_seed)
     if not gains:
         return None, None, report
@@ -470,13 +567,21 @@ def _ablation(m: Measured, name: str) -> claims_mod.Claim:
     key, what, _ = ABLATIONS[name]
     label, gain, report = best_variant(m, name)
     s, margin = m.settings, m.settings.accuracy_margin
-    diff, interval = (math.nan, (math.nan, math.nan)) if label is None else \
-        (float(gain[report].mean()), claims_mod.bootstrap_mean(gain[report], s.level, s.bootstrap))
+    diff, interval = (
+        (math.nan, (math.nan, math.nan))
+        if label is None
+        else (float(gain[report].mean()), claims_mod.bootstrap_mean(gain[report], s.level, s.bootstrap))
+    )
     return claims_mod.Claim(
-        f"nb06.{name}", f"extrapolation with {what} gains nothing over rank 1 + linear (best variant − rank 1 linear)",
-        paper.get(key), diff, interval, claims_mod.below(margin, margin),
+        f"nb06.{name}",
+        f"extrapolation with {what} gains nothing over rank 1 + linear (best variant − rank 1 linear)",
+        paper.get(key),
+        diff,
+        interval,
+        claims_mod.below(margin, margin),
         f"best variant chosen on the selection half; {_paired_how(m, len(report))} of the report half",
-        f"best: {label}" if label else "not measured (prefix too short or no such variant in the ablation grid)")
+        f"best: {label}" if label else "not measured (prefix too short or no such variant in the ablation grid)",
+    )
 
 
 def _denoising(m: Measured) -> claims_mod.Claim:
@@ -486,11 +591,15 @@ def _denoising(m: Measured) -> claims_mod.Claim:
     d = np.mean([PerItem.scores(r) - PerItem.scores(t) for r, t in zip(pairs.relex, pairs.two_point)], axis=0)
     s = m.settings
     return claims_mod.Claim(
-        "nb06.denoising", "the rank-1 projection helps: RELEX beats two-point extrapolation from the same prefixes",
-        paper.get("relex_denoising"), float(d.mean()), claims_mod.bootstrap_mean(d, s.level, s.bootstrap),
+        "nb06.denoising",
+        "the rank-1 projection helps: RELEX beats two-point extrapolation from the same prefixes",
+        paper.get("relex_denoising"),
+        float(d.mean()),
+        claims_mod.bootstrap_mean(d, s.level, s.bootstrap),
         claims_mod.above(0, s.accuracy_margin),
         f"{_paired_how(m, len(d))} of each item's mean difference over {len(pairs)} (T_cut, target) pairs",
-        f"reconstruction − raw checkpoint (mean): {reconstruction_minus_raw(m):+.3f}")
+        f"reconstruction − raw checkpoint (mean): {reconstruction_minus_raw(m):+.3f}",
+    )
 
 
 def reconstruction_minus_raw(m: Measured) -> float:
@@ -500,33 +609,44 @@ def reconstruction_minus_raw(m: Measured) -> float:
 
 def claims(m: Measured) -> list[claims_mod.Claim]:
     """Every RELEX claim of SPEC §6, ids `nb06.*`."""
-    return [_rank1(m), _reconstruction(m), _prefix(m), _horizon(m), *(_ablation(m, n) for n in ABLATIONS),
-            _denoising(m)]
+    return [
+        _rank1(m),
+        _reconstruction(m),
+        _prefix(m),
+        _horizon(m),
+        *(_ablation(m, n) for n in ABLATIONS),
+        _denoising(m),
+    ]
 
 
 def results(m: Measured) -> dict:
     """The notebook's results.json: the headline numbers (the claims' point estimates), the extrapolation grid per
     method, the ablations, the denoising table, the coefficient R²s and the weight-space alignment — per-item scores
     left out."""
+
     def records(df, cols):
         return df[cols].to_dict("records")
 
     c = {x.id: x.measured for x in claims(m)}
     cols = ["t_cut", "target_step", "accuracy", "fraction", "horizon", "real_accuracy"]
-    return {"base_accuracy": float(m.real.accuracy.iloc[0]), "full_rl_final_accuracy": float(m.real.accuracy.iloc[-1]),
-            "rank1_explained_variance_median": c["nb06.rank1"],
-            "reconstruction_gain_kept": c["nb06.reconstruction_keeps_gain"],
-            "paper_prefix_fraction": paper_fraction(m.grid.fraction.unique()),
-            "relex_paper_prefix_final_minus_full": c["nb06.prefix_matches_full"],
-            "relex_far_minus_prefix": c["nb06.horizon_improves"],
-            "ablation_rank_best_gain": c["nb06.rank_k_no_gain"],
-            "ablation_non_linear_best_gain": c["nb06.nonlinear_fit_no_gain"],
-            "relex_minus_two_point_mean": c["nb06.denoising"],
-            "reconstruction_minus_raw_mean": reconstruction_minus_raw(m),
-            "relex": records(m.grid[m.grid.method == "relex"], cols),
-            "two_point": records(m.grid[m.grid.method == "two_point"], cols),
-            "ablations": records(m.ablations, ["rank", "fit", "t_cut", "target_step", "accuracy", "window",
-                                               "effective_rank", "note"]),
-            "denoising": records(m.denoise, ["step", "rank", "accuracy", "raw_accuracy"]),
-            "coefficients": m.coefficients.to_dict("records"),
-            "alignment": m.alignment.to_dict("records")}
+    return {
+        "base_accuracy": float(m.real.accuracy.iloc[0]),
+        "full_rl_final_accuracy": float(m.real.accuracy.iloc[-1]),
+        "rank1_explained_variance_median": c["nb06.rank1"],
+        "reconstruction_gain_kept": c["nb06.reconstruction_keeps_gain"],
+        "paper_prefix_fraction": paper_fraction(m.grid.fraction.unique()),
+        "relex_paper_prefix_final_minus_full": c["nb06.prefix_matches_full"],
+        "relex_far_minus_prefix": c["nb06.horizon_improves"],
+        "ablation_rank_best_gain": c["nb06.rank_k_no_gain"],
+        "ablation_non_linear_best_gain": c["nb06.nonlinear_fit_no_gain"],
+        "relex_minus_two_point_mean": c["nb06.denoising"],
+        "reconstruction_minus_raw_mean": reconstruction_minus_raw(m),
+        "relex": records(m.grid[m.grid.method == "relex"], cols),
+        "two_point": records(m.grid[m.grid.method == "two_point"], cols),
+        "ablations": records(
+            m.ablations, ["rank", "fit", "t_cut", "target_step", "accuracy", "window", "effective_rank", "note"]
+        ),
+        "denoising": records(m.denoise, ["step", "rank", "accuracy", "raw_accuracy"]),
+        "coefficients": m.coefficients.to_dict("records"),
+        "alignment": m.alignment.to_dict("records"),
+    }

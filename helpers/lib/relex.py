@@ -2,23 +2,27 @@
 
 For one tensor, the observed deltas δ_t = θ_t − θ_0 (t = the prefix's real step numbers, base excluded) form the rows
 of M ∈ R^{T×d}. Its truncated SVD comes from the Gram matrix G = M Mᵀ (T×T, float64), accumulated over column chunks
-of M so that memory is bounded by `chunk_bytes` whatever the tensor size; a second chunked pass gives the right
-singular vectors v_r = Mᵀ u_r / s_r. The coefficients c_t = ⟨δ_t, v_r⟩ = s_r u_r[t] are then fitted against the step
-(linear by default) and the checkpoint at any step t* is θ_0 + Σ_r ĉ_r(t*) v_r. Directions with s ≤ 1e-6·s_0 are
-dropped, so a tensor that never moved stays at θ_0 exactly.
+of M so that memory is bounded by `chunk_bytes` whatever the tensor size; the right singular vectors
+v_r = Mᵀ u_r / s_r come from the chunks kept from that pass when the whole of M fits in the budget (each checkpoint
+read once), else from a second chunked pass. M is held in float32 for bf16/fp16 checkpoints (their differences are
+exact there in practice) and in float64 otherwise; the products are float64, on a GPU when there is one. The
+coefficients c_t = ⟨δ_t, v_r⟩ = s_r u_r[t] are then fitted against the step (linear by default) and the checkpoint at
+any step t* is θ_0 + Σ_r ĉ_r(t*) v_r. Directions with s ≤ 1e-6·s_0 are dropped, so a tensor that never moved stays at
+θ_0 exactly.
 
 A decomposition lives in a cache directory (one per trajectory + prefix + rank): `factors.json` (per tensor: singular
 values, left vectors, explained variance) and `v/<i>.safetensors` (the right vectors, one tensor-sized file each).
 Notebook 06's experiments on top of it are in `helpers.experiments.nb06_relex`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +43,7 @@ REL_CUTOFF = 1e-6  # directions with s <= REL_CUTOFF * s_0 are dropped (the pape
 # ----------------------------------------------------------------------------------------------------------------------
 # Reading column chunks of one tensor across the checkpoints
 
+
 def delta_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the SVD holds deltas of `dtype` checkpoints in: float32 for ≤ 16-bit floats (bf16, fp16): the
     difference of two such values is exact in float32 unless their magnitudes differ by more than 2^16 (bf16) or 2^13
@@ -46,8 +51,7 @@ def delta_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype.is_floating_point and dtype.itemsize <= 2 else torch.float64
 
 
-def _row_chunks(shape: Sequence[int], n_rows_read: int, chunk_bytes: int, itemsize: int = 8
-                ) -> list[tuple[int, int]]:
+def _row_chunks(shape: Sequence[int], n_rows_read: int, chunk_bytes: int, itemsize: int = 8) -> list[tuple[int, int]]:
     """Ranges of dim-0 indices such that `n_rows_read` copies of one range (`itemsize` bytes an entry) fit in
     `chunk_bytes`.
 
@@ -70,8 +74,15 @@ def _convert(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out.copy_(x)
 
 
-def _delta_chunk(traj, name: str, steps: Sequence[int], start: int, stop: int, dtype: torch.dtype = torch.float64,
-                 buffer: torch.Tensor | None = None) -> torch.Tensor:
+def _delta_chunk(
+    traj,
+    name: str,
+    steps: Sequence[int],
+    start: int,
+    stop: int,
+    dtype: torch.dtype = torch.float64,
+    buffer: torch.Tensor | None = None,
+) -> torch.Tensor:
     """M_c: the (T, cols) block of deltas θ_t − θ_0 in `dtype` for rows [start, stop) of `name` (slice reads only,
     each read converted once), in the first T·cols entries of `buffer` (1-D, ≥ (T + 1)·cols entries of `dtype`;
     the base goes after them) when given."""
@@ -81,7 +92,7 @@ def _delta_chunk(traj, name: str, steps: Sequence[int], start: int, stop: int, d
     if buffer is None:
         buffer = torch.empty(n + b - a, dtype=dtype)
     with cpu_threads():  # torch's finite check of each read: a second thread costs more than it gains on busy cores
-        base = _convert(traj.flat(name, 0, a, b), buffer[n:n + b - a])
+        base = _convert(traj.flat(name, 0, a, b), buffer[n : n + b - a])
         m = buffer[:n].view(len(steps), b - a)
         for i, s in enumerate(steps):
             _convert(traj.flat(name, s, a, b), m[i]).sub_(base)
@@ -107,14 +118,15 @@ class Workspace:
 # ----------------------------------------------------------------------------------------------------------------------
 # Truncated SVD through the Gram matrix
 
+
 @dataclass
 class Factors:
     """The truncated SVD of one tensor's delta matrix M (T observed steps × numel)."""
 
     name: str
     shape: tuple[int, ...]
-    s: np.ndarray            # (r,) kept singular values, descending (r = 0: the tensor never moved)
-    u: np.ndarray            # (T, r) left singular vectors
+    s: np.ndarray  # (r,) kept singular values, descending (r = 0: the tensor never moved)
+    u: np.ndarray  # (T, r) left singular vectors
     eigenvalues: np.ndarray  # (T,) all eigenvalues of G = M Mᵀ (= s² of the full SVD), descending, clamped ≥ 0
 
     @property
@@ -133,11 +145,16 @@ class Factors:
         return float(self.eigenvalues[0] / total) if total > 0 else float("nan")
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "s": self.s.tolist(), "u": self.u.tolist(),
-                "eigenvalues": self.eigenvalues.tolist()}
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "s": self.s.tolist(),
+            "u": self.u.tolist(),
+            "eigenvalues": self.eigenvalues.tolist(),
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Factors":
+    def from_json(cls, d: dict) -> Factors:
         s = np.asarray(d["s"], dtype=np.float64)
         u = np.asarray(d["u"], dtype=np.float64).reshape(len(d["eigenvalues"]), len(s))
         return cls(d["name"], tuple(d["shape"]), s, u, np.asarray(d["eigenvalues"], dtype=np.float64))
@@ -157,27 +174,17 @@ def top_eigen(gram: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.n
     return s[:keep].copy(), u, lam
 
 
-GRAM_COLUMNS = 1 << 15  # columns per float64 block when the Gram of float32 deltas is formed on the CPU
+BLOCK_COLUMNS = 1 << 15  # columns of float32 deltas converted to float64 at a time for the products on the CPU
 
 
-def _gram(m: torch.Tensor, device: torch.device) -> np.ndarray:
-    """M_c M_cᵀ in float64 (float32 deltas: exact float64 products of column blocks, summed in float64)."""
-    if device.type != "cpu":
-        md = m.to(device, torch.float64)
-        return (md @ md.T).cpu().numpy()
-    if m.dtype == torch.float64:
-        return (m @ m.T).numpy()
-    a, gram = m.numpy(), np.zeros((len(m), len(m)))
-    for j in range(0, a.shape[1], GRAM_COLUMNS):
-        block = a[:, j:j + GRAM_COLUMNS].astype(np.float64)
-        gram += block @ block.T  # numpy forms a matrix times its own transpose with syrk: half the products
-    return gram
-
-
-def _projected(proj: torch.Tensor, m: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(r, cols) float32 rows of v for one chunk: projᵀ M_c in M_c's dtype (float32 deltas: a sum of T products)."""
-    m = m.to(device)
-    return (proj.to(device, m.dtype).T @ m).to(torch.float32).cpu()
+def _float64_blocks(m: torch.Tensor, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first column, block) of M_c in float64 on `device`: float64 deltas on the CPU as they are (one block), float32
+    ones in column blocks (whole on a GPU), each converted once: their products are then exact in float64."""
+    if m.dtype == torch.float64 or device.type != "cpu":
+        yield 0, m.to(device, torch.float64)
+        return
+    for j in range(0, m.shape[1], BLOCK_COLUMNS):
+        yield j, m[:, j : j + BLOCK_COLUMNS].to(torch.float64)
 
 
 def _read_once(n_chunks: int, delta_bytes: int, chunk_bytes: int) -> bool:
@@ -186,9 +193,15 @@ def _read_once(n_chunks: int, delta_bytes: int, chunk_bytes: int) -> bool:
     return n_chunks == 1 or delta_bytes <= chunk_bytes
 
 
-def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-               device: str | torch.device | None = None, workspace: Workspace | None = None
-               ) -> tuple[Factors, torch.Tensor]:
+def tensor_svd(
+    traj,
+    name: str,
+    steps: Sequence[int],
+    rank: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    device: str | torch.device | None = None,
+    workspace: Workspace | None = None,
+) -> tuple[Factors, torch.Tensor]:
     """Rank-`rank` SVD of `name`'s deltas at `steps`, streaming column chunks; returns (factors, v (r, *shape) fp32).
 
     Deltas are held in `delta_dtype` (float32 for bf16/fp16 checkpoints, float64 otherwise), the Gram matrix is summed
@@ -202,7 +215,7 @@ def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1, chunk_bytes
     dtype = delta_dtype(traj.dtype(name))
     chunks = _row_chunks(shape, len(steps) + 1, chunk_bytes, dtype.itemsize)
     row, t = math.prod(shape[1:]), len(steps)
-    widest = max(b - a for a, b in chunks) * row
+    widest = max((b - a for a, b in chunks), default=0) * row
     keep = _read_once(len(chunks), t * numel * dtype.itemsize, chunk_bytes)
     buffer = (workspace or Workspace()).take(t * numel + widest if keep else (t + 1) * widest, dtype)
 
@@ -210,25 +223,28 @@ def tensor_svd(traj, name: str, steps: Sequence[int], rank: int = 1, chunk_bytes
     threads = contextlib.nullcontext if dtype == torch.float64 else cpu_threads
 
     def chunk(a: int, b: int) -> torch.Tensor:  # kept: chunk after chunk; else all at the start of the buffer
-        return _delta_chunk(traj, name, steps, a, b, dtype, buffer[t * a * row:] if keep else buffer)
+        return _delta_chunk(traj, name, steps, a, b, dtype, buffer[t * a * row :] if keep else buffer)
 
     gram = np.zeros((t, t))
     with threads():
         for a, b in chunks:
-            gram += _gram(chunk(a, b), dev)
+            for _, block in _float64_blocks(chunk(a, b), dev):
+                gram += (block @ block.T).cpu().numpy()
     s, u, lam = top_eigen(gram, rank)
     v = torch.empty((len(s), numel), dtype=torch.float32)
     if len(s):
-        proj = torch.from_numpy(u / s)  # (T, r): v_r = Mᵀ u_r / s_r
+        proj = torch.from_numpy(u / s).to(dev)  # (T, r): v_r = Mᵀ u_r / s_r
         with threads():
             for a, b in chunks:
-                m = buffer[t * a * row:t * b * row].view(t, -1) if keep else chunk(a, b)
-                v[:, a * row:b * row] = _projected(proj, m, dev)
+                m = buffer[t * a * row : t * b * row].view(t, -1) if keep else chunk(a, b)
+                for j, block in _float64_blocks(m, dev):
+                    v[:, a * row + j : a * row + j + block.shape[1]] = (proj.T @ block).to(torch.float32).cpu()
     return Factors(name, shape, s, u, lam), v.reshape((len(s), *shape))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # A decomposition of a whole trajectory prefix, cached on disk
+
 
 def observed_steps(traj, t_cut: int | None = None) -> list[int]:
     """The checkpoint steps in (0, t_cut] (all non-base steps when `t_cut` is None) — the rows of M."""
@@ -259,8 +275,8 @@ class Decomposition:
 
     traj: object
     dir: Path
-    steps: list[int]            # observed steps (the rows of M), base excluded
-    rank: int                   # the rank asked for (a tensor may keep fewer directions)
+    steps: list[int]  # observed steps (the rows of M), base excluded
+    rank: int  # the rank asked for (a tensor may keep fewer directions)
     factors: dict[str, Factors]
 
     @property
@@ -281,8 +297,13 @@ class Decomposition:
         return {n: f.explained_variance for n, f in self.factors.items() if f.rank}
 
 
-def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-              device: str | torch.device | None = None) -> Decomposition:
+def decompose(
+    traj,
+    t_cut: int | None = None,
+    rank: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    device: str | torch.device | None = None,
+) -> Decomposition:
     """Rank-`rank` SVD of every tensor's deltas over the prefix (0, t_cut] (`tensor_svd`, products on `device`);
     cached per trajectory + prefix + rank."""
     steps = observed_steps(traj, t_cut)
@@ -305,8 +326,9 @@ def decompose(traj, t_cut: int | None = None, rank: int = 1, chunk_bytes: int = 
     return Decomposition(traj, final, data["steps"], data["rank"], factors)
 
 
-def project(dec: Decomposition, name: str, steps: Sequence[int], chunk_bytes: int = DEFAULT_CHUNK_BYTES
-            ) -> tuple[np.ndarray, np.ndarray]:
+def project(
+    dec: Decomposition, name: str, steps: Sequence[int], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> tuple[np.ndarray, np.ndarray]:
     """(c, gram) at any `steps` (e.g. beyond the prefix), in column chunks: c[i, r] = ⟨δ_{steps[i]}, v_r⟩ and
     gram[i, j] = ⟨δ_{steps[i]}, δ_{steps[j]}⟩ (its diagonal: the squared norms)."""
     f = dec.factors[name]
@@ -315,7 +337,7 @@ def project(dec: Decomposition, name: str, steps: Sequence[int], chunk_bytes: in
     c, gram = np.zeros((len(steps), f.rank)), np.zeros((len(steps), len(steps)))
     for a, b in _row_chunks(f.shape, len(steps) + 1, chunk_bytes):
         m = _delta_chunk(dec.traj, name, steps, a, b)
-        c += (m @ v[:, a * row:b * row].T).numpy()
+        c += (m @ v[:, a * row : b * row].T).numpy()
         gram += (m @ m.T).numpy()
         del m
     return c, gram
@@ -323,6 +345,7 @@ def project(dec: Decomposition, name: str, steps: Sequence[int], chunk_bytes: in
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Fits of the coefficients against the real step numbers
+
 
 def _sinusoid(t: np.ndarray, c: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """c ≈ a·sin(ω x + φ) + b·x + e with x = (t − t_0)/span: a drifting oscillation (5 parameters, ≥ 5 points).
@@ -364,8 +387,9 @@ FITS: dict[str, tuple[int | None, Callable]] = {
 }
 
 
-def fit(steps: Sequence[int], c: np.ndarray, kind: str = "linear", degree: int = 2, window: int | None = None
-        ) -> Callable[[np.ndarray], np.ndarray]:
+def fit(
+    steps: Sequence[int], c: np.ndarray, kind: str = "linear", degree: int = 2, window: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """Fit c (T,) against the real `steps` (T,); returns step(s) -> predicted c. `window` = use only the last w points.
 
     Kinds: linear (least squares with intercept), polynomial(`degree`), sinusoid (see `_sinusoid`).
@@ -381,8 +405,15 @@ def fit(steps: Sequence[int], c: np.ndarray, kind: str = "linear", degree: int =
     return FITS[kind][1](t, c, degree)
 
 
-def predicted_coefficients(dec: Decomposition, name: str, step: float, rank: int | None = None, kind: str = "linear",
-                           degree: int = 2, window: int | None = None) -> np.ndarray:
+def predicted_coefficients(
+    dec: Decomposition,
+    name: str,
+    step: float,
+    rank: int | None = None,
+    kind: str = "linear",
+    degree: int = 2,
+    window: int | None = None,
+) -> np.ndarray:
     """ĉ_r(step) for the first `rank` directions of `name`, each fitted separately on the observed prefix."""
     f = dec.factors[name]
     r = f.rank if rank is None else min(rank, f.rank)
@@ -391,6 +422,7 @@ def predicted_coefficients(dec: Decomposition, name: str, step: float, rank: int
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Writing checkpoints
+
 
 def _tensors(dec: Decomposition, coefficients: Callable[[str], np.ndarray]) -> Iterator[tuple[str, torch.Tensor]]:
     """θ_0 + Σ_r c_r v_r per tensor (fp32 arithmetic, saved in θ_0's dtype); a tensor with no direction is θ_0 as is."""
@@ -406,8 +438,9 @@ def _tensors(dec: Decomposition, coefficients: Callable[[str], np.ndarray]) -> I
         del v, delta
 
 
-def _write(dec: Decomposition, out_dir, coefficients: Callable[[str], np.ndarray], record: dict,
-           overwrite: bool = False) -> Path:
+def _write(
+    dec: Decomposition, out_dir, coefficients: Callable[[str], np.ndarray], record: dict, overwrite: bool = False
+) -> Path:
     """The checkpoint in `out_dir` (an existing one replaced only with `overwrite`, and only if it is an earlier
     extrapolation: `checkpoint_io.write_checkpoint`), or, for `out_dir` None, in its cache directory."""
     record = {"method": "relex", "svd_cache": str(dec.dir), "observed_steps": dec.steps, **record}
@@ -415,20 +448,30 @@ def _write(dec: Decomposition, out_dir, coefficients: Callable[[str], np.ndarray
     if (out / "extrapolation.json").is_file() and out_dir is None:
         return out
     with cpu_threads():  # elementwise work on one thread (the same bits, faster on busy cores)
-        return write_checkpoint(out, _tensors(dec, coefficients), like=Path(dec.traj.path(0)), record=record,
-                                overwrite=overwrite)
+        return write_checkpoint(
+            out, _tensors(dec, coefficients), like=Path(dec.traj.path(0)), record=record, overwrite=overwrite
+        )
 
 
-def extrapolate(dec: Decomposition, step: int, out_dir=None, rank: int | None = None, kind: str = "linear",
-                degree: int = 2, window: int | None = None, overwrite: bool = False) -> Path:
+def extrapolate(
+    dec: Decomposition,
+    step: int,
+    out_dir=None,
+    rank: int | None = None,
+    kind: str = "linear",
+    degree: int = 2,
+    window: int | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the RELEX checkpoint θ_0 + Σ_r ĉ_r(step) v_r (a loadable HF model dir); `out_dir` None = cached. An
     existing `out_dir` is replaced only with `overwrite`, and only if it is an earlier extrapolation."""
     rank = dec.rank if rank is None else rank
     record = {"mode": "extrapolate", "target_step": step, "rank": rank, "fit": kind, "window": window}
     if kind == "polynomial":
         record["degree"] = degree
-    return _write(dec, out_dir, lambda n: predicted_coefficients(dec, n, step, rank, kind, degree, window), record,
-                  overwrite)
+    return _write(
+        dec, out_dir, lambda n: predicted_coefficients(dec, n, step, rank, kind, degree, window), record, overwrite
+    )
 
 
 def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = None) -> Path:
@@ -437,5 +480,9 @@ def reconstruct(dec: Decomposition, step: int, out_dir=None, rank: int | None = 
         raise ValueError(f"step {step} is not one of the decomposition's observed steps {dec.steps}")
     rank = dec.rank if rank is None else rank
     i = dec.steps.index(step)
-    return _write(dec, out_dir, lambda n: dec.factors[n].coefficients[i, :rank],
-                  {"mode": "reconstruct", "target_step": step, "rank": rank})
+    return _write(
+        dec,
+        out_dir,
+        lambda n: dec.factors[n].coefficients[i, :rank],
+        {"mode": "reconstruct", "target_step": step, "rank": rank},
+    )
