@@ -1,5 +1,6 @@
 """pyproject.toml and environment.yml agree; the README's test command is what CI runs; Makefile entry points exist."""
 
+import importlib
 import importlib.util
 import re
 
@@ -52,3 +53,12 @@ def test_makefile_modules_exist():
     assert {"helpers.pipeline.batch", "helpers.pipeline.notebooks"} <= modules
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     assert not missing, f"Makefile calls modules that do not exist: {missing}"
+
+
+def test_command_line_scripts_point_at_callables():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python >= 3.11")
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"rlvr-batch", "rlvr-robustness", "rlvr-extrapolate"} <= set(scripts)
+    for name, target in scripts.items():
+        module, _, func = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), func)), f"{name} -> {target} is not callable"
