@@ -40,9 +40,13 @@ def measured(
     nonlinear=-0.05,
     denoise=0.1,
     ablation=None,
+    bent=0.1,
+    bent_validated=True,
 ):
     """Synthetic notebook-06 tables whose claims all hold by default; each knob moves one claim's quantity (a delta,
-    or (delta, per-item noise sd)). Steps 0 / 10 / 20 / 100; prefixes 10 % (T_cut 10) and 15 % (T_cut 20)."""
+    or (delta, per-item noise sd)). Steps 0 / 10 / 20 / 100; prefixes 10 % (T_cut 10) and 15 % (T_cut 20).
+    `bent`: the best-validated bending fit − the line on the 15 % prefix (`bent_validated` False: no bending fit
+    could be validated there)."""
     import pandas as pd
 
     from helpers.experiments import claims
@@ -115,8 +119,28 @@ def measured(
         ]
     )
     ev = pd.DataFrame({"explained_variance": ev, "module": "q"})
+    line = relex_items[(0.15, 20, 100)]
+    errors = {"linear": 0.3, "power": 0.1, "saturating": 0.2} if bent_validated else {"linear": 0.3}
+    bent_items = {  # saturating, validated worse than power, is far better on the items: not the one compared
+        "linear": line,
+        "power": _knob(line, bent, 12),
+        "saturating": line + 0.3,
+    }
+    bent = pd.DataFrame(
+        [
+            {
+                **row(x, fraction=f, t_cut=t, observed=2, kind=k, target_step=100),
+                "chosen": min(errors, key=errors.get),
+                "reason": "lowest validation error" if bent_validated else "too few checkpoints for validation",
+                "validation_error": errors.get(k, np.nan),
+                "note": "" if k in errors else "needs 4 fitted checkpoints, has 2",
+            }
+            for f, t in ((0.10, 10), (0.15, 20))
+            for k, x in bent_items.items()
+        ]
+    )
     return nb.Measured(
-        claims.Settings(bootstrap=500), ev, real, grid, ablations, denoise, pd.DataFrame(), pd.DataFrame()
+        claims.Settings(bootstrap=500), ev, real, grid, ablations, denoise, pd.DataFrame(), pd.DataFrame(), bent
     )
 
 
@@ -143,6 +167,10 @@ CASES = [  # (claim id, knobs, verdict)
     ("nb06.denoising", {}, "holds"),
     ("nb06.denoising", {"denoise": -0.05}, "does not hold"),
     ("nb06.denoising", {"denoise": (0.01, 0.4)}, "inconclusive"),
+    ("nb06.bent_fit", {}, "holds"),
+    ("nb06.bent_fit", {"bent": 0.0}, "does not hold"),  # no gain as large as the margin
+    ("nb06.bent_fit", {"bent": (0.01, 0.4)}, "inconclusive"),
+    ("nb06.bent_fit", {"bent_validated": False}, "inconclusive"),  # not measured
 ]
 
 
@@ -204,3 +232,67 @@ def test_alignment_after_the_prefix(tmp_path):
     assert sorted(table.step.unique()) == [5, 6, 7, 8] and set(table.method) == {"relex", "two_point"}
     np.testing.assert_allclose(table.cosine, 1.0, atol=1e-5)  # pure drift: both predict the real delta
     np.testing.assert_allclose(table.norm_ratio, 1.0, atol=1e-4)
+
+
+def test_bent_fit_compares_the_best_validated_bending_kind():
+    c = {c.id: c for c in nb.claims(measured(bent=0.04))}["nb06.bent_fit"]
+    assert c.measured == pytest.approx(0.04)  # power (validation error 0.1), not saturating (0.2, +0.3 on the items)
+    assert "power (validation error 0.1 vs linear 0.3; chosen: power)" in c.detail
+    missing = {c.id: c for c in nb.claims(measured(bent_validated=False))}["nb06.bent_fit"]
+    assert np.isnan(missing.measured)
+    assert missing.detail == (
+        "not measured (T_cut = 20, 2 checkpoints): too few checkpoints for validation; "
+        "power: needs 4 fitted checkpoints, has 2; saturating: needs 4 fitted checkpoints, has 2"
+    )
+    out = nb.results(measured(bent=0.04))
+    assert out["relex_bent_fit_minus_linear"] == pytest.approx(0.04)
+    assert [r["chosen"] for r in out["relex_bent_chosen"]] == ["power", "power"]
+    assert out["relex_bent_chosen"][1]["accuracy_chosen"] - out["relex_bent_chosen"][1]["accuracy_linear"] == (
+        pytest.approx(0.04)
+    )
+
+
+class StubScorer:
+    """Scores a model directory by a hash of its path (no sampling): a stand-in for `Scorer` in shape only."""
+
+    def scored(self, path):
+        import zlib
+
+        from helpers.lib.scoring import PerItem
+
+        items = np.random.default_rng(zlib.crc32(str(path).encode())).random(20)
+        return {"accuracy": float(items.mean()), "per_item": PerItem(items)}
+
+
+def test_bent_fits_table_and_curves(tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from tests.test_relex import make_trajectory
+
+    traj, _ = make_trajectory(tmp_path / "run", list(range(0, 17)), noise=0.0, curve=lambda s: np.sqrt(s))
+    rc = config.derive(
+        config.load(profile="default"), {"relex.t_cut_fractions": [0.12], "relex.ablation.t_cut_fraction": 0.75}
+    ).relex
+    bent = nb.bent_fits(traj, rc, StubScorer())
+    assert list(bent.kind.unique()) == ["linear", "power", "saturating"]
+    short, long = bent[bent.fraction == 0.12], bent[bent.fraction == 0.75]
+    assert short.t_cut.iloc[0] == 2 and set(short.chosen) == {"linear"}  # 2 checkpoints: nothing validated
+    assert short.reason.iloc[0].startswith("too few checkpoints for validation")
+    assert short.note.iloc[1] == (
+        "refit: the line stands in on every tensor (2 points: a power fit needs at least 4 (parameters + 1))"
+    )
+    assert short[short.kind != "linear"].accuracy.isna().all()  # the line stands in on every tensor: not scored
+    assert long.t_cut.iloc[0] == 12 and long.chosen.iloc[0] in ("power", "saturating")  # c ∝ √t bends
+    assert long.validation_error.notna().all() and long.accuracy.notna().all()
+    real = pd.DataFrame({"step": traj.steps, "accuracy": 0.5})
+    ablations = pd.DataFrame(
+        [{"rank": 1, "fit": "polynomial", "window": None, "t_cut": 12, "target_step": 16, "accuracy": 0.4}]
+    )
+    table = nb.bent_table(bent, ablations, real)
+    assert table.loc[(0.75, 12), "ablation polynomial"] == 0.4 and np.isnan(table.loc[(0.12, 2), "ablation sinusoid"])
+    assert table.loc[(0.12, 2), "chosen"] == "linear" and table.loc[(0.75, 12), "fitted / held out"] == "8 / 4"
+    curves = nb.bent_curves(traj, rc, bent)
+    assert [c.t_cut for c in curves] == [2, 12] and set(curves[0].fits) == {"linear"}
+    assert set(curves[1].fits) == {"linear", "power", "saturating"}
+    plt.close(nb.plot_bent_fits(curves))

@@ -26,8 +26,9 @@ def _outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("RLVR_OUTPUTS", str(tmp_path / "outputs"))
 
 
-def make_trajectory(root, steps, tied=True, noise=1e-4, scale=1e-3, seed=0):
-    """Checkpoints θ_s = θ_0 + s·d + noise per tensor (d fixed per tensor), FROZEN never moves. Returns (traj, d)."""
+def make_trajectory(root, steps, tied=True, noise=1e-4, scale=1e-3, seed=0, curve=lambda s: s):
+    """Checkpoints θ_s = θ_0 + curve(s)·d + noise per tensor (d fixed per tensor; curve(s) = s: a straight drift),
+    FROZEN never moves. Returns (traj, d)."""
     base = tiny.init_model({**MODEL, "tie_embeddings": tied}, seed, root / "checkpoint-0")
     theta0 = load_file(base / "model.safetensors")
     gen = torch.Generator().manual_seed(seed + 1)
@@ -36,7 +37,7 @@ def make_trajectory(root, steps, tied=True, noise=1e-4, scale=1e-3, seed=0):
         out = root / f"checkpoint-{s}"
         out.mkdir()
         state = {
-            n: t if n == FROZEN else t + s * d[n] + noise * torch.randn(t.shape, generator=gen)
+            n: t if n == FROZEN else t + curve(s) * d[n] + noise * torch.randn(t.shape, generator=gen)
             for n, t in theta0.items()
         }
         save_file(state, out / "model.safetensors")
@@ -249,3 +250,95 @@ def test_extrapolate_replaces_only_its_own_output_and_only_when_asked(tmp_path):
         relex.extrapolate(dec, 20, out)
     relex.extrapolate(dec, 20, out, overwrite=True)
     assert (out / "extrapolation.json").read_text().count('"target_step": 20') == 1
+
+
+STEPS = np.arange(12, 132, 12, dtype=float)  # a prefix of 10 checkpoints, every 12 steps
+
+
+def decelerating(t):
+    """A fast start then a creep: 2·(1 − e^(−t/30)) + 0.004·t."""
+    return 2.0 * (1 - np.exp(-np.asarray(t, dtype=float) / 30.0)) + 0.004 * np.asarray(t, dtype=float)
+
+
+def test_bending_fits_recover_known_parameters():
+    power = relex.fit(STEPS, 0.8 * STEPS**0.4 + 0.3, "power")
+    assert power.kind == "power" and power.fallback == ""
+    np.testing.assert_allclose(power.params, (0.8, 0.4, 0.3), rtol=1e-6)
+    saturating = relex.fit(STEPS, 1.5 * (1 - np.exp(-STEPS / 25.0)) - 0.002 * STEPS + 0.1, "saturating")
+    np.testing.assert_allclose(saturating.params, (1.5, 25.0, -0.002, 0.1), rtol=1e-6)
+    np.testing.assert_allclose(saturating(600.0), 1.5 * (1 - np.exp(-24.0)) - 1.2 + 0.1, rtol=1e-6)
+    again = relex.fit(STEPS, 1.5 * (1 - np.exp(-STEPS / 25.0)) - 0.002 * STEPS + 0.1, "saturating")
+    assert again.params == saturating.params  # deterministic
+
+
+def test_bending_fits_predict_a_decelerating_curve_far_ahead():
+    prefix, far = STEPS[:5], 240.0  # steps 12..60, then 4x the prefix
+    truth = decelerating(far)
+    line = abs(relex.fit(prefix, decelerating(prefix))(far) - truth)
+    for kind in relex.BENDING:
+        bent = abs(relex.fit(prefix, decelerating(prefix), kind)(far) - truth)
+        assert bent < line / 5, (kind, bent, line)
+
+
+def test_bending_fit_falls_back_to_the_line(monkeypatch):
+    y = decelerating(STEPS[:3])
+    short = relex.fit(STEPS[:3], y, "power")
+    assert short.fallback == "3 points: a power fit needs at least 4 (parameters + 1)" and short.params == ()
+    np.testing.assert_allclose(short([100.0, 200.0]), relex.fit(STEPS[:3], y)([100.0, 200.0]))
+    assert relex.fit(STEPS[:4], decelerating(STEPS[:4]), "saturating").fallback.startswith("4 points")
+
+    def fail(*a, **k):
+        raise RuntimeError("Optimal parameters not found")
+
+    monkeypatch.setattr(relex, "curve_fit", fail)
+    broken = relex.fit(STEPS, decelerating(STEPS), "saturating")
+    assert broken.fallback == "the optimizer failed (Optimal parameters not found)"
+    np.testing.assert_allclose(broken(300.0), relex.fit(STEPS, decelerating(STEPS))(300.0))
+    with pytest.raises(ValueError, match="linear fit needs at least 2 points"):
+        relex.fit(STEPS[:1], y[:1], "power")
+    with pytest.raises(ValueError, match="unknown fit 'cubic'"):
+        relex.fit(STEPS, y.repeat(4)[:10], "cubic")
+
+
+def test_choose_fit_picks_a_bending_fit_on_decelerating_data():
+    c = {"big": 3 * decelerating(STEPS), "small": 0.1 * np.sqrt(STEPS), "frozen": np.zeros_like(STEPS)}
+    choice = relex.choose_fit(STEPS, c, ["linear", "power", "saturating"])
+    assert choice.kind in relex.BENDING and (choice.n_train, choice.n_holdout) == (7, 3)
+    assert choice.errors[choice.kind] < choice.errors["linear"] / 3
+    assert choice == relex.choose_fit(STEPS, c, ["linear", "power", "saturating"])  # deterministic
+    # the error: held-out squared errors pooled over tensors, relative to the pooled s² = Σ c² (frozen left out)
+    sq = sum(np.sum((relex.fit(STEPS[:7], v[:7])(STEPS[7:]) - v[7:]) ** 2) for v in c.values() if np.any(v))
+    np.testing.assert_allclose(choice.errors["linear"], np.sqrt(sq / (3 * sum(v @ v for v in c.values()))))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.01])
+def test_choose_fit_keeps_the_line_on_linear_data(noise):
+    rng = np.random.default_rng(0)
+    c = {n: k * STEPS + b + noise * rng.standard_normal(len(STEPS)) for n, k, b in (("a", 0.01, 0.2), ("b", -0.03, 0))}
+    choice = relex.choose_fit(STEPS, c, ["power", "saturating"])  # linear is always a candidate, the first
+    assert choice.kind == "linear" and list(choice.errors) == ["linear", "power", "saturating"]
+
+
+def test_choose_fit_with_too_few_checkpoints():
+    c = {"a": decelerating(STEPS)}
+    two = relex.choose_fit(STEPS[:2], {"a": c["a"][:2]})
+    assert two.kind == "linear" and two.reason.startswith("too few checkpoints for validation: 2 observed")
+    assert all(np.isnan(e) for e in two.errors.values())
+    three = relex.choose_fit(STEPS[:3], {"a": c["a"][:3]}, ["linear", "power", "saturating"])
+    assert three.kind == "linear" and three.reason.startswith("the only candidate")
+    assert np.isfinite(three.errors["linear"]) and np.isnan(three.errors["power"])
+    assert three.notes["power"] == "needs 4 fitted checkpoints, has 2"
+    five = relex.choose_fit(STEPS[:5], {"a": c["a"][:5]}, ["linear", "power", "saturating"])
+    assert five.kind == "power" and five.notes["saturating"] == "needs 5 fitted checkpoints, has 4"
+    with pytest.raises(ValueError, match="holdout"):
+        relex.choose_fit(STEPS, c, holdout=1.0)
+
+
+def test_extrapolate_with_a_bending_fit(tmp_path):
+    traj, d = make_trajectory(tmp_path / "run", [0, 2, 4, 6, 8, 10], noise=0.0, curve=lambda s: np.sqrt(s))
+    dec = relex.decompose(traj, t_cut=10)
+    name = "model.layers.0.mlp.down_proj.weight"
+    c = relex.predicted_coefficients(dec, name, 40, rank=1, kind="power")
+    np.testing.assert_allclose(abs(c[0]), np.sqrt(40) * d[name].double().norm(), rtol=1e-3)
+    out = relex.extrapolate(dec, 40, tmp_path / "at40", rank=1, kind="saturating")
+    assert '"fit": "saturating"' in (out / "extrapolation.json").read_text()

@@ -1,8 +1,8 @@
 """Notebook 06 (RELEX): its experiments on `helpers.lib.relex` decompositions — the extrapolation grid against
-two-point weight extrapolation, ablations (rank, fit, window), denoising, coefficient linearity and weight-space
-alignment —, each scored model carrying its per-item held-out scores, their figures, and the paper-vs-measured claims
-(`helpers.experiments.claims`) whose intervals come from those per-item scores. `score` is a `Scorer` (held-out
-metrics of a model directory, memoised).
+two-point weight extrapolation, ablations (rank, fit, window), denoising, coefficient linearity, weight-space
+alignment and bending fits chosen by validation in time —, each scored model carrying its per-item held-out scores,
+their figures, and the paper-vs-measured claims (`helpers.experiments.claims`) whose intervals come from those per-item
+scores. `score` is a `Scorer` (held-out metrics of a model directory, memoised).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from helpers.lib import extrapolation, runs
 from helpers.lib.cache import cache_dir
 from helpers.lib.linearity import parse_name, r2
 from helpers.lib.relex import (
+    BENDING,
     VERSION,
     Decomposition,
+    choose_fit,
     decompose,
     extrapolate,
     fingerprint,
@@ -165,6 +167,129 @@ def ablation_grid(traj, rc, score: Scorer) -> pd.DataFrame:
                 row["note"] = str(e)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def bent_prefixes(rc) -> list[float]:
+    """The prefixes of the bending-fit comparison: the extrapolation grid's (`rc.t_cut_fractions`), then the
+    ablations' (`rc.ablation.t_cut_fraction`)."""
+    return list(dict.fromkeys([*rc.t_cut_fractions, rc.ablation.t_cut_fraction]))
+
+
+def rank1_coefficients(dec: Decomposition) -> dict[str, np.ndarray]:
+    """c_t = ⟨δ_t, v_1⟩ at the prefix's steps, per tensor that moved."""
+    return {n: f.coefficients[:, 0] for n, f in dec.factors.items() if f.rank}
+
+
+def bent_fits(traj, rc, score: Scorer) -> pd.DataFrame:
+    """Bending fits chosen by validation in time, against RELEX's line, from each prefix (`bent_prefixes`).
+
+    On the prefix's own checkpoints only, `relex.choose_fit` fits each candidate of `rc.bend.kinds` (linear always
+    among them) to the rank-1 coefficients of the earlier checkpoints and scores its prediction of the last
+    `rc.bend.holdout` share; then every candidate is refitted on the whole prefix and extrapolated to the final step
+    (rank 1, `relex.extrapolate`) and scored. One row per prefix × candidate: `chosen` (the prefix's chosen kind) and
+    `reason`, the candidate's `validation_error` and `note` (why it was not validated, or for how many tensors the
+    linear fit stood in), `refit_fallbacks` (tensors the linear fit stands in for at the refit), accuracy and per_item
+    (NaN / None for a bending kind the linear fit stands in for on every tensor: its checkpoint would be the line's).
+    """
+    final = traj.steps[-1]
+    rows = []
+    for fraction in bent_prefixes(rc):
+        dec = prefix_decomposition(traj, rc, fraction)
+        c = rank1_coefficients(dec)
+        choice = choose_fit(dec.steps, c, rc.bend.kinds, rc.bend.holdout, rc.degree)
+        for kind, error in choice.errors.items():
+            fits = [fit(dec.steps, v, kind, rc.degree) for v in c.values()]
+            fallbacks = [f.fallback for f in fits if getattr(f, "fallback", "")]
+            row = {
+                "fraction": fraction,
+                "t_cut": dec.t_cut,
+                "observed": len(dec.steps),
+                "n_train": choice.n_train,
+                "n_holdout": choice.n_holdout,
+                "kind": kind,
+                "chosen": choice.kind,
+                "reason": choice.reason,
+                "validation_error": error,
+                "note": choice.notes[kind],
+                "refit_fallbacks": len(fallbacks),
+                "target_step": final,
+                "accuracy": float("nan"),
+                "per_item": None,
+            }
+            if len(fallbacks) < len(fits):
+                row.update(score.scored(extrapolate(dec, final, rank=1, kind=kind, degree=rc.degree)))
+            else:
+                refit = f"refit: the line stands in on every tensor ({fallbacks[0]})"
+                row["note"] = "; ".join(x for x in (row["note"], refit) if x)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bent_chosen(bent: pd.DataFrame) -> pd.DataFrame:
+    """Per prefix of `bent_fits`: the chosen kind, why, and the final-step accuracy of the chosen kind and the line."""
+    line = bent[bent.kind == "linear"].set_index("fraction").accuracy
+    chosen = bent[bent.kind == bent.chosen].set_index("fraction")
+    out = chosen[["t_cut", "chosen", "reason", "accuracy"]].rename(columns={"accuracy": "accuracy_chosen"})
+    return out.assign(accuracy_linear=line).reset_index()
+
+
+def bent_table(bent: pd.DataFrame, ablations: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
+    """`bent_fits` one row per prefix: the chosen kind and why, each candidate's validation error, the final-step
+    accuracy of each candidate and of the chosen one, the rank-1 polynomial / sinusoid ablation rows from the same
+    prefix where the ablation grid has them (NaN elsewhere), the real final checkpoint, and the candidates' notes."""
+    final = bent.target_step.iloc[0]
+    ab = ablations[(ablations["rank"] == 1) & ablations.window.isna() & (ablations.target_step == final)]
+    ab = ab.set_index(["t_cut", "fit"]).accuracy
+    rows = []
+    for (fraction, t_cut), g in bent.groupby(["fraction", "t_cut"], sort=False):
+        first = g.iloc[0]
+        acc = dict(zip(g.kind, g.accuracy))
+        rows.append(
+            {
+                "fraction": fraction,
+                "t_cut": t_cut,
+                "fitted / held out": f"{first.n_train} / {first.n_holdout}",
+                "chosen": first.chosen,
+                **{f"error {k}": e for k, e in zip(g.kind, g.validation_error)},
+                **{f"accuracy {k}": a for k, a in acc.items()},
+                "accuracy chosen": acc[first.chosen],
+                **{f"ablation {k}": ab.get((t_cut, k), float("nan")) for k in ("polynomial", "sinusoid")},
+                "real": float(real.accuracy[real.step == final].iloc[0]),
+                "reason / notes": "; ".join([first.reason, *(f"{k}: {n}" for k, n in zip(g.kind, g.note) if n)]),
+            }
+        )
+    return pd.DataFrame(rows).set_index(["fraction", "t_cut"])
+
+
+@dataclass
+class BentCurve:
+    fraction: float
+    name: str
+    t_cut: int
+    chosen: str
+    steps: np.ndarray  # every non-base step of the trajectory
+    c: np.ndarray  # ⟨δ_t, v_1⟩ at `steps` (v_1 from this prefix)
+    grid: np.ndarray  # steps 0 .. the last, where the fits are drawn
+    fits: dict[str, np.ndarray]  # kind -> its whole-prefix fit on `grid` (kinds the line stands in for left out)
+
+
+def bent_curves(traj, rc, bent: pd.DataFrame) -> list[BentCurve]:
+    """Per prefix of `bent`, the rank-1 coefficient of one tensor over the whole run (`relex.project`) and each
+    candidate's fit from the prefix. The tensor: the one with the largest s₁ in the headline prefix (the configured
+    fraction closest to `PAPER_FRACTION`), the largest weight in the validation error; the same one in every panel."""
+    head = prefix_decomposition(traj, rc)
+    name = max((n for n, f in head.factors.items() if f.rank), key=lambda n: head.factors[n].s[0])
+    steps = observed_steps(traj)
+    grid = np.linspace(0, steps[-1], 200)
+    out = []
+    for fraction, g in bent.groupby("fraction", sort=False):
+        dec = prefix_decomposition(traj, rc, fraction)
+        c, _ = project(dec, name, steps, int(rc.chunk_mb) << 20)
+        own = dec.factors[name].coefficients[:, 0]
+        fits = {k: fit(dec.steps, own, k, rc.degree) for k in g.kind}
+        curves = {k: np.asarray(f(grid)) for k, f in fits.items() if not getattr(f, "fallback", "")}
+        out.append(BentCurve(fraction, name, dec.t_cut, g.chosen.iloc[0], np.asarray(steps), c[:, 0], grid, curves))
+    return out
 
 
 def denoising(traj, rc, score: Scorer, real: pd.DataFrame) -> pd.DataFrame:
@@ -388,6 +513,33 @@ def plot_alignment(table: pd.DataFrame, t_cut: int):
     return fig
 
 
+def plot_bent_fits(curves: Sequence[BentCurve]):
+    """One panel per prefix: the tensor's real rank-1 coefficient (filled: the prefix, hollow: later checkpoints) and
+    each candidate's fit from the prefix, the chosen one drawn thick."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False, sharey=True)
+    for ax, cv in zip(axes[0], curves):
+        inside = cv.steps <= cv.t_cut
+        ax.plot(cv.steps[inside], cv.c[inside], "ko", ms=4, label="prefix")
+        ax.plot(cv.steps[~inside], cv.c[~inside], "ko", mfc="none", ms=4, label="later (real)")
+        for i, (kind, y) in enumerate(cv.fits.items()):
+            chosen = kind == cv.chosen
+            label = kind + (" (chosen)" if chosen else "")
+            ax.plot(
+                cv.grid, y, "--" if kind == "linear" else "-", color=f"C{i}", lw=2.2 if chosen else 1.2, label=label
+            )
+        ax.axvline(cv.t_cut, color="gray", ls=":")
+        ax.set(title=f"prefix {cv.fraction:.0%} (T_cut = {cv.t_cut})", xlabel="step")
+        ax.legend(fontsize=7, loc="lower right")
+    lo, hi = min(cv.c.min() for cv in curves), max(cv.c.max() for cv in curves)
+    pad = 0.5 * (hi - lo)
+    axes[0][0].set(
+        ylim=(min(lo, 0) - pad, hi + pad),
+        ylabel=f"c_t = ⟨δ_t, v₁⟩\n{curves[0].name.replace('model.', '').replace('.weight', '')}",
+    )
+    fig.tight_layout()
+    return fig
+
+
 def plot_denoising(table: pd.DataFrame):
     """Raw checkpoint vs its rank-r reconstruction, accuracy against the step."""
     fig, ax = plt.subplots()
@@ -419,6 +571,7 @@ class Measured:
     denoise: pd.DataFrame  # denoising
     coefficients: pd.DataFrame  # coefficient_summary
     alignment: pd.DataFrame  # alignment
+    bent: pd.DataFrame  # bent_fits
 
     def real_at(self, step: int) -> np.ndarray:
         """The per-item scores of the real checkpoint at `step`."""
@@ -584,6 +737,48 @@ def _ablation(m: Measured, name: str) -> claims_mod.Claim:
     )
 
 
+def bent_rows(m: Measured) -> tuple[pd.Series | None, pd.Series | None, pd.DataFrame]:
+    """On the headline prefix (the one of the prefix claim): (RELEX's line, the bending candidate with the lowest
+    validation error among those validated and scored — None when there is none —, all of that prefix's rows)."""
+    frac = paper_fraction(m.grid[m.grid.method == "relex"].fraction.unique())
+    rows = m.bent[m.bent.fraction == frac]
+    line = rows[rows.kind == "linear"]
+    bending = rows[rows.kind.isin(list(BENDING)) & rows.validation_error.notna() & rows.accuracy.notna()]
+    best = bending.loc[bending.validation_error.idxmin()] if len(bending) else None
+    return (line.iloc[0] if len(line) else None), best, rows
+
+
+def _bent_fit(m: Measured) -> claims_mod.Claim:
+    """The best-validated bending fit minus RELEX's line at the final step, from the headline prefix. The bending kind
+    is chosen by validation in time on the weights (`relex.choose_fit`), not on any held-out item, so every item
+    reports (no selection/report split is needed)."""
+    line, best, rows = bent_rows(m)
+    n = m.n_items
+    if line is None or best is None:
+        notes = [f"{k}: {x}" for k, x in zip(rows.kind, rows.note) if x and k != "linear"]
+        why = "; ".join([*dict.fromkeys(rows.reason), *notes]) or "no bent-fit rows"
+        where = f" (T_cut = {line.t_cut}, {line.observed} checkpoints)" if line is not None else ""
+        diff, interval, detail = math.nan, (math.nan, math.nan), f"not measured{where}: {why}"
+    else:
+        diff, interval = _paired(m, PerItem.scores(best.per_item), PerItem.scores(line.per_item))
+        detail = (
+            f"T_cut = {line.t_cut}, step {line.target_step}: {best.kind} (validation error "
+            f"{best.validation_error:.3g} vs linear {line.validation_error:.3g}; chosen: {line.chosen}) "
+            f"{best.accuracy:.3f} vs linear {line.accuracy:.3f}"
+        )
+    return claims_mod.Claim(
+        "nb06.bent_fit",
+        "a bending fit chosen by validation in time predicts the final checkpoint better than RELEX's line from the "
+        "same prefix (bent − linear)",
+        paper.get("relex_bent_fit"),
+        diff,
+        interval,
+        claims_mod.above(0, m.settings.accuracy_margin),
+        f"{_paired_how(m, n)}; the bending kind is chosen in weight space (no held-out item), so all items report",
+        detail,
+    )
+
+
 def _denoising(m: Measured) -> claims_mod.Claim:
     """RELEX − two-point from the same prefixes, each item's difference averaged over the (T_cut, target) pairs."""
     keys = ["t_cut", "target_step"]  # two prefix fractions that snap to the same T_cut count once
@@ -616,13 +811,14 @@ def claims(m: Measured) -> list[claims_mod.Claim]:
         _horizon(m),
         *(_ablation(m, n) for n in ABLATIONS),
         _denoising(m),
+        _bent_fit(m),
     ]
 
 
 def results(m: Measured) -> dict:
     """The notebook's results.json: the headline numbers (the claims' point estimates), the extrapolation grid per
-    method, the ablations, the denoising table, the coefficient R²s and the weight-space alignment — per-item scores
-    left out."""
+    method, the ablations, the denoising table, the coefficient R²s, the weight-space alignment and the bending-fit
+    sweep with the kind chosen per prefix — per-item scores left out."""
 
     def records(df, cols):
         return df[cols].to_dict("records")
@@ -641,6 +837,8 @@ def results(m: Measured) -> dict:
         "ablation_non_linear_best_gain": c["nb06.nonlinear_fit_no_gain"],
         "relex_minus_two_point_mean": c["nb06.denoising"],
         "reconstruction_minus_raw_mean": reconstruction_minus_raw(m),
+        "relex_bent_fit_minus_linear": c["nb06.bent_fit"],
+        "relex_bent_chosen": bent_chosen(m.bent).to_dict("records"),
         "relex": records(m.grid[m.grid.method == "relex"], cols),
         "two_point": records(m.grid[m.grid.method == "two_point"], cols),
         "ablations": records(
@@ -649,4 +847,5 @@ def results(m: Measured) -> dict:
         "denoising": records(m.denoise, ["step", "rank", "accuracy", "raw_accuracy"]),
         "coefficients": m.coefficients.to_dict("records"),
         "alignment": m.alignment.to_dict("records"),
+        "bent_fits": m.bent.drop(columns=["per_item", "chosen", "reason"]).to_dict("records"),
     }

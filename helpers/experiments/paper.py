@@ -90,6 +90,10 @@ NUMBERS: dict[str, Number] = {
     "relex_denoising": Number(
         "the gain is denoising: the rank-1 projection removes harmful off-direction noise", "RELEX §5"
     ),
+    "relex_bent_fit": Number(
+        "neither paper tests a bending fit of the coefficients chosen by validation in time",
+        "beyond the papers; NExt arXiv 2604.11446 argues the rank-1 subspace is not linear in time",
+    ),
     # notebook 07: robustness
     "robust_rl": Number(
         "RL: median R² 0.73–0.87 in weight and output space for every algorithm, optimizer, lr, "

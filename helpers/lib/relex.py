@@ -6,9 +6,10 @@ of M so that memory is bounded by `chunk_bytes` whatever the tensor size; the ri
 v_r = Mᵀ u_r / s_r come from the chunks kept from that pass when the whole of M fits in the budget (each checkpoint
 read once), else from a second chunked pass. M is held in float32 for bf16/fp16 checkpoints (their differences are
 exact there in practice) and in float64 otherwise; the products are float64, on a GPU when there is one. The
-coefficients c_t = ⟨δ_t, v_r⟩ = s_r u_r[t] are then fitted against the step (linear by default) and the checkpoint at
-any step t* is θ_0 + Σ_r ĉ_r(t*) v_r. Directions with s ≤ 1e-6·s_0 are dropped, so a tensor that never moved stays at
-θ_0 exactly.
+coefficients c_t = ⟨δ_t, v_r⟩ = s_r u_r[t] are then fitted against the step (`fit`: linear by default, or polynomial,
+sinusoid, or the bending kinds power and saturating; `choose_fit` picks a kind by validation in time on the prefix's
+own later checkpoints) and the checkpoint at any step t* is θ_0 + Σ_r ĉ_r(t*) v_r. Directions with s ≤ 1e-6·s_0 are
+dropped, so a tensor that never moved stays at θ_0 exactly.
 
 A decomposition lives in a cache directory (one per trajectory + prefix + rank): `factors.json` (per tensor: singular
 values, left vectors, explained variance) and `v/<i>.safetensors` (the right vectors, one tensor-sized file each).
@@ -20,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 
 from helpers.lib.cache import cache_dir, cached_build, dir_fingerprint
 from helpers.lib.checkpoint_io import write_checkpoint
@@ -387,22 +389,217 @@ FITS: dict[str, tuple[int | None, Callable]] = {
 }
 
 
+@dataclass(frozen=True)
+class Bent:
+    """A bending fit (`BENDING`); call it with step(s). `params` in step units — (a, p, b) for power, (a, τ, d, b) for
+    saturating —, or empty when the linear fit stands in for it: `fallback` then says why ("" otherwise)."""
+
+    kind: str
+    params: tuple[float, ...]
+    predict: Callable[[np.ndarray], np.ndarray]
+    fallback: str = ""
+
+    def __call__(self, t) -> np.ndarray:
+        return self.predict(np.asarray(t, dtype=np.float64))
+
+
+def _profiled(
+    model: Callable, basis: Callable, grid: np.ndarray, bounds: tuple[float, float], x: np.ndarray, y: np.ndarray
+) -> np.ndarray:
+    """Least squares of y ≈ model(x, *q) where q = (*linear coefficients, θ) and, for fixed θ, the model is linear:
+    y ≈ basis(x, θ) @ coefficients. Each θ of `grid` gets its exact linear solution; the best grid point seeds a
+    bounded `scipy.optimize.curve_fit` (θ within `bounds`, the coefficients free) — deterministic."""
+    best = None
+    for theta in grid:
+        design = basis(x, theta)
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        rss = float(np.sum((design @ coef - y) ** 2))
+        if best is None or rss < best[0]:
+            best = (rss, [*coef, theta])
+    k = len(best[1]) - 1
+    lower, upper = [-np.inf] * k + [bounds[0]], [np.inf] * k + [bounds[1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)  # an unidentified covariance does not matter here
+        q, _ = curve_fit(model, x, y, p0=best[1], bounds=(lower, upper), max_nfev=2000)
+    return q
+
+
+def _power(t: np.ndarray, c: np.ndarray) -> tuple[tuple[float, ...], Callable]:
+    """c ≈ a·t^p + b, p ∈ [1e-3, 10], t the real step (the base is step 0). Fitted on x = t / t_max and c / max|c|
+    (the same curve, well scaled), seeded by the exact (a, b) of each p on a grid."""
+    ts, cs = float(np.max(t)), max(float(np.max(np.abs(c))), 1e-300)
+
+    def model(x, a, b, p):
+        return a * np.power(x, p) + b
+
+    a, b, p = _profiled(
+        model,
+        lambda x, p: np.stack([np.power(x, p), np.ones_like(x)], 1),
+        np.geomspace(0.05, 5.0, 48),
+        (1e-3, 10.0),
+        t / ts,
+        c / cs,
+    )
+    return (a * cs / ts**p, p, b * cs), lambda t_new: cs * model(t_new / ts, a, b, p)
+
+
+def _saturating(t: np.ndarray, c: np.ndarray) -> tuple[tuple[float, ...], Callable]:
+    """c ≈ a·(1 − exp(−t/τ)) + d·t + b: a fast phase of time scale τ ∈ [1e-3, 2]·t_max, then a drift of slope d.
+    Fitted on x = t / t_max and c / max|c|, seeded by the exact (a, d, b) of each τ on a grid."""
+    ts, cs = float(np.max(t)), max(float(np.max(np.abs(c))), 1e-300)
+
+    def model(x, a, d, b, tau):
+        return a * -np.expm1(-x / tau) + d * x + b
+
+    a, d, b, tau = _profiled(
+        model,
+        lambda x, tau: np.stack([-np.expm1(-x / tau), x, np.ones_like(x)], 1),
+        np.geomspace(0.01, 1.5, 48),
+        (1e-3, 2.0),
+        t / ts,
+        c / cs,
+    )
+    return (a * cs, tau * ts, d * cs / ts, b * cs), lambda t_new: cs * model(t_new / ts, a, d, b, tau)
+
+
+# name -> (number of parameters, fit(t, c) -> (parameters in step units, predictor)). A bending fit needs at least
+# parameters + 1 points; with fewer, or when the optimizer fails, the linear fit stands in (`Bent.fallback`).
+BENDING: dict[str, tuple[int, Callable]] = {"power": (3, _power), "saturating": (4, _saturating)}
+KINDS = (*FITS, *BENDING)
+
+
+def min_points(kind: str, degree: int = 2) -> int:
+    """How many points a `kind` fit needs (a bending kind: its parameters + 1)."""
+    if kind in BENDING:
+        return BENDING[kind][0] + 1
+    if kind in FITS:
+        return FITS[kind][0] or degree + 1
+    raise ValueError(f"unknown fit {kind!r} (have: {', '.join(KINDS)})")
+
+
+def _bend(t: np.ndarray, c: np.ndarray, kind: str) -> Bent:
+    """The `kind` bending fit, or the linear fit with the reason it stands in."""
+    need = min_points(kind)
+    if len(t) < need:
+        reason = f"{len(t)} points: a {kind} fit needs at least {need} (parameters + 1)"
+    else:
+        try:
+            params, predict = BENDING[kind][1](t, c)
+            if np.all(np.isfinite(params)):
+                return Bent(kind, tuple(float(p) for p in params), predict)
+            reason = "the optimizer returned non-finite parameters"
+        except (RuntimeError, ValueError) as e:
+            reason = f"the optimizer failed ({e})"
+    return Bent(kind, (), fit(t, c, "linear"), reason)
+
+
 def fit(
     steps: Sequence[int], c: np.ndarray, kind: str = "linear", degree: int = 2, window: int | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Fit c (T,) against the real `steps` (T,); returns step(s) -> predicted c. `window` = use only the last w points.
 
-    Kinds: linear (least squares with intercept), polynomial(`degree`), sinusoid (see `_sinusoid`).
+    Kinds: linear (least squares with intercept), polynomial(`degree`), sinusoid (see `_sinusoid`) — fewer points than
+    `min_points` is a ValueError —, and the bending kinds (`BENDING`, a `Bent`): power a·t^p + b and saturating
+    a·(1 − exp(−t/τ)) + d·t + b, least squares by `scipy.optimize.curve_fit` from deterministic starting points; with
+    fewer points than parameters + 1, or when the optimizer fails, the linear fit stands in (`Bent.fallback` says why).
     """
-    if kind not in FITS:
-        raise ValueError(f"unknown fit {kind!r} (have: {', '.join(FITS)})")
+    need = min_points(kind, degree)
     t, c = np.asarray(steps, dtype=np.float64), np.asarray(c, dtype=np.float64)
     if window:
         t, c = t[-window:], c[-window:]
-    need = FITS[kind][0] or degree + 1
+    if kind in BENDING:
+        return _bend(t, c, kind)
     if len(t) < need:
         raise ValueError(f"a {kind} fit needs at least {need} points, the prefix has {len(t)} (steps {t.tolist()})")
     return FITS[kind][1](t, c, degree)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation in time: which fit predicts the prefix's own later checkpoints best
+
+TIE = 1e-9  # validation errors within TIE·(1 + the lowest) of the lowest count as equal
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `choose_fit` found: the chosen kind and why, and every candidate's validation error (NaN when it could not
+    be validated: `notes` says why, unless nothing could be and `reason` says why; else the notes say how many tensors
+    the linear fit stood in for)."""
+
+    kind: str
+    reason: str
+    errors: dict[str, float]
+    notes: dict[str, str]
+    n_train: int  # the earlier checkpoints each candidate is fitted on
+    n_holdout: int  # the later checkpoints it predicts
+
+
+def holdout_split(n: int, holdout: float) -> tuple[int, int]:
+    """(fitted, held out) of n checkpoints: the last ⌊holdout·n⌋ are held out, at least 1."""
+    h = max(1, int(holdout * n + 1e-9))
+    return n - h, h
+
+
+def choose_fit(
+    steps: Sequence[int],
+    c_by_tensor: Mapping[str, np.ndarray],
+    kinds: Sequence[str] = KINDS,
+    holdout: float = 1 / 3,
+    degree: int = 2,
+) -> Choice:
+    """The fit kind that best predicts the prefix's own later checkpoints from its earlier ones (validation in time).
+
+    `c_by_tensor`: each tensor's coefficients c (T,) at the prefix's `steps` (e.g. its rank-1 coefficients). The last
+    ⌊holdout·T⌋ checkpoints (at least 1) are held out; each candidate is fitted per tensor on the earlier ones
+    (`fit`, the linear fit standing in where a bending fit falls back) and predicts the held-out ones. Its error is
+    the square root of Σ_i Σ_held-out (ĉ_i − c_i)² / (h · Σ_i s_i²) with s_i² = Σ_t c_i(t)² over the whole prefix
+    (the tensor's squared singular value when c = s·u): the s²-weighted mean over tensors of each tensor's mean
+    squared held-out error relative to its s², so tensors that move more count more — equivalently the rank-r part's
+    weight-space error pooled over tensors relative to the prefix trajectory's pooled norm. Tensors that never moved
+    (c ≡ 0) are left out. The lowest error wins; errors within `TIE` are equal and a tie goes to linear (always a
+    candidate, the first), then to the order of `kinds`. With fewer than 2 fitted checkpoints nothing is validated and
+    the choice is linear. Deterministic.
+    """
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout is the share of the prefix's checkpoints held out, in (0, 1), not {holdout}")
+    kinds = list(dict.fromkeys(["linear", *kinds]))
+    needs = {k: min_points(k, degree) for k in kinds}  # unknown kinds fail here
+    t = np.asarray(steps, dtype=np.float64)
+    n_train, h = holdout_split(len(t), holdout)
+    c = {n: np.asarray(v, dtype=np.float64) for n, v in c_by_tensor.items()}
+    c = {n: v for n, v in c.items() if np.any(v)}
+    if n_train < needs["linear"] or not c:
+        why = (
+            f"too few checkpoints for validation: {len(t)} observed, the last {h} held out leaves {n_train}"
+            if c
+            else "no tensor moved"
+        )
+        return Choice("linear", why, {k: math.nan for k in kinds}, {k: "" for k in kinds}, max(n_train, 0), h)
+    total = sum(float(v @ v) for v in c.values())
+    errors, notes = {}, {}
+    for kind in kinds:
+        if n_train < needs[kind]:
+            errors[kind], notes[kind] = math.nan, f"needs {needs[kind]} fitted checkpoints, has {n_train}"
+            continue
+        sq, fallbacks = 0.0, []
+        for v in c.values():
+            f = fit(t[:n_train], v[:n_train], kind, degree)
+            sq += float(np.sum((np.asarray(f(t[n_train:])) - v[n_train:]) ** 2))
+            if getattr(f, "fallback", ""):
+                fallbacks.append(f.fallback)
+        errors[kind] = math.sqrt(sq / (h * total)) if math.isfinite(sq) else math.nan
+        notes[kind] = f"linear stands in for {len(fallbacks)} of {len(c)} tensors ({fallbacks[0]})" if fallbacks else ""
+        if not math.isfinite(sq):
+            notes[kind] = "non-finite predictions"
+    valid = {k: e for k, e in errors.items() if math.isfinite(e)}
+    best = min(valid.values())
+    kind = next(k for k in kinds if k in valid and valid[k] <= best + TIE * (1 + best))
+    why = f"lowest validation error ({valid[kind]:.3g}) on the last {h} of {len(t)} checkpoints"
+    if len(valid) == 1:
+        why = f"the only candidate with enough fitted checkpoints ({n_train}; the last {h} of {len(t)} held out)"
+    elif kind == "linear" and any(valid[k] < valid["linear"] for k in valid):
+        why = f"tied with the lowest validation error ({best:.3g}): linear wins ties"
+    return Choice(kind, why, errors, notes, n_train, h)
 
 
 def predicted_coefficients(
@@ -414,7 +611,8 @@ def predicted_coefficients(
     degree: int = 2,
     window: int | None = None,
 ) -> np.ndarray:
-    """ĉ_r(step) for the first `rank` directions of `name`, each fitted separately on the observed prefix."""
+    """ĉ_r(step) for the first `rank` directions of `name`, each fitted separately on the observed prefix (`fit`;
+    `kind` any of `KINDS`)."""
     f = dec.factors[name]
     r = f.rank if rank is None else min(rank, f.rank)
     return np.array([float(fit(dec.steps, f.coefficients[:, i], kind, degree, window)(step)) for i in range(r)])
@@ -463,8 +661,9 @@ def extrapolate(
     window: int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the RELEX checkpoint θ_0 + Σ_r ĉ_r(step) v_r (a loadable HF model dir); `out_dir` None = cached. An
-    existing `out_dir` is replaced only with `overwrite`, and only if it is an earlier extrapolation."""
+    """Write the RELEX checkpoint θ_0 + Σ_r ĉ_r(step) v_r (a loadable HF model dir), ĉ_r from a `kind` fit (any of
+    `KINDS`); `out_dir` None = cached. An existing `out_dir` is replaced only with `overwrite`, and only if it is an
+    earlier extrapolation."""
     rank = dec.rank if rank is None else rank
     record = {"mode": "extrapolate", "target_step": step, "rank": rank, "fit": kind, "window": window}
     if kind == "polynomial":
