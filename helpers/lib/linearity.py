@@ -171,12 +171,16 @@ def entry_filters(
     range > min_range. varied: at least `min_distinct` distinct values.
     """
     y = _as_f64(y)
+    return moved_mask(y, dtype, min_range), n_distinct(y) >= min_distinct
+
+
+def moved_mask(y, dtype: torch.dtype, min_range: float | str = "auto") -> np.ndarray:
+    """Boolean mask over the columns of `y` (T, k): entries whose range passes `entry_filters`' moved test."""
+    y = _as_f64(y)
     span = np.ptp(y, axis=0)
     if min_range == "auto":
-        moved = span >= AUTO_RANGE_ULPS * resolution(np.abs(y).max(axis=0), dtype)
-    else:
-        moved = span > _threshold(min_range)
-    return moved, n_distinct(y) >= min_distinct
+        return span >= AUTO_RANGE_ULPS * resolution(np.abs(y).max(axis=0), dtype)
+    return span > _threshold(min_range)
 
 
 def _threshold(min_range) -> float:

@@ -48,7 +48,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -77,17 +77,22 @@ def effective_steps(rl_steps: int, m: int, n: int) -> int:
     return int(rl_steps) + int(n) * (int(rl_steps) // int(m))
 
 
-class _Weights:
-    """Full fp32 values of the trainable tensors, read and written wherever they live (plain, FSDP1, DeepSpeed)."""
+class Weights:
+    """Full fp32 values of the trainable tensors, read and written wherever they live (plain, FSDP1, DeepSpeed).
 
-    def __init__(self, model, norms: str):
+    Shared by the callbacks that touch the weights during training (RL-Extra, `helpers.lib.monitor`). Every process
+    must make the same calls (gathering is collective under FSDP1 and ZeRO-3). `norms` = ``copy-from-t1`` leaves norm
+    weights out (RL-Extra's norm policy); ``extrapolate`` covers every trainable tensor.
+    """
+
+    def __init__(self, model, norms: str = "extrapolate"):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.tensor import DTensor
 
         self.model, self.norms = model, norms
         params = [p for _, p in model.named_parameters()]
         if any(isinstance(p, DTensor) for p in params):
-            raise NotImplementedError("RL-Extra: DTensor parameters (FSDP2 / tensor parallel) are not supported")
+            raise NotImplementedError("DTensor parameters (FSDP2 / tensor parallel) are not supported")
         self.fsdp = isinstance(model, FSDP)
         self.deepspeed = any(hasattr(p, "ds_id") or getattr(p, "_hp_mapping", None) is not None for p in params)
         self.zero3 = any(hasattr(p, "ds_id") for p in params)
@@ -96,8 +101,8 @@ class _Weights:
         return not (self.norms == "copy-from-t1" and is_norm(name))
 
     @contextlib.contextmanager
-    def _full(self, modify: bool) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
-        """(name, parameter) of the extrapolated trainable tensors, gathered to full size for the block."""
+    def full(self, modify: bool = False) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
+        """(name, parameter) of the covered trainable tensors, gathered to full size for the block."""
         if self.zero3:
             import deepspeed
 
@@ -109,23 +114,31 @@ class _Weights:
         with torch.no_grad(), ctx:
             yield [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and self.extrapolated(n)]
 
-    def _value(self, p) -> torch.Tensor:
+    def value(self, p) -> torch.Tensor:
+        """The full value of a parameter inside `full()`: DeepSpeed's fp32 master copy, else the parameter itself."""
         if self.deepspeed:
             from deepspeed.utils import safe_get_full_fp32_param
 
             return safe_get_full_fp32_param(p)
         return p
 
-    def read(self) -> dict[str, torch.Tensor]:
-        """{name: CPU fp32 copy}."""
-        with self._full(modify=False) as params:
-            return {n: self._value(p).detach().to("cpu", torch.float32, copy=True) for n, p in params}
+    def read(self, index: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """{name: CPU fp32 copy}; with `index` ({name: flat indices}) only those tensors, only those entries."""
+        with self.full() as params:
+            if index is None:
+                return {n: self.value(p).detach().to("cpu", torch.float32, copy=True) for n, p in params}
+            out = {}
+            for n, p in params:
+                if n in index:
+                    v = self.value(p).detach().reshape(-1)
+                    out[n] = v[index[n].to(v.device)].to("cpu", torch.float32, copy=True)
+            return out
 
     def extrapolate(self, anchor: dict[str, torch.Tensor], beta: float) -> None:
         """W ← P + β (W − P) in place, tensor by tensor (fp32)."""
-        with self._full(modify=True) as params:
+        with self.full(modify=True) as params:
             for n, p in params:
-                w = lerp(anchor[n].to(p.device), self._value(p), beta)  # fp32 (the master's dtype under DeepSpeed)
+                w = lerp(anchor[n].to(p.device), self.value(p), beta)  # fp32 (the master's dtype under DeepSpeed)
                 if self.deepspeed:
                     from deepspeed.utils import safe_set_full_fp32_param
 
@@ -139,7 +152,7 @@ class _Weights:
             return
         from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_optimizer_state
 
-        with self._full(modify=False) as params:
+        with self.full() as params:
             for _, p in params:
                 zeros = torch.zeros_like(safe_get_full_fp32_param(p))
                 for key in ("exp_avg", "exp_avg_sq"):
@@ -172,7 +185,7 @@ class RLExtra(TrainerCallback):
         self.resume_from = Path(resume_from) if resume_from is not None else None
         self.rl_steps = self.effective_steps = self.extrapolations = 0
         self.anchor: dict[str, torch.Tensor] = {}
-        self._weights: _Weights | None = None
+        self._weights: Weights | None = None
         self._start = 0
 
     def record(self, step: int) -> dict:
@@ -209,7 +222,7 @@ class RLExtra(TrainerCallback):
                 f"RL-Extra: resuming at step {self._start}, not a multiple of the generation period "
                 f"{period}: later cycle boundaries would not be generation boundaries"
             )
-        self._weights = _Weights(model, self.norms)
+        self._weights = Weights(model, self.norms)
         self._count(self._start)
         self.anchor = self._weights.read() if self._start % self.m == 0 else self._load_anchor(args)
 
@@ -269,14 +282,21 @@ class RLExtra(TrainerCallback):
 
 def add_step_columns(log_csv: Path, m: int, n: int) -> None:
     """Add (or refresh) the `rl_steps` and `effective_steps` columns of a helpers.lib.training log.csv."""
+    add_log_columns(log_csv, STEP_COLUMNS, lambda s: {"rl_steps": s, "effective_steps": effective_steps(s, m, n)})
+
+
+def add_log_columns(log_csv: Path, columns: Sequence[str], values: Callable[[int], Mapping]) -> None:
+    """Add (or refresh) `columns` at the end of a helpers.lib.training log.csv, written by a callback after the log's
+    own write: the row of step s gets `values(s)` (a column it lacks stays empty). No file or no rows: nothing to do."""
     if not log_csv.is_file():
         return
     rows = list(csv.DictReader(io.StringIO(log_csv.read_text())))
     if not rows:
         return
-    cols = [c for c in rows[0] if c not in STEP_COLUMNS] + list(STEP_COLUMNS)
+    cols = [c for c in rows[0] if c not in columns] + list(columns)
     for r in rows:
-        r.update(rl_steps=int(r["step"]), effective_steps=effective_steps(int(r["step"]), m, n))
+        new = values(int(r["step"]))
+        r.update({c: new.get(c, "") for c in columns})
     buf = io.StringIO()
     w = csv.DictWriter(buf, cols, lineterminator="\n")
     w.writeheader()
