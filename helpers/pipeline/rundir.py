@@ -5,7 +5,7 @@
                             order, and the code version each notebook last ran with
   NN_x.ipynb, NN_x.html     the executed notebooks (batch runner)
   results/NN_x.json         what each notebook measured (`helpers.pipeline.results`)
-  figures/NN_x/NAME.png     its figures (`helpers.pipeline.run.savefig`)
+  figures/NN_x/NAME.png     its figures (`helpers.pipeline.run.Run.savefig`)
   probes/                   the probes its output-linearity numbers were measured on (`helpers.lib.probes`)
   index.html, index.md      the pages to open (`helpers.pipeline.report`)
   robustness/               the robustness grid (`helpers.pipeline.robustness`): `<factor>=<value>/`, a run
