@@ -19,6 +19,7 @@ from helpers.lib import config, linearity, monitor, tasks, training
 from helpers.lib.monitor import METRICS, LinearityMonitor, window_stats
 from helpers.lib.synthetic import qwen2_shapes
 from helpers.lib.trajectory import Trajectory
+from tests.test_training import MICRO as TRAINING_MICRO
 
 R1_DISTILL_QWEN_1_5B = dict(
     hidden_size=1536,
@@ -168,26 +169,7 @@ def test_from_config_reads_the_monitor_section():
 
 
 # --------------------------------------------------------------------------------------------------- micro GRPO runs
-MICRO = {
-    "model.hidden_size": 64,
-    "model.heads": 2,
-    "model.kv_heads": 1,
-    "model.layers": 1,
-    "model.intermediate_size": 64,
-    "model.max_positions": 32,
-    "task.train_size": 64,
-    "task.heldout_size": 8,
-    "sft.base_steps": 3,
-    "sft.batch": 8,
-    "rl.steps": 6,
-    "rl.save_every": 2,
-    "rl.batch": 2,
-    "rl.rollouts": 2,
-    "rl.max_completion_length": 6,
-    "eval.heldout_during_training": 8,
-    "eval.max_new_tokens": 6,
-    "device": "cpu",
-}
+MICRO = {**TRAINING_MICRO, "rl.steps": 6, "rl.save_every": 2}
 KNOBS = {"every": 2, "window": 3, "fraction": 0.02, "min_samples": 50, "budget_mb": 16}
 
 

@@ -97,35 +97,39 @@ def measured(weight=None, token=None, acc=(0.2, 0.4), ci=0.02) -> dict:
     }
 
 
+# (setting, its knobs, weight R² quartiles, token R² quartiles): a reference, a non-linear lr setting, SGD, SFT, and a
+# setting with no results from its own params
+SPECS = [
+    (R.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95), (0.8, 0.9, 0.97)),
+    (
+        R.Setting("lr", "3x", scale={"rl.lr": 3}),
+        {"optimizer": "adamw", "lr": 9e-4},
+        (0.3, 0.55, 0.8),
+        (0.7, 0.88, 0.95),
+    ),
+    (
+        R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}),
+        {"optimizer": "sgd", "lr": 0.4},
+        (0.5, 0.78, 0.9),
+        (0.6, 0.8, 0.9),
+    ),
+    (
+        R.Setting("training", "SFT", trajectory="sft"),
+        {"optimizer": "adamw", "lr": 3e-4},
+        (0.2, 0.45, 0.7),
+        (0.1, 0.35, 0.6),
+    ),
+    (R.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None),
+]
+
+
 @pytest.fixture
 def fake_grid(tmp_path):
     """A reference, a non-linear lr setting, SGD, SFT, and a setting with no results from its own params; each
     notebook's last execution took 20 s."""
     run_dir = tmp_path / "outputs" / "default"
-    specs = [
-        (R.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95), (0.8, 0.9, 0.97)),
-        (
-            R.Setting("lr", "3x", scale={"rl.lr": 3}),
-            {"optimizer": "adamw", "lr": 9e-4},
-            (0.3, 0.55, 0.8),
-            (0.7, 0.88, 0.95),
-        ),
-        (
-            R.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}),
-            {"optimizer": "sgd", "lr": 0.4},
-            (0.5, 0.78, 0.9),
-            (0.6, 0.8, 0.9),
-        ),
-        (
-            R.Setting("training", "SFT", trajectory="sft"),
-            {"optimizer": "adamw", "lr": 3e-4},
-            (0.2, 0.45, 0.7),
-            (0.1, 0.35, 0.6),
-        ),
-        (R.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None),
-    ]
     runs = []
-    for s, knobs, w, t in specs:
+    for s, knobs, w, t in SPECS:
         d = run_dir if s.is_reference else run_dir / "robustness" / s.dirname
         found = measured(w, t) if w else {}
         runs.append(R.SettingRun(s, d, dict(s.overrides), "complete", knobs, found, {nb: 20.0 for nb in found}))

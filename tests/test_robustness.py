@@ -14,15 +14,7 @@ from helpers.experiments import nb07_robustness as nb07
 from helpers.lib import config
 from helpers.pipeline import batch, results
 from helpers.pipeline import robustness as R
-
-NOTEBOOKS = ("00_trajectory", "01_weight_linearity", "02_output_linearity")
-
-
-def params_with(tmp_path, settings, extra=""):
-    """A params file inheriting the default, with its own robustness settings."""
-    p = tmp_path / "grid.yaml"
-    p.write_text(f"name: grid\n{extra}robustness:\n  settings: {json.dumps(settings)}\n")
-    return p
+from tests.test_nb07_robustness import NOTEBOOKS, SPECS, measured, params_with
 
 
 def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
@@ -39,20 +31,9 @@ def test_overrides_scale_this_files_value_and_resolve_sgd_lr(tmp_path):
 
 
 def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed=True, acc=(0.2, 0.4), ci=0.02):
-    """Results of notebooks 00-02 as the notebooks write them, by these helpers sources (+ executed copies and a
-    run.json); the medians' intervals are median ± `ci` (none when `ci` is None)."""
-
-    def interval(q):
-        return {} if ci is None or not q else {"median_ci": [q[1] - ci, q[1] + ci]}
-
-    numbers = {
-        "00_trajectory": {"base_accuracy": acc[0], "final_accuracy": acc[1], "train_seconds": 60.0},
-        "01_weight_linearity": dict(zip(("weight_r2_q1", "weight_r2_median", "weight_r2_q3"), weight or ()))
-        | {"weight_r2_frac_above_0_7": 0.6}
-        | {f"weight_r2_{k}": v for k, v in interval(weight).items()},
-        "02_output_linearity": dict(zip(("token_r2_q1", "token_r2_median", "token_r2_q3"), token or ()))
-        | {f"token_r2_{k}": v for k, v in interval(token).items()},
-    }
+    """Results of notebooks 00-02 (`measured`) as written by these helpers sources, + executed copies and a run.json;
+    the medians' intervals are median ± `ci` (none when `ci` is None)."""
+    numbers = measured(weight, token, acc, ci)
     (run_dir / "results").mkdir(parents=True, exist_ok=True)
     for nb, res in numbers.items():
         meta = {"params_hash": params_hash, "helpers_version": results.helpers_version(), "seconds": 10.0}
@@ -71,30 +52,8 @@ def write_run(run_dir: Path, params_hash: str, weight=None, token=None, executed
 def fake_batch(tmp_path):
     """A reference, a non-linear lr setting, SGD, SFT, and a setting whose results are from other params."""
     run_dir = tmp_path / "outputs" / "default"
-    specs = [
-        (nb07.Setting("reference", "default"), {"optimizer": "adamw", "lr": 3e-4}, (0.6, 0.85, 0.95), (0.8, 0.9, 0.97)),
-        (
-            nb07.Setting("lr", "3x", scale={"rl.lr": 3}),
-            {"optimizer": "adamw", "lr": 9e-4},
-            (0.3, 0.55, 0.8),
-            (0.7, 0.88, 0.95),
-        ),
-        (
-            nb07.Setting("optimizer", "SGD", {"rl.optimizer": "sgd"}),
-            {"optimizer": "sgd", "lr": 0.4},
-            (0.5, 0.78, 0.9),
-            (0.6, 0.8, 0.9),
-        ),
-        (
-            nb07.Setting("training", "SFT", trajectory="sft"),
-            {"optimizer": "adamw", "lr": 3e-4},
-            (0.2, 0.45, 0.7),
-            (0.1, 0.35, 0.6),
-        ),
-        (nb07.Setting("model", "2 layers", {"model.layers": 2}), {"optimizer": "adamw", "lr": 3e-4}, None, None),
-    ]
     entries = []
-    for i, (s, knobs, w, t) in enumerate(specs):
+    for i, (s, knobs, w, t) in enumerate(SPECS):
         d = run_dir if s.is_reference else run_dir / "robustness" / s.dirname
         write_run(d, f"h{i}" if w else "other", w, t)
         entries.append(R.Entry(s, d, dict(s.overrides), f"h{i}", knobs, "complete"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers.lib import backends, models, runs, sampling, scoring, tasks, tiny
+from tests.test_tiny import MODEL as TINY
 
 
 @pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
@@ -55,16 +56,7 @@ def test_registry():
 
 
 def test_hf_sampler_is_seeded_and_left_padded(tmp_path):
-    model = dict(
-        arch="llama",
-        hidden_size=64,
-        heads=2,
-        kv_heads=1,
-        layers=1,
-        intermediate_size=64,
-        max_positions=32,
-        tie_embeddings=True,
-    )
+    model = dict(TINY)
     path = tiny.init_model(model, 0, tmp_path / "m")
     sampler = backends.make_sampler("hf", path, device="cpu", batch_size=3)
     prompts = ["1+2=", "10+20+3="]
@@ -156,16 +148,7 @@ def test_stop_ids_join_tokenizer_and_generation_config():
 
 def pickle_only_model(path):
     """A tiny model directory whose weights are `pytorch_model.bin` only (no safetensors)."""
-    model = dict(
-        arch="llama",
-        hidden_size=64,
-        heads=2,
-        kv_heads=1,
-        layers=1,
-        intermediate_size=64,
-        max_positions=32,
-        tie_embeddings=True,
-    )
+    model = dict(TINY)
     path = tiny.init_model(model, 0, path)
     from safetensors.torch import load_file
 

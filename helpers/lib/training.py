@@ -102,6 +102,17 @@ class TrajectoryLog(TrainerCallback):
         atomic_write_text(self.path, buf.getvalue())
 
 
+def _trajectory_log(cfg, out_dir: Path, heldout: Sequence, tok) -> TrajectoryLog:
+    """The log.csv callback of a run: greedy accuracy on the first `eval.heldout_during_training` held-out items."""
+    return TrajectoryLog(
+        out_dir / "log.csv",
+        heldout[: int(cfg.eval.heldout_during_training)],
+        tok,
+        int(cfg.eval.max_new_tokens),
+        int(cfg.eval.batch_size),
+    )
+
+
 def _common_args(
     out_dir: Path, *, steps: int, save_every: int, lr: float, optimizer: str, seed: int, device: str, batch: int
 ) -> dict:
@@ -263,13 +274,7 @@ def train_sft(
         remove_unused_columns=False,
     )
     data = Dataset.from_list([{"prompt": it.prompt, "solution": it.solution} for it in train])
-    log = TrajectoryLog(
-        out_dir / "log.csv",
-        heldout[: int(cfg.eval.heldout_during_training)],
-        tok,
-        int(cfg.eval.max_new_tokens),
-        int(cfg.eval.batch_size),
-    )
+    log = _trajectory_log(cfg, out_dir, heldout, tok)
     trainer = Trainer(
         model=model,
         args=args,
@@ -341,13 +346,7 @@ def train_rl(
     train, heldout, reward = problems(cfg, tok)
     _start_dir(out_dir, base_dir)
     data = Dataset.from_list([{"prompt": it.prompt, "answer": it.answer} for it in train])
-    log = TrajectoryLog(
-        out_dir / "log.csv",
-        heldout[: int(cfg.eval.heldout_during_training)],
-        tok,
-        int(cfg.eval.max_new_tokens),
-        int(cfg.eval.batch_size),
-    )
+    log = _trajectory_log(cfg, out_dir, heldout, tok)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward,
