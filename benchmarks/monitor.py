@@ -27,16 +27,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, TrainerCallback
 
 from helpers.lib import config, monitor, training
 from helpers.lib.monitor import LinearityMonitor
-
-R1_DISTILL_QWEN_1_5B = dict(
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    tie_word_embeddings=False,
-)
+from helpers.lib.synthetic import R1_DISTILL_QWEN_1_5B
 
 
 class Clock(TrainerCallback):

@@ -17,19 +17,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainerCallback
 
 from helpers.lib import config, linearity, monitor, tasks, training
 from helpers.lib.monitor import METRICS, LinearityMonitor, window_stats
-from helpers.lib.synthetic import qwen2_shapes
+from helpers.lib.synthetic import R1_DISTILL_QWEN_1_5B, qwen2_shapes
 from helpers.lib.trajectory import Trajectory
 from tests.test_training import MICRO as TRAINING_MICRO
-
-R1_DISTILL_QWEN_1_5B = dict(
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    tie_word_embeddings=False,
-)
 
 
 # ------------------------------------------------------------------------------------------------- without training

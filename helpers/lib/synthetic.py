@@ -38,6 +38,18 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, 
 ValueFn = Callable[[str, tuple, int], torch.Tensor]  # (tensor name, shape, step) -> values at that step
 
 
+# The Qwen2 shape of DeepSeek-R1-Distill-Qwen-1.5B (LIN's model): a real size for memory figures, no download
+R1_DISTILL_QWEN_1_5B = dict(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    tie_word_embeddings=False,
+)
+
+
 def qwen2_config(
     n_params: float = 100e6,
     hidden_size: int = 512,
