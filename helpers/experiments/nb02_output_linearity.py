@@ -27,7 +27,7 @@ from scipy.stats import norm, spearmanr
 
 from helpers.experiments import claims as claims_mod
 from helpers.experiments import paper, seeds
-from helpers.lib.linearity import fit_line, r2
+from helpers.lib.linearity import distribution, fit_line, r2
 from helpers.lib.probes import Probes, over_trajectory
 
 MIN_CHANGE = 0.2  # LIN's |Δ log-prob| filter
@@ -92,17 +92,11 @@ class OutputLinearity:
         above the papers' 0.7 (`frac_above_bar`), `level` intervals of the median and of `frac_above` (exact
         bootstraps over the kept tokens, `helpers.experiments.claims`); and of logit R²."""
         v = self.kept["r2"].to_numpy()
-        q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
         lg = self.kept["logit_r2"].dropna().to_numpy()
         thr = self.settings["r2_threshold"]
         above = int((v > thr).sum())
         return {
-            "median": float(med),
-            "q1": float(q1),
-            "q3": float(q3),
-            "mean": float(v.mean()) if v.size else np.nan,
-            "frac_above": above / v.size if v.size else np.nan,
-            "threshold": thr,
+            **distribution(v, thr),
             "level": level,
             "frac_above_bar": float((v > paper.R2_BAR).mean()) if v.size else np.nan,
             "median_ci": claims_mod.median_interval(v, level),

@@ -104,6 +104,20 @@ def r2(y, t) -> np.ndarray:
     return np.where(np.ptp(y, axis=0) == 0, np.nan, out)
 
 
+def distribution(v: np.ndarray, threshold: float) -> dict:
+    """The summary of an R² distribution every notebook reports: median, quartiles, mean, and the share above
+    `threshold` (`frac_above`; NaN for no values), with the threshold."""
+    q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
+    return {
+        "median": float(med),
+        "q1": float(q1),
+        "q3": float(q3),
+        "mean": float(v.mean()) if v.size else np.nan,
+        "frac_above": int((v > threshold).sum()) / v.size if v.size else np.nan,
+        "threshold": threshold,
+    }
+
+
 def fit_line(y, t) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares line y ≈ slope·t + intercept for each column of `y` (T, ...), float64: (slope, intercept)."""
     y = _as_f64(y)
@@ -247,16 +261,9 @@ class WeightLinearity:
         """Global distribution of R² (median, quartiles, mean), the share above `threshold` (`frac_above`), and the
         filter counts: entries sampled, kept, dropped (by the range filter, by the distinct-values filter)."""
         v = self.values
-        q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]) if v.size else (np.nan,) * 3
-        above = int((v > threshold).sum())
         sampled = int(self.tensors["sampled"].sum())
         return {
-            "median": float(med),
-            "q1": float(q1),
-            "q3": float(q3),
-            "mean": float(v.mean()) if v.size else np.nan,
-            "frac_above": above / v.size if v.size else np.nan,
-            "threshold": threshold,
+            **distribution(v, threshold),
             "kept": int(v.size),
             "sampled": sampled,
             "dropped": sampled - int(v.size),
