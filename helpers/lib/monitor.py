@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -143,7 +144,7 @@ class LinearityMonitor(TrainerCallback):
 
     Attributes: `history` (dicts: step + `METRICS`' short names, one per computed window), `index` ({tensor name:
     sampled flat indices}), `names` (tensor order of a snapshot's entries), `effective_fraction`, `snapshots` (deque of
-    (K,) float32 arrays), `steps` (their steps).
+    (K,) float32 arrays), `steps` (their steps), `seconds` (wall-clock the monitor took).
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class LinearityMonitor(TrainerCallback):
         self._dtypes: list[tuple[int, int, torch.dtype]] = []  # (first, end) columns of a snapshot per tensor, dtype
         self._pending: dict[str, float] = {}
         self._attached = False
+        self.seconds = 0.0  # wall-clock spent reading snapshots and computing statistics
 
     @classmethod
     def from_config(cls, cfg) -> LinearityMonitor:
@@ -217,9 +219,16 @@ class LinearityMonitor(TrainerCallback):
         self.names = list(numels)
         ends = np.cumsum([len(self.index[n]) for n in self.names]).tolist()
         self._dtypes = [(e - len(self.index[n]), e, dtypes[n]) for n, e in zip(self.names, ends)]
+        self.restart(state)
+
+    def restart(self, state) -> None:
+        """Empty the window and start it with the weights as they are now (after a jump or a rollback the trajectory
+        restarts: earlier snapshots are not on the same line)."""
+        t = time.perf_counter()
         self.snapshots.clear()
         self.steps.clear()
         self._snapshot(state)
+        self.seconds += time.perf_counter() - t
 
     def _snapshot(self, state) -> None:
         """Read the sampled entries (every process: the gathering is collective); process zero keeps them."""
@@ -233,11 +242,13 @@ class LinearityMonitor(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if state.global_step % self.every:
             return
+        t = time.perf_counter()
         self._snapshot(state)
         if state.is_world_process_zero and len(self.snapshots) >= 3:
             stats = window_stats(self.snapshots, list(self.steps), self._moved())
             self.history.append({"step": int(state.global_step), **stats})
             self._pending = {METRICS[k]: v for k, v in stats.items() if not math.isnan(v)}  # JSON loggers
+        self.seconds += time.perf_counter() - t
 
     def _moved(self) -> np.ndarray:
         """Entries that moved over the window, each at its tensor's storage dtype (notebook 01's test), one tensor

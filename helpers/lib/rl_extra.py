@@ -138,12 +138,20 @@ class Weights:
         """W ← P + β (W − P) in place, tensor by tensor (fp32)."""
         with self.full(modify=True) as params:
             for n, p in params:
-                w = lerp(anchor[n].to(p.device), self.value(p), beta)  # fp32 (the master's dtype under DeepSpeed)
-                if self.deepspeed:
-                    from deepspeed.utils import safe_set_full_fp32_param
+                self._set(p, lerp(anchor[n].to(p.device), self.value(p), beta))  # fp32 (DeepSpeed's master dtype)
 
-                    safe_set_full_fp32_param(p, w)
-                p.copy_(w)
+    def load(self, values: dict[str, torch.Tensor]) -> None:
+        """Set the covered tensors to `values` ({name: full value}, e.g. from `read`) in place."""
+        with self.full(modify=True) as params:
+            for n, p in params:
+                self._set(p, values[n].to(p.device))
+
+    def _set(self, p, w: torch.Tensor) -> None:
+        if self.deepspeed:
+            from deepspeed.utils import safe_set_full_fp32_param
+
+            safe_set_full_fp32_param(p, w)
+        p.copy_(w)
 
     def reset_optimizer(self, optimizer) -> None:
         """Drop Adam moments (and step counts, except under DeepSpeed)."""
