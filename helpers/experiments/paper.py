@@ -94,6 +94,18 @@ NUMBERS: dict[str, Number] = {
         "neither paper tests a bending fit of the coefficients chosen by validation in time",
         "beyond the papers; NExt arXiv 2604.11446 argues the rank-1 subspace is not linear in time",
     ),
+    # notebook 08: adaptive extrapolation (beyond the papers)
+    "adaptive_speedup": Number(
+        "no published method decides online when and how far to jump; the goal set here: reach standard RL's final "
+        "accuracy in ≤ 1/3 of its real RL steps",
+        "beyond the papers (LIN §4.3's fixed schedules reach it in 1/6–1/1.6)",
+        3.0,
+    ),
+    "adaptive_vs_fixed": Number(
+        "an adaptive schedule needs fewer real steps than the best fixed RL-Extra (m, n), probe compute included",
+        "beyond the papers",
+        0.0,
+    ),
     # notebook 07: robustness
     "robust_rl": Number(
         "RL: median R² 0.73–0.87 in weight and output space for every algorithm, optimizer, lr, "

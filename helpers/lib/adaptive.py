@@ -206,6 +206,7 @@ class AdaptiveExtra(LinearityMonitor):
         if not passed or not betas:
             self.decisions.append(record | {"kind": "hold", "reason": "gate" if not passed else "cap"})
             return
+        spent = self.probe_seconds
         q_all = self._all.read()
         q = {n: q_all[n] for n in self._anchor}
         reference = self._probe(model)
@@ -223,6 +224,7 @@ class AdaptiveExtra(LinearityMonitor):
                 break
             best = beta
         self._moving.load(q)
+        record["probe_seconds"] = self.probe_seconds - spent
         if best is None:
             self.decisions.append(record | {"kind": "no-jump"})
             return

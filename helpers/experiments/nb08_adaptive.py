@@ -1,0 +1,447 @@
+"""Notebook 08, adaptive extrapolation: standard GRPO vs the best fixed RL-Extra (m, n) vs the adaptive policy
+(`helpers.lib.adaptive.AdaptiveExtra`), from the same base with the same data stream, over the RL seeds.
+
+Held-out items are split (`claims.split`, `claims.split_seed`): the best fixed (m, n) is chosen among notebook 05's
+runs (seed rl.seed) on the `select` half, by a rule fixed before any run — fewest real steps to the standard run's
+final accuracy, ties to the higher final accuracy — and every reported number is on the other half (`report`).
+Accuracy is greedy, per item, at every checkpoint (cached `scoring.CachedScorer` with k = 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from helpers.experiments import claims as cl
+from helpers.experiments import nb05_rl_extra, paper
+from helpers.experiments.training_log import read_log
+from helpers.lib import adaptive, cache, models, training
+from helpers.lib.rl_extra import effective_steps
+from helpers.lib.runs import config_for, heldout_items, run_dirs, seed_list
+from helpers.lib.trajectory import Trajectory, nearest_step
+
+VERSION = 1  # `cache.cached_build` version of the adaptive runs (`train_run`)
+STANDARD, FIXED, ADAPTIVE = "standard", "best fixed", "adaptive"
+METHODS = (STANDARD, FIXED, ADAPTIVE)
+
+
+# ------------------------------------------------------------------------------------------------------------ runs
+def _key(cfg) -> dict:
+    """What an adaptive run is cached by: the embedded run's sections (`training.run_key`), adaptive and monitor."""
+    return training.run_key(cfg, ("task", "model", "sft", "rl", "eval", "adaptive", "monitor"))
+
+
+def cached_run(cfg) -> Path | None:
+    """The adaptive run of `cfg` (at its rl.seed) when it is already built, else None."""
+    return cache.cached("adaptive", _key(cfg), VERSION)
+
+
+def train_run(cfg) -> Path:
+    """One adaptive run with the rl section's settings from `base_model(cfg)`, probing `adaptive.probe_prompts`
+    training prompts (sampled with rl.seed), cached under outputs/cache/adaptive-v<VERSION>-<hash>/; `build.json`
+    records its jumps, probe and monitor seconds."""
+    base = training.base_model(cfg)
+
+    def build(tmp: Path) -> dict:
+        _, tok = models.load_model(base, "cpu")
+        train, _, _ = training.problems(cfg, tok)
+        items = adaptive.probe_items(train, cfg.adaptive.probe_prompts, cfg.rl.seed)
+        probe = adaptive.greedy_probe(items, tok, cfg.rl.max_completion_length, int(cfg.eval.batch_size))
+        policy = adaptive.AdaptiveExtra.from_config(cfg, probe)
+        training.train_rl(cfg, tmp, callbacks=[policy], base_dir=base)
+        rec = policy.record()
+        return {k: rec[k] for k in ("jumps", "probe_seconds", "probe_calls", "monitor_seconds")}
+
+    return cache.cached_build("adaptive", _key(cfg), build, VERSION)
+
+
+def _fixed_run(cfg, m: int, n: int, optimizer: str) -> Path:
+    return nb05_rl_extra.train_run(cfg, m, n, optimizer)
+
+
+def train_all(cfg, fixed: dict) -> pd.DataFrame:
+    """Every seed's standard, best fixed (`fixed`: m, n, optimizer) and adaptive run (trained two at a time, or
+    reused): seed, method, dir, train_seconds."""
+    run_dirs(cfg)
+    todo = []
+    for s in seed_list(cfg):
+        c = config_for(cfg, s)
+        if nb05_rl_extra.cached_run(c, fixed["m"], fixed["n"], fixed["optimizer"]) is None:
+            todo.append((_fixed_run, (c, fixed["m"], fixed["n"], fixed["optimizer"])))
+        if cached_run(c) is None:
+            todo.append((train_run, (c,)))
+    training.in_processes(_call, todo)
+    rows = []
+    for s in seed_list(cfg):
+        c = config_for(cfg, s)
+        dirs = {
+            STANDARD: training.embedded_trajectory(c),
+            FIXED: _fixed_run(c, fixed["m"], fixed["n"], fixed["optimizer"]),
+            ADAPTIVE: train_run(c),
+        }
+        rows += [
+            {"seed": s, "method": k, "dir": d, "train_seconds": cache.build_info(d)["seconds"]} for k, d in dirs.items()
+        ]
+    return pd.DataFrame(rows)
+
+
+def _call(fn, args):
+    return fn(*args)
+
+
+# ------------------------------------------------------------------------------------------------------- accuracy
+SCORES_VERSION = 1  # `cache.cached_build` version of per-item greedy scores (`greedy_scores`)
+
+
+def greedy_scores(cfg, path: str | Path, items) -> np.ndarray:
+    """Per-item greedy correctness (0/1) of one checkpoint on `items`, cached by the checkpoint's fingerprint, the
+    items, the task and the completion length."""
+    key = {
+        "checkpoint": cache.dir_fingerprint(path),
+        "items": [it.prompt for it in items],
+        "task": cfg.task,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+    }
+
+    def build(tmp: Path) -> dict:
+        model, tok = models.load_model(path, cfg.device)
+        probe = adaptive.greedy_probe(items, tok, cfg.eval.max_new_tokens, int(cfg.eval.batch_size))
+        return {"scores": probe(model.eval()).tolist()}
+
+    return np.asarray(cache.build_info(cache.cached_build("greedy", key, build, SCORES_VERSION))["scores"])
+
+
+def _effective(method: str, run: Path, steps, fixed: dict) -> list[float]:
+    if method == STANDARD:
+        return [float(s) for s in steps]
+    if method == FIXED:
+        return [float(effective_steps(s, fixed["m"], fixed["n"])) for s in steps]
+    eff = _record(run)["effective_steps"]
+    return [float(eff[str(s)]) for s in steps]
+
+
+def _record(run: Path) -> dict:
+    """The `adaptive.json` of an adaptive run."""
+    return json.loads((Path(run) / adaptive.RECORD).read_text())
+
+
+def curves(cfg, runs: pd.DataFrame, items, half: np.ndarray, fixed: dict) -> pd.DataFrame:
+    """Greedy accuracy on the `half` items at every checkpoint of every run: seed, label (method), rl_steps,
+    effective_steps, accuracy."""
+    parts = []
+    for r in runs.itertuples():
+        traj = Trajectory(r.dir)
+        acc = [float(greedy_scores(cfg, traj.path(s), items)[half].mean()) for s in traj.steps]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "seed": r.seed,
+                    "label": r.method,
+                    "rl_steps": traj.steps,
+                    "effective_steps": _effective(r.method, r.dir, traj.steps, fixed),
+                    "accuracy": acc,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def choose_fixed(cfg) -> tuple[dict, pd.DataFrame]:
+    """The best fixed RL-Extra run among notebook 05's (seed rl.seed), on the `select` half of the held-out items
+    (`pick`). Returns the chosen (label, m, n, optimizer) and every candidate's row."""
+    items = heldout_items(cfg)
+    select, _ = cl.split(len(items), cfg.claims.split_seed)
+    runs = nb05_rl_extra.train_all(cfg)
+    rows = []
+    for r in runs.itertuples():
+        traj = Trajectory(r.dir)
+        acc = [float(greedy_scores(cfg, traj.path(s), items)[select].mean()) for s in traj.steps]
+        rows.append({"label": r.label, "m": r.m, "n": r.n, "optimizer": r.optimizer, "steps": traj.steps, "acc": acc})
+    target = rows[0]["acc"][-1]  # train_all lists the standard run first
+    table = pd.DataFrame(
+        [
+            {
+                "label": r["label"],
+                "m": int(r["m"]),
+                "n": int(r["n"]),
+                "optimizer": r["optimizer"],
+                "select_target": target,
+                "select_steps_to_target": next((s for s, a in zip(r["steps"], r["acc"]) if a >= target), math.nan),
+                "select_final": r["acc"][-1],
+            }
+            for r in rows[1:]
+        ]
+    )
+    table["chosen"] = table.index == pick(table)
+    best = table[table.chosen].iloc[0]
+    return {"label": best.label, "m": int(best.m), "n": int(best.n), "optimizer": best.optimizer}, table
+
+
+def pick(table: pd.DataFrame):
+    """The index of the fixed run the rule chooses: fewest `select_steps_to_target` (never reached: last), ties to
+    the higher `select_final`, then to the first listed."""
+    order = table.assign(_s=table.select_steps_to_target.fillna(math.inf)).sort_values(
+        ["_s", "select_final"], ascending=[True, False], kind="stable"
+    )
+    return order.index[0]
+
+
+# ------------------------------------------------------------------------------------------------------- analysis
+@dataclass
+class Analysis:
+    """Notebook 08 step by step (`analyse`): `fixed` (the chosen fixed run), `candidates` (the selection sweep),
+    `runs`, `curves` (report-half accuracy), `per_seed` (steps to the standard final, probe cost, speedups),
+    `budget` (accuracy at equal real steps), `wall` (seconds per run), `decisions` (every adaptive decision),
+    `items` (report-half size), `settings`."""
+
+    fixed: dict
+    candidates: pd.DataFrame
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    per_seed: pd.DataFrame
+    budget: pd.DataFrame
+    wall: pd.DataFrame
+    decisions: pd.DataFrame
+    items: int
+    settings: cl.Settings
+
+
+def _step_seconds(run: Path) -> float:
+    """Median wall-clock of one real step of a run (its log.csv; robust to the checkpoint and probe steps)."""
+    return float(np.median(np.diff(read_log(run)["seconds"].dropna().to_numpy())))
+
+
+def _probe_steps(run: Path, upto: float) -> float:
+    """Probe seconds of an adaptive run's decisions up to real step `upto`, in equivalent real steps."""
+    spent = sum(d.get("probe_seconds", 0.0) for d in _record(run)["decisions"] if d["step"] <= upto)
+    return spent / _step_seconds(run)
+
+
+def analyse(cfg, runs: pd.DataFrame, fixed: dict, candidates: pd.DataFrame) -> Analysis:
+    items = heldout_items(cfg)
+    _, report = cl.split(len(items), cfg.claims.split_seed)
+    settings = cl.Settings.of(cfg)
+    c = curves(cfg, runs, items, report, fixed)
+    rows, wall, decisions = [], [], []
+    for seed, g in c.groupby("seed", sort=True):
+        std = g[g.label == STANDARD].sort_values("rl_steps")
+        target = float(std.accuracy.iloc[-1])
+        reach = nb05_rl_extra.reach_bounds(g, [target], len(report), settings.level)
+        after = nb05_rl_extra._after(g)
+        t = f"{target:.3f}"
+        row = {"seed": seed, "target": target}
+        for m in METHODS:
+            r = reach.loc[(m, t)]
+            row |= {f"{m} steps": r.steps, f"{m} optimistic": r.optimistic, f"{m} pessimistic": r.pessimistic}
+        s = reach.loc[(STANDARD, t)]
+        for m in (FIXED, ADAPTIVE):
+            r = reach.loc[(m, t)]
+            row[f"{m} speedup"] = s.steps / r.steps if min(s.steps, r.steps) > 0 else math.nan
+            row[f"{m} speedup low"], row[f"{m} speedup high"] = nb05_rl_extra.speedup_interval(
+                s.optimistic, s.pessimistic, r.optimistic, r.pessimistic, after[STANDARD], after[m]
+            )
+        run = runs[(runs.seed == seed) & (runs.method == ADAPTIVE)].dir.iloc[0]
+        upto = row[f"{ADAPTIVE} steps"] if math.isfinite(row[f"{ADAPTIVE} steps"]) else float(cfg.rl.steps)
+        row["adaptive probe steps"] = _probe_steps(run, upto)
+        row["adaptive net steps"] = row[f"{ADAPTIVE} steps"] + row["adaptive probe steps"]
+        rows.append(row)
+        rec = _record(run)
+        wall.append(
+            {
+                "seed": seed,
+                **{m: float(runs[(runs.seed == seed) & (runs.method == m)].train_seconds.iloc[0]) for m in METHODS},
+                "adaptive probe seconds": rec["probe_seconds"],
+                "adaptive monitor seconds": rec["monitor_seconds"],
+                "adaptive train seconds": rec["seconds"],
+                "monitor overhead": rec["monitor_seconds"] / rec["seconds"],
+            }
+        )
+        decisions += [{"seed": seed, **{k: v for k, v in d.items() if k != "candidates"}} for d in rec["decisions"]]
+    steps = sorted(set(c.rl_steps))
+    budgets = sorted({nearest_step(steps, f * int(cfg.rl.steps)) for f in cfg.adaptive.budgets})
+    budget = (
+        c[c.rl_steps.isin(budgets)]
+        .pivot_table(index="rl_steps", columns="label", values="accuracy", aggfunc="mean")
+        .reindex(columns=list(METHODS))
+    )
+    return Analysis(
+        fixed=fixed,
+        candidates=candidates,
+        runs=runs,
+        curves=c,
+        per_seed=pd.DataFrame(rows).set_index("seed"),
+        budget=budget,
+        wall=pd.DataFrame(wall).set_index("seed"),
+        decisions=pd.DataFrame(decisions),
+        items=len(report),
+        settings=settings,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- plots
+STYLE = {STANDARD: dict(color="k", lw=2), FIXED: dict(color="C0"), ADAPTIVE: dict(color="C3")}
+
+
+def plot_curves(a: Analysis):
+    """Report-half accuracy vs real RL steps (left) and vs effective steps (right): each method's mean over seeds
+    (thick) and its seeds (thin); dotted: the standard runs' mean final accuracy (the target)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for m in METHODS:
+        g = a.curves[a.curves.label == m]
+        label = f"{m} ({a.fixed['label']})" if m == FIXED else m
+        for ax, x in zip(axes, ("rl_steps", "effective_steps")):
+            for _, s in g.groupby("seed"):
+                ax.plot(s[x], s.accuracy, alpha=0.3, lw=0.8, **{k: v for k, v in STYLE[m].items() if k != "lw"})
+            if x == "rl_steps":
+                mean = g.groupby("rl_steps").accuracy.mean()
+                ax.plot(mean.index, mean.values, label=label, marker="o", ms=3, **{"lw": 2, **STYLE[m]})
+    for ax in axes:
+        ax.axhline(a.per_seed.target.mean(), color="gray", ls=":", lw=1)
+    axes[0].set(xlabel="real RL steps", ylabel=f"held-out accuracy (greedy, {a.items} items)", title="vs real steps")
+    axes[1].set(xlabel="effective steps (RL + extrapolated)", title="vs effective steps (thin: seeds)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_decisions(a: Analysis, thresholds: dict):
+    """Per seed, the adaptive run's window statistics over real steps with the gate thresholds (dashed), and its jumps
+    (vertical lines labelled β; dashed = rolled back)."""
+    seeds = sorted(a.runs.seed.unique())
+    fig, axes = plt.subplots(len(seeds), 1, figsize=(12, 2.6 * len(seeds)), sharex=True, squeeze=False)
+    names = {"weight_r2_median": "min_weight_r2", "rank1_ev": "min_rank1_ev", "cosine": "min_cosine"}
+    for ax, seed in zip(axes[:, 0], seeds):
+        run = a.runs[(a.runs.seed == seed) & (a.runs.method == ADAPTIVE)].dir.iloc[0]
+        rec = _record(run)
+        hist = pd.DataFrame(rec["monitor_history"])
+        for i, (stat, knob) in enumerate(names.items()):
+            if len(hist):
+                ax.plot(hist.step, hist[stat], ".", ms=3, color=f"C{i}", label=stat)
+            ax.axhline(thresholds[knob], color=f"C{i}", ls="--", lw=0.8)
+        for j in rec["jumps"]:
+            ax.axvline(j["step"], color="k", lw=1, ls="-" if j["accepted"] else "--")
+            ax.annotate(f"β={j['beta']:g}", (j["step"], 1.0), fontsize=8, rotation=90, va="top", ha="right")
+        ax.set(ylabel=f"seed {seed}", ylim=(min(0.0, float(hist.cosine.min()) if len(hist) else 0.0), 1.02))
+    axes[0, 0].legend(fontsize=8, ncol=3, loc="lower right")
+    axes[-1, 0].set(xlabel="real RL steps")
+    axes[0, 0].set_title("Adaptive runs: window statistics, gates (dashed) and jumps")
+    fig.tight_layout()
+    return fig
+
+
+def decision_counts(a: Analysis) -> pd.DataFrame:
+    """Per seed, how many decisions of each kind the adaptive run took (holds split by reason: the linearity gate,
+    or no β left under the cap after rollbacks)."""
+    d = a.decisions
+    reasons = d["reason"] if "reason" in d else [None] * len(d)
+    kinds = [k if k != "hold" else f"hold ({r})" for k, r in zip(d.kind, reasons)]
+    return d.assign(kind=kinds).pivot_table(index="seed", columns="kind", values="step", aggfunc="count", fill_value=0)
+
+
+# --------------------------------------------------------------------------------------------------------- claims
+def _mean_or_nan(values) -> float:
+    values = [float(v) for v in values]
+    return float(np.mean(values)) if values and all(math.isfinite(v) for v in values) else math.nan
+
+
+def _speedup_claim(a: Analysis) -> cl.Claim:
+    p = a.per_seed
+    col = f"{ADAPTIVE} speedup"
+    point, interval = cl.across_seeds(list(p[col]), list(zip(p[f"{col} low"], p[f"{col} high"])))
+    detail = "; ".join(
+        f"seed {s}: {r[f'{STANDARD} steps']:g} vs {r[f'{ADAPTIVE} steps']:g} steps, {r[col]:.2f}× "
+        f"[{r[f'{col} low']:.2f}, {r[f'{col} high']:.2f}]"
+        for s, r in p.iterrows()
+    )
+    how = (
+        f"per seed: steps to the standard run's final accuracy lie between the first checkpoints whose upper / lower "
+        f"Wilson bound ({a.items} report-half items) reaches it; speedup in [standard optimistic / adaptive "
+        f"pessimistic, standard pessimistic / adaptive optimistic]; mean over {len(p)} seeds, hull of their intervals"
+    )
+    return cl.Claim(
+        "nb08.adaptive_speedup",
+        "adaptive extrapolation reaches standard GRPO's final accuracy in ≤ 1/3 of its real RL steps (speedup ≥ 3)",
+        paper.get("adaptive_speedup"),
+        point,
+        interval,
+        cl.above(3.0),
+        how,
+        detail,
+    )
+
+
+def _net_gap(r) -> tuple[float, tuple[float, float]]:
+    """Fixed steps − adaptive net steps of one seed, with the bounds the accuracy noise allows (a run never reaching
+    the target pessimistically: unbounded on that side)."""
+    probe = r["adaptive probe steps"]
+    inf = lambda x: x if math.isfinite(x) else math.inf  # noqa: E731
+    point = r[f"{FIXED} steps"] - r[f"{ADAPTIVE} steps"] - probe
+    lo = r[f"{FIXED} optimistic"] - inf(r[f"{ADAPTIVE} pessimistic"]) - probe
+    hi = inf(r[f"{FIXED} pessimistic"]) - r[f"{ADAPTIVE} optimistic"] - probe
+    return float(point), (float(lo), float(hi))
+
+
+def _vs_fixed_claim(a: Analysis) -> cl.Claim:
+    gaps = [_net_gap(r) for _, r in a.per_seed.iterrows()]
+    points = [g for g, _ in gaps]
+    finite = all(math.isfinite(x) for x in points)
+    point = float(np.mean(points)) if finite else math.nan
+    interval = (min(lo for _, (lo, _) in gaps), max(hi for _, (_, hi) in gaps))
+    detail = "; ".join(
+        f"seed {s}: fixed {r[f'{FIXED} steps']:g}, adaptive {r[f'{ADAPTIVE} steps']:g} + probes "
+        f"{r['adaptive probe steps']:.1f} → {g:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+        for (s, r), (g, (lo, hi)) in zip(a.per_seed.iterrows(), gaps)
+    )
+    how = (
+        f"per seed: real steps of the best fixed run ({a.fixed['label']}, chosen on the other half of the held-out "
+        f"items) minus the adaptive run's, plus its probe seconds in median real-step seconds; bounds from the "
+        f"optimistic / pessimistic crossings; mean over seeds, hull of their intervals"
+    )
+    return cl.Claim(
+        "nb08.adaptive_vs_fixed",
+        "adaptive reaches the standard final accuracy in fewer real steps than the best fixed (m, n), net of probes",
+        paper.get("adaptive_vs_fixed"),
+        point,
+        interval,
+        cl.above(0.0),
+        how,
+        detail,
+    )
+
+
+def claims(a: Analysis) -> list[cl.Claim]:
+    return [_speedup_claim(a), _vs_fixed_claim(a)]
+
+
+def results(a: Analysis) -> dict:
+    """The measured numbers of notebook 08 for results/08_adaptive.json (the claims are added by run.save_results)."""
+    p = a.per_seed
+    num = lambda x: float(x) if x is not None and math.isfinite(x) else None  # noqa: E731
+    std, fixed, ada = (_mean_or_nan(p[f"{m} steps"]) for m in METHODS)
+    jumps = []
+    for r in a.runs[a.runs.method == ADAPTIVE].itertuples():
+        jumps += [{"seed": int(r.seed), **j} for j in _record(r.dir)["jumps"]]
+    return dict(
+        standard_steps_to_final=num(std),
+        fixed_best_steps_to_final=num(fixed),
+        adaptive_steps_to_final=num(ada),
+        adaptive_speedup=num(_mean_or_nan(p[f"{ADAPTIVE} speedup"])),
+        fixed_best_speedup=num(_mean_or_nan(p[f"{FIXED} speedup"])),
+        adaptive_net_steps_to_final=num(_mean_or_nan(p["adaptive net steps"])),
+        monitor_overhead_fraction=num(float(a.wall["monitor overhead"].mean())),
+        jumps=jumps,
+        fixed_best=a.fixed,
+        fixed_candidates=a.candidates.to_dict("records"),
+        per_seed=[{"seed": int(s), **{k: num(float(v)) for k, v in r.items()}} for s, r in p.iterrows()],
+        budget=[{"rl_steps": int(s), **{m: num(float(v)) for m, v in r.items()}} for s, r in a.budget.iterrows()],
+        wall_seconds=[{"seed": int(s), **{k: float(v) for k, v in r.items()}} for s, r in a.wall.iterrows()],
+        heldout_items=a.items,
+        interval_level=a.settings.level,
+        curves=a.curves.to_dict("records"),
+    )
