@@ -130,6 +130,50 @@ def test_a_running_sketch_stays_within_the_budget_and_reports_the_windows(tmp_pa
     assert m.history[-1] == pytest.approx({"step": 20, "weight_r2_median": 1, "rank1_ev": 1, "cosine": 1}, abs=1e-4)
 
 
+def test_resuming_mid_window_goes_on_as_if_training_had_not_stopped(tmp_path):
+    """A run saved at step 9 (mid-window: snapshots every 2) and resumed there reports the same windows as one that
+    never stopped; a changed sample is refused, a missing file restarts the window."""
+    args = SimpleNamespace(report_to=[], output_dir=str(tmp_path))
+    knobs = {"every": 2, "window": 4, "fraction": 0.01, "min_samples": 20, "budget_mb": 4}
+    torch.manual_seed(0)
+    start = {n: p.detach().clone() for n, p in Big().named_parameters()}
+    direction = {n: torch.randn_like(p) for n, p in start.items()}
+
+    def at(model, step):  # the weights of step `step`: a bent path, so the windows differ
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n] + 1e-3 * (step + 0.02 * step**2) * direction[n])
+
+    def steps(m, model, first, last):
+        for step in range(first, last + 1):
+            at(model, step)
+            m.on_step_end(args, fake_state(step), None)
+            if step == 9:
+                (tmp_path / "checkpoint-9").mkdir(exist_ok=True)
+                m.on_save(args, fake_state(9), None)
+
+    model = Big()
+    at(model, 0)
+    whole = LinearityMonitor(**knobs)
+    whole.on_train_begin(args, fake_state(0), None, model=model)
+    steps(whole, model, 1, 20)
+    assert (tmp_path / "checkpoint-9" / monitor.WINDOW_FILE).is_file()
+
+    resumed = LinearityMonitor(**knobs)
+    at(model, 9)
+    resumed.on_train_begin(args, fake_state(9), None, model=model)
+    assert list(resumed.steps) == [2, 4, 6, 8]
+    steps(resumed, model, 10, 20)
+    assert resumed.history == whole.history[-len(resumed.history) :] and resumed.history[0]["step"] == 10
+
+    with pytest.raises(ValueError, match="samples other entries"):
+        LinearityMonitor(**{**knobs, "fraction": 0.02}).on_train_begin(args, fake_state(9), None, model=model)
+    with pytest.warns(UserWarning, match="the window restarts here"):
+        fresh = LinearityMonitor(**knobs, resume_from=tmp_path / "elsewhere")
+        fresh.on_train_begin(args, fake_state(9), None, model=model)
+    assert list(fresh.steps) == [9]
+
+
 def test_attach_puts_the_metrics_before_every_integration(tmp_path):
     seen = []
 

@@ -38,12 +38,20 @@ checkpoint and at the end (`rl_extra.add_log_columns`, as RL-Extra adds its step
 Multiple processes: the weights are read through `helpers.lib.rl_extra.Weights` (DDP, FSDP1 `summon_full_params`,
 DeepSpeed ZeRO-3 `GatheredParameters` + fp32 master values), which every process calls (gathering is collective);
 only the world process zero keeps the sketch, computes and logs. Parameter names lose FSDP's wrapper prefixes so that
-the sample matches the checkpoints'. On resume the window restarts at the resumed step.
+the sample matches the checkpoints'.
+
+Resume. Every checkpoint gets the window as `monitor_window.safetensors` (snapshots, their steps, and the sampled
+tensor names and counts as metadata). On resume (`state.global_step` > 0 at `on_train_begin`) the window is read back
+from `resume_from` (default: `<output_dir>/checkpoint-<step>`), so the statistics go on as if training had not
+stopped; a checkpoint without that file restarts the window at the resumed step (with a warning), and one whose sample
+differs (other tensors, fraction or seed) is an error naming the file.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import time
 import warnings
@@ -53,6 +61,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from helpers.lib.linearity import moved_mask, r2, sample_index
@@ -64,6 +74,7 @@ METRICS = {
     "rank1_ev": "monitor/rank1_ev",
     "cosine": "monitor/cosine",
 }
+WINDOW_FILE = "monitor_window.safetensors"
 BLOCK = 1 << 16  # sketch columns converted to float64 at a time by `window_stats`
 INDEX_BYTES = 8  # per sampled entry (int64 flat index)
 _WRAPPERS = re.compile(r"(?:_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
@@ -155,6 +166,7 @@ class LinearityMonitor(TrainerCallback):
         min_samples: int = 1000,
         budget_mb: float = 256,
         seed: int = 0,
+        resume_from: str | Path | None = None,
     ):
         if int(every) < 1 or int(window) < 3:
             raise ValueError(f"monitor: every must be ≥ 1 and window ≥ 3 (got every={every}, window={window})")
@@ -174,6 +186,7 @@ class LinearityMonitor(TrainerCallback):
         self._pending: dict[str, float] = {}
         self._attached = False
         self.seconds = 0.0  # wall-clock spent reading snapshots and computing statistics
+        self.resume_from = Path(resume_from) if resume_from is not None else None
 
     @classmethod
     def from_config(cls, cfg) -> LinearityMonitor:
@@ -219,7 +232,37 @@ class LinearityMonitor(TrainerCallback):
         self.names = list(numels)
         ends = np.cumsum([len(self.index[n]) for n in self.names]).tolist()
         self._dtypes = [(e - len(self.index[n]), e, dtypes[n]) for n, e in zip(self.names, ends)]
-        self.restart(state)
+        if not (int(state.global_step) and self._resume(args, state)):
+            self.restart(state)
+
+    def _window_meta(self) -> dict[str, str]:
+        counts = [len(self.index[n]) for n in self.names]
+        return {"names": json.dumps(self.names), "counts": json.dumps(counts), "every": str(self.every)}
+
+    def _resume(self, args, state) -> bool:
+        """Read the window saved with the checkpoint training resumes from; False when there is none."""
+        step = int(state.global_step)
+        path = (self.resume_from or Path(args.output_dir) / f"checkpoint-{step}") / WINDOW_FILE
+        if not path.is_file():
+            warnings.warn(f"monitor: resuming at step {step} without {path}: the window restarts here", stacklevel=2)
+            return False
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            snapshots, steps = f.get_tensor("snapshots"), f.get_tensor("steps")
+        mine = self._window_meta()
+        if any(meta.get(k) != v for k, v in mine.items()):
+            raise ValueError(
+                f"{path}: the saved window samples other entries (tensors, counts or every differ from this run's "
+                f"monitor: fraction {self.effective_fraction:g}, min_samples {self.min_samples}, seed {self.seed})"
+            )
+        if int(steps[-1]) > step:
+            raise ValueError(f"{path}: the window reaches step {int(steps[-1])}, past the resumed step {step}")
+        self.snapshots.clear()
+        self.steps.clear()
+        for row, t in zip(snapshots.numpy(), steps.tolist()):
+            self.snapshots.append(row.copy())
+            self.steps.append(int(t))
+        return True
 
     def restart(self, state) -> None:
         """Empty the window and start it with the weights as they are now (after a jump or a rollback the trajectory
@@ -272,7 +315,19 @@ class LinearityMonitor(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
+            self._save_window(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             self._add_log_columns(args)
+
+    def _save_window(self, ckpt: Path) -> None:
+        if not self.snapshots or not ckpt.is_dir():
+            return
+        tensors = {
+            "snapshots": torch.from_numpy(np.stack(self.snapshots)),
+            "steps": torch.tensor(list(self.steps), dtype=torch.int64),
+        }
+        tmp = ckpt / f".{WINDOW_FILE}.tmp"
+        save_file(tensors, str(tmp), metadata=self._window_meta())
+        os.replace(tmp, ckpt / WINDOW_FILE)
 
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
