@@ -40,6 +40,7 @@ def analysis(rows):
     return nb.Analysis(
         fixed={"label": "RL-Extra(3,17) reset", "m": 3, "n": 17, "optimizer": "reset"},
         candidates=pd.DataFrame(),
+        policies=pd.DataFrame(),
         runs=pd.DataFrame(),
         curves=pd.DataFrame(),
         per_seed=per_seed,

@@ -22,6 +22,7 @@ from helpers.experiments import claims as cl
 from helpers.experiments import nb05_rl_extra, paper
 from helpers.experiments.training_log import read_log
 from helpers.lib import adaptive, cache, models, training
+from helpers.lib.config import derive
 from helpers.lib.rl_extra import effective_steps
 from helpers.lib.runs import config_for, heldout_items, run_dirs, seed_list
 from helpers.lib.trajectory import Trajectory, nearest_step
@@ -33,8 +34,20 @@ METHODS = (STANDARD, FIXED, ADAPTIVE)
 
 # ------------------------------------------------------------------------------------------------------------ runs
 def _key(cfg) -> dict:
-    """What an adaptive run is cached by: the embedded run's sections (`training.run_key`), adaptive and monitor."""
-    return training.run_key(cfg, ("task", "model", "sft", "rl", "eval", "adaptive", "monitor"))
+    """What an adaptive run is cached by: the embedded run's sections (`training.run_key`), the policy's knobs and
+    probe size, and the monitor's sketch knobs."""
+    policy = {k: cfg.adaptive[k] for k in (*adaptive.KNOBS, "probe_prompts")}
+    sketch = {k: cfg.monitor[k] for k in ("fraction", "min_samples", "budget_mb")}
+    return training.run_key(cfg, ("task", "model", "sft", "rl", "eval")) | {"adaptive": policy, "sketch": sketch}
+
+
+def policy_config(cfg, overrides: dict):
+    """`cfg` with a sweep entry's overrides of the `adaptive` section."""
+    return derive(cfg, {f"adaptive.{k}": v for k, v in overrides.items()})
+
+
+def setting_label(overrides: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in overrides.items()) or "as registered"
 
 
 def cached_run(cfg) -> Path | None:
@@ -65,17 +78,17 @@ def _fixed_run(cfg, m: int, n: int, optimizer: str) -> Path:
     return nb05_rl_extra.train_run(cfg, m, n, optimizer)
 
 
-def train_all(cfg, fixed: dict) -> pd.DataFrame:
-    """Every seed's standard, best fixed (`fixed`: m, n, optimizer) and adaptive run (trained two at a time, or
-    reused): seed, method, dir, train_seconds."""
+def train_all(cfg, fixed: dict, policy: dict) -> pd.DataFrame:
+    """Every seed's standard, best fixed (`fixed`: m, n, optimizer) and adaptive run (`policy`: the chosen sweep
+    entry), trained two at a time or reused: seed, method, dir, train_seconds."""
     run_dirs(cfg)
     todo = []
     for s in seed_list(cfg):
         c = config_for(cfg, s)
         if nb05_rl_extra.cached_run(c, fixed["m"], fixed["n"], fixed["optimizer"]) is None:
             todo.append((_fixed_run, (c, fixed["m"], fixed["n"], fixed["optimizer"])))
-        if cached_run(c) is None:
-            todo.append((train_run, (c,)))
+        if cached_run(policy_config(c, policy)) is None:
+            todo.append((train_run, (policy_config(c, policy),)))
     training.in_processes(_call, todo)
     rows = []
     for s in seed_list(cfg):
@@ -83,7 +96,7 @@ def train_all(cfg, fixed: dict) -> pd.DataFrame:
         dirs = {
             STANDARD: training.embedded_trajectory(c),
             FIXED: _fixed_run(c, fixed["m"], fixed["n"], fixed["optimizer"]),
-            ADAPTIVE: train_run(c),
+            ADAPTIVE: train_run(policy_config(c, policy)),
         }
         rows += [
             {"seed": s, "method": k, "dir": d, "train_seconds": cache.build_info(d)["seconds"]} for k, d in dirs.items()
@@ -152,35 +165,68 @@ def curves(cfg, runs: pd.DataFrame, items, half: np.ndarray, fixed: dict) -> pd.
     return pd.concat(parts, ignore_index=True)
 
 
+def _select_curve(cfg, run: Path, items, select) -> tuple[list[int], list[float]]:
+    traj = Trajectory(run)
+    return traj.steps, [float(greedy_scores(cfg, traj.path(s), items)[select].mean()) for s in traj.steps]
+
+
+def _selection_row(steps, acc, target: float) -> dict:
+    return {
+        "select_target": target,
+        "select_steps_to_target": next((s for s, a in zip(steps, acc) if a >= target), math.nan),
+        "select_final": acc[-1],
+    }
+
+
+def _select_target(cfg, items, select) -> float:
+    """The standard run's (seed rl.seed) final accuracy on the select half: what every candidate must reach."""
+    return _select_curve(cfg, training.embedded_trajectory(cfg), items, select)[1][-1]
+
+
 def choose_fixed(cfg) -> tuple[dict, pd.DataFrame]:
     """The best fixed RL-Extra run among notebook 05's (seed rl.seed), on the `select` half of the held-out items
     (`pick`). Returns the chosen (label, m, n, optimizer) and every candidate's row."""
     items = heldout_items(cfg)
     select, _ = cl.split(len(items), cfg.claims.split_seed)
-    runs = nb05_rl_extra.train_all(cfg)
-    rows = []
-    for r in runs.itertuples():
-        traj = Trajectory(r.dir)
-        acc = [float(greedy_scores(cfg, traj.path(s), items)[select].mean()) for s in traj.steps]
-        rows.append({"label": r.label, "m": r.m, "n": r.n, "optimizer": r.optimizer, "steps": traj.steps, "acc": acc})
-    target = rows[0]["acc"][-1]  # train_all lists the standard run first
-    table = pd.DataFrame(
-        [
-            {
-                "label": r["label"],
-                "m": int(r["m"]),
-                "n": int(r["n"]),
-                "optimizer": r["optimizer"],
-                "select_target": target,
-                "select_steps_to_target": next((s for s, a in zip(r["steps"], r["acc"]) if a >= target), math.nan),
-                "select_final": r["acc"][-1],
-            }
-            for r in rows[1:]
-        ]
-    )
+    target = _select_target(cfg, items, select)
+    rows = [
+        {"label": r.label, "m": int(r.m), "n": int(r.n), "optimizer": r.optimizer}
+        | _selection_row(*_select_curve(cfg, r.dir, items, select), target)
+        for r in nb05_rl_extra.train_all(cfg).itertuples()
+        if r.label != nb05_rl_extra.STANDARD
+    ]
+    table = pd.DataFrame(rows)
     table["chosen"] = table.index == pick(table)
     best = table[table.chosen].iloc[0]
     return {"label": best.label, "m": int(best.m), "n": int(best.n), "optimizer": best.optimizer}, table
+
+
+def choose_policy(cfg) -> tuple[dict, pd.DataFrame]:
+    """The adaptive setting among `adaptive.sweep` (each trained at seed rl.seed, two at a time, or reused), chosen
+    on the `select` half by the rule that chooses the fixed run (`pick`). Returns the chosen overrides and every
+    candidate's row (with its jumps and rollbacks)."""
+    items = heldout_items(cfg)
+    select, _ = cl.split(len(items), cfg.claims.split_seed)
+    target = _select_target(cfg, items, select)
+    sweep = [dict(o) for o in cfg.adaptive.sweep] or [{}]
+    cfgs = [policy_config(cfg, o) for o in sweep]
+    training.in_processes(train_run, [(c,) for c in cfgs if cached_run(c) is None])
+    rows = []
+    for o, c in zip(sweep, cfgs):
+        run = train_run(c)
+        rec = _record(run)
+        rows.append(
+            {"setting": setting_label(o), "overrides": o}
+            | _selection_row(*_select_curve(cfg, run, items, select), target)
+            | {
+                "jumps": len(rec["jumps"]),
+                "rollbacks": sum(not j["accepted"] for j in rec["jumps"]),
+                "effective_steps": rec["effective_steps"][str(max(map(int, rec["effective_steps"])))],
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["chosen"] = table.index == pick(table)
+    return dict(table[table.chosen].overrides.iloc[0]), table
 
 
 def pick(table: pd.DataFrame):
@@ -195,13 +241,15 @@ def pick(table: pd.DataFrame):
 # ------------------------------------------------------------------------------------------------------- analysis
 @dataclass
 class Analysis:
-    """Notebook 08 step by step (`analyse`): `fixed` (the chosen fixed run), `candidates` (the selection sweep),
+    """Notebook 08 step by step (`analyse`): `fixed` (the chosen fixed run), `candidates` (its selection sweep),
+    `policies` (the adaptive settings' selection sweep, `choose_policy`),
     `runs`, `curves` (report-half accuracy), `per_seed` (steps to the standard final, probe cost, speedups),
     `budget` (accuracy at equal real steps), `wall` (seconds per run), `decisions` (every adaptive decision),
     `items` (report-half size), `settings`."""
 
     fixed: dict
     candidates: pd.DataFrame
+    policies: pd.DataFrame
     runs: pd.DataFrame
     curves: pd.DataFrame
     per_seed: pd.DataFrame
@@ -223,7 +271,7 @@ def _probe_steps(run: Path, upto: float) -> float:
     return spent / _step_seconds(run)
 
 
-def analyse(cfg, runs: pd.DataFrame, fixed: dict, candidates: pd.DataFrame) -> Analysis:
+def analyse(cfg, runs: pd.DataFrame, fixed: dict, candidates: pd.DataFrame, policies: pd.DataFrame) -> Analysis:
     items = heldout_items(cfg)
     _, report = cl.split(len(items), cfg.claims.split_seed)
     settings = cl.Settings.of(cfg)
@@ -273,6 +321,7 @@ def analyse(cfg, runs: pd.DataFrame, fixed: dict, candidates: pd.DataFrame) -> A
     return Analysis(
         fixed=fixed,
         candidates=candidates,
+        policies=policies,
         runs=runs,
         curves=c,
         per_seed=pd.DataFrame(rows).set_index("seed"),
@@ -438,6 +487,8 @@ def results(a: Analysis) -> dict:
         jumps=jumps,
         fixed_best=a.fixed,
         fixed_candidates=a.candidates.to_dict("records"),
+        adaptive_setting=next(iter(a.policies[a.policies.chosen].setting), None),
+        adaptive_candidates=a.policies.drop(columns="overrides").to_dict("records"),
         per_seed=[{"seed": int(s), **{k: num(float(v)) for k, v in r.items()}} for s, r in p.iterrows()],
         budget=[{"rl_steps": int(s), **{m: num(float(v)) for m, v in r.items()}} for s, r in a.budget.iterrows()],
         wall_seconds=[{"seed": int(s), **{k: float(v) for k, v in r.items()}} for s, r in a.wall.iterrows()],

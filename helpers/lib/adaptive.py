@@ -55,6 +55,18 @@ from helpers.lib.sampling import HFSampler
 
 RECORD = "adaptive.json"
 COLUMNS = ("effective_steps", "adaptive/beta", "adaptive/rollback")
+KNOBS = (  # the policy's knobs in the `adaptive` params section
+    "every",
+    "window",
+    "min_weight_r2",
+    "min_rank1_ev",
+    "min_cosine",
+    "betas",
+    "noise_z",
+    "rollback_after",
+    "optimizer",
+    "norms",
+)
 GATES = {"weight_r2_median": "min_weight_r2", "rank1_ev": "min_rank1_ev", "cosine": "min_cosine"}
 
 Probe = Callable[[torch.nn.Module], np.ndarray]
@@ -143,7 +155,7 @@ class AdaptiveExtra(LinearityMonitor):
     @classmethod
     def from_config(cls, cfg, probe: Probe) -> AdaptiveExtra:
         """The policy of a config's `adaptive` section (its sketch: the `monitor` section's sample and budget)."""
-        knobs = {k: v for k, v in cfg.adaptive.items() if k not in ("probe_prompts", "budgets")}
+        knobs = {k: cfg.adaptive[k] for k in KNOBS}
         sketch = {k: cfg.monitor[k] for k in ("fraction", "min_samples", "budget_mb")}
         return cls(probe, **knobs, **sketch, seed=cfg.seed)
 
