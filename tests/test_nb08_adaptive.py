@@ -47,6 +47,7 @@ def analysis(rows):
         budget=pd.DataFrame(),
         wall=pd.DataFrame(),
         decisions=pd.DataFrame(),
+        posthoc=pd.DataFrame(),
         items=250,
         settings=cl.Settings(),
     )

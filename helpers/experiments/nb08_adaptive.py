@@ -17,12 +17,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
 from helpers.experiments import claims as cl
 from helpers.experiments import nb05_rl_extra, paper
 from helpers.experiments.training_log import read_log
 from helpers.lib import adaptive, cache, models, training
 from helpers.lib.config import derive
+from helpers.lib.linearity import moved_mask
+from helpers.lib.monitor import LinearityMonitor, window_stats
 from helpers.lib.rl_extra import effective_steps
 from helpers.lib.runs import config_for, heldout_items, run_dirs, seed_list
 from helpers.lib.trajectory import Trajectory, nearest_step
@@ -245,7 +248,7 @@ class Analysis:
     `policies` (the adaptive settings' selection sweep, `choose_policy`),
     `runs`, `curves` (report-half accuracy), `per_seed` (steps to the standard final, probe cost, speedups),
     `budget` (accuracy at equal real steps), `wall` (seconds per run), `decisions` (every adaptive decision),
-    `items` (report-half size), `settings`."""
+    `posthoc` (`monitor_vs_posthoc`), `items` (report-half size), `settings`."""
 
     fixed: dict
     candidates: pd.DataFrame
@@ -256,6 +259,7 @@ class Analysis:
     budget: pd.DataFrame
     wall: pd.DataFrame
     decisions: pd.DataFrame
+    posthoc: pd.DataFrame
     items: int
     settings: cl.Settings
 
@@ -328,9 +332,79 @@ def analyse(cfg, runs: pd.DataFrame, fixed: dict, candidates: pd.DataFrame, poli
         budget=budget,
         wall=pd.DataFrame(wall).set_index("seed"),
         decisions=pd.DataFrame(decisions),
+        posthoc=monitor_vs_posthoc(cfg, runs),
         items=len(report),
         settings=settings,
     )
+
+
+# ------------------------------------------------------------------------------------------- monitor vs post hoc
+POSTHOC_CHECKPOINTS = 3  # checkpoints in a post-hoc window (the fewest a window statistic needs)
+
+
+def monitor_vs_posthoc(cfg, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per adaptive run, at each checkpoint whose last `POSTHOC_CHECKPOINTS` checkpoints lie after the run's last
+    jump or rollback: the live monitor's statistics at that step (its window: `adaptive.window` snapshots every
+    `adaptive.every` steps) beside the same statistics computed after the fact from those checkpoints, on notebook
+    01's sample (`monitor.window_stats` with the monitor's own index). The windows overlap but differ in span and
+    spacing, so the two agree only approximately; `tests/test_monitor.py` shows they are equal on equal windows."""
+    rows = []
+    for r in runs[runs.method == ADAPTIVE].itertuples():
+        rec, traj = _record(r.dir), Trajectory(r.dir)
+        live = {h["step"]: h for h in rec["monitor_history"]}
+        restarts = [d["step"] for d in rec["decisions"] if d["kind"] in ("jump", "rollback")]
+        since = max(restarts, default=0)
+        sketch = LinearityMonitor(  # the adaptive run's own sample (`AdaptiveExtra.from_config`)
+            window=int(cfg.adaptive.window),
+            **{k: cfg.monitor[k] for k in ("fraction", "min_samples", "budget_mb")},
+            seed=int(cfg.seed),
+        )
+        names = [n for n in traj.names if n.endswith(".weight")]
+        sketch.plan({n: traj.numel(n) for n in names})
+        series = np.concatenate([traj.series(n, sketch.index[n], dtype=torch.float32).numpy() for n in names], axis=1)
+        dtypes = [traj.dtype(n) for n in names]
+        ends = np.cumsum([len(sketch.index[n]) for n in names])
+        for i in range(POSTHOC_CHECKPOINTS - 1, len(traj.steps)):
+            window = list(range(i - POSTHOC_CHECKPOINTS + 1, i + 1))
+            step = traj.steps[i]
+            if traj.steps[window[0]] < since or step not in live:
+                continue
+            y = series[window]
+            moved = np.zeros(y.shape[1], dtype=bool)
+            for a, b, dt in zip(np.r_[0, ends[:-1]], ends, dtypes):
+                moved[a:b] = moved_mask(y[:, a:b], dt)
+            post = window_stats(list(y), [traj.steps[j] for j in window], moved)
+            rows += [
+                {"seed": r.seed, "step": step, "statistic": k, "live": live[step][k], "post hoc": post[k]} for k in post
+            ]
+    return pd.DataFrame(rows, columns=["seed", "step", "statistic", "live", "post hoc"])
+
+
+def agreement(compare: pd.DataFrame) -> pd.DataFrame:
+    """Per statistic: windows compared, median live and post-hoc values, median |live − post hoc|."""
+    g = compare.assign(gap=(compare["live"] - compare["post hoc"]).abs()).groupby("statistic")
+    return pd.DataFrame(
+        {
+            "windows": g.size(),
+            "live": g["live"].median(),
+            "post hoc": g["post hoc"].median(),
+            "median |gap|": g.gap.median(),
+        }
+    )
+
+
+def plot_monitor_vs_posthoc(compare: pd.DataFrame):
+    """Live monitor statistics (lines) vs post-hoc ones from the checkpoints (dots), one panel per statistic."""
+    stats = list(dict.fromkeys(compare.statistic))
+    fig, axes = plt.subplots(1, max(len(stats), 1), figsize=(4.2 * max(len(stats), 1), 3.6), squeeze=False)
+    for ax, stat in zip(axes[0], stats):
+        for i, (seed, g) in enumerate(compare[compare.statistic == stat].groupby("seed")):
+            ax.plot(g.step, g["live"], color=f"C{i}", lw=1, label=f"seed {seed} live")
+            ax.plot(g.step, g["post hoc"], "o", color=f"C{i}", ms=3, label=f"seed {seed} post hoc")
+        ax.set(title=stat, xlabel="real RL steps")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------- plots
@@ -484,6 +558,7 @@ def results(a: Analysis) -> dict:
         fixed_best_speedup=num(_mean_or_nan(p[f"{FIXED} speedup"])),
         adaptive_net_steps_to_final=num(_mean_or_nan(p["adaptive net steps"])),
         monitor_overhead_fraction=num(float(a.wall["monitor overhead"].mean())),
+        monitor_vs_posthoc=[{"statistic": k, **r} for k, r in agreement(a.posthoc).to_dict("index").items()],
         jumps=jumps,
         fixed_best=a.fixed,
         fixed_candidates=a.candidates.to_dict("records"),
