@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from helpers.lib import adaptive, config, models, tasks, training
 from helpers.lib.adaptive import AdaptiveExtra, accepts, fell, probe_items
+from tests.test_monitor import micro_grpo
 from tests.test_training import MICRO as TRAINING_MICRO
 
 
@@ -97,11 +98,7 @@ def train(cfg, base, out, policy=None):
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     out = tmp_path_factory.mktemp("adaptive")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RLVR_OUTPUTS", str(out / "outputs"))
-        mp.setattr(tasks, "reward", lambda prompts, completions, **kw: [float(len(c) % 2) for c in completions])
-        cfg = config.load("params/default.yaml", "default", MICRO)
-        base = training.base_model(cfg)
+    with micro_grpo(out, MICRO) as (cfg, base, mp):
         yield cfg, base, out, mp
 
 

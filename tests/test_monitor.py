@@ -3,6 +3,7 @@ the saved checkpoints (a micro GRPO run), its sketch respects the memory budget,
 integrations' `on_log` and log.csv, it leaves training bit for bit unchanged, and it imports without the notebook
 stack."""
 
+import contextlib
 import csv
 import json
 import subprocess
@@ -207,16 +208,23 @@ MICRO = {**TRAINING_MICRO, "rl.steps": 6, "rl.save_every": 2}
 KNOBS = {"every": 2, "window": 3, "fraction": 0.02, "min_samples": 50, "budget_mb": 16}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The same micro GRPO run with and without the monitor (snapshots at the checkpoint steps). The untrained micro
-    model never answers right, so the reward varies within a group (odd completion length), giving RL a gradient."""
-    out = tmp_path_factory.mktemp("monitor")
+@contextlib.contextmanager
+def micro_grpo(out, overrides):
+    """(config, base model, monkeypatch) of micro GRPO runs under `out`. The untrained micro model never answers
+    right, so the reward is replaced by one that varies within a group (odd completion length), giving RL a
+    gradient."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RLVR_OUTPUTS", str(out / "outputs"))
         mp.setattr(tasks, "reward", lambda prompts, completions, **kw: [float(len(c) % 2) for c in completions])
-        cfg = config.load("params/default.yaml", "default", MICRO)
-        base = training.base_model(cfg)
+        cfg = config.load("params/default.yaml", "default", overrides)
+        yield cfg, training.base_model(cfg), mp
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same micro GRPO run with and without the monitor (snapshots at the checkpoint steps)."""
+    out = tmp_path_factory.mktemp("monitor")
+    with micro_grpo(out, MICRO) as (cfg, base, _):
         m = LinearityMonitor(**KNOBS, seed=cfg.seed)
         with_monitor = training.train_rl(cfg, out / "with", callbacks=[m], base_dir=base)
         without = training.train_rl(cfg, out / "without", base_dir=base)
