@@ -30,7 +30,7 @@ from helpers.lib.rl_extra import effective_steps
 from helpers.lib.runs import config_for, heldout_items, run_dirs, seed_list
 from helpers.lib.trajectory import Trajectory, nearest_step
 
-VERSION = 1  # `cache.cached_build` version of the adaptive runs (`train_run`)
+VERSION = 2  # `cache.cached_build` version of the adaptive runs (`train_run`; 2: effective steps after a rollback)
 STANDARD, FIXED, ADAPTIVE = "standard", "best fixed", "adaptive"
 METHODS = (STANDARD, FIXED, ADAPTIVE)
 

@@ -23,9 +23,10 @@ once it holds ≥ 3 snapshots the policy decides, at that step's `on_step_end`:
 4. Rollback check, `rollback_after` real steps later, at that step's `on_log` (its reward is known then): the mean
    training reward (TRL's `reward` log) of those steps against the same number of steps before the jump. If it fell
    by more than `noise_z` × the standard error of the difference of the two means, the weights go back to Q and the
-   optimizer state to its pre-jump copy, bit for bit (the lr schedule is not rewound), the jump's effective steps are
-   withdrawn, and the cap on β drops below the rejected β (none left: no more jumps). The real steps spent after the
-   jump stay counted. Decisions wait while a check is pending.
+   optimizer state to its pre-jump copy, bit for bit (the lr schedule is not rewound), and the cap on β drops below
+   the rejected β (none left: no more jumps). The effective steps go back to the jump's (the jump's gain and the
+   real steps after it are withdrawn); the real-step count keeps those steps: they were spent. Decisions wait while
+   a check is pending.
 
 Every decision (step, kind, window statistics, candidates with their probe rewards, chosen β, rollback verdicts) is kept
 in `decisions` and written with `jumps` ({step, beta, accepted}), the effective steps of every step and the probe and
@@ -282,7 +283,7 @@ class AdaptiveExtra(LinearityMonitor):
             return
         self._all.load(c["weights"])
         optimizer.load_state_dict(c["optimizer"])
-        self._offset -= c["gain"]
+        self._offset -= c["gain"] + (step - c["step"])  # the model is back where it was at the jump
         self.jumps[-1]["accepted"] = False
         self._cap = max((b for b in self.betas if b < c["beta"]), default=0.0)
         self._phase(state)
