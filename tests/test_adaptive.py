@@ -119,17 +119,19 @@ def test_probes_that_reject_leave_training_bit_for_bit_unchanged(micro):
 
 
 @pytest.mark.slow
-def test_a_jump_goes_to_the_largest_accepted_beta_and_a_rollback_restores_weights_and_optimizer(micro):
+@pytest.mark.parametrize("cooldown", [None, 2])
+def test_a_jump_goes_to_the_largest_accepted_beta_and_a_rollback_restores_weights_and_optimizer(micro, cooldown):
     cfg, base, out, mp = micro
     mp.setattr(adaptive, "fell", lambda before, after, z: (True, 0.0))  # every jump's reward "falls"
-    probe = scripted([0.5, 0.5, 0.5, 0.0])  # Q 0.5; β = 2, 3 equal (accepted); β = 5 worse; then Q, β = 2 equal
-    policy = Watched(probe, **KNOBS, **OPEN, betas=[2.0, 3.0, 5.0], seed=cfg.seed)
-    run = train(cfg, base, out / "rollback", policy)
+    probe = scripted([0.5, 0.5, 0.5, 0.0])  # Q 0.5; β = 2, 3 equal (accepted); β = 5 worse; cycling
+    policy = Watched(probe, **KNOBS, **OPEN, betas=[2.0, 3.0, 5.0], cooldown=cooldown, seed=cfg.seed)
+    run = train(cfg, base, out / f"rollback-{cooldown}", policy)
     kinds = [(d["step"], d["kind"]) for d in policy.decisions]
-    # step 2: jump (β 3); step 4: its rollback check (decisions wait); the cap drops to β 2; step 6: a jump at β 2
-    # (the scripted probe accepts it), step 8: rolled back too (the cap is then empty)
+    # step 2: jump (β 3); step 4: its rollback check (decisions wait), the cap drops to β 2; step 6: a jump, at β 2
+    # under the cap, or, once a 2-step cooldown has lifted it, at β 3 again; step 8: rolled back too
     assert kinds == [(2, "jump"), (4, "rollback"), (6, "jump"), (8, "rollback")]
-    assert [j["beta"] for j in policy.jumps] == [3.0, 2.0] and not any(j["accepted"] for j in policy.jumps)
+    assert [j["beta"] for j in policy.jumps] == [3.0, 2.0 if cooldown is None else 3.0]
+    assert not any(j["accepted"] for j in policy.jumps)
     first = policy.decisions[0]
     assert [c["beta"] for c in first["candidates"]] == [2.0, 3.0, 5.0] and first["beta"] == 3.0
 
@@ -147,7 +149,8 @@ def test_a_jump_goes_to_the_largest_accepted_beta_and_a_rollback_restores_weight
     for i, s in o0["state"].items():
         assert all(torch.equal(opt["state"][i][k], s[k]) for k in s)
     # effective steps: +(β − 1)·L at a jump (L = 2), back to the jump's after its rollback (real steps go on)
-    assert [policy.effective[s] for s in range(9)] == [0, 1, 6, 7, 2, 3, 6, 7, 4]
+    second = 2 if cooldown is None else 4  # (β − 1)·L of the jump at step 6, L = 2
+    assert [policy.effective[s] for s in range(9)] == [0, 1, 6, 7, 2, 3, 4 + second, 5 + second, 4]
 
     record = json.loads((run / "adaptive.json").read_text())
     assert record["jumps"] == policy.jumps and len(record["decisions"]) == 4

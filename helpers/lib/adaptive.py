@@ -24,9 +24,9 @@ once it holds ≥ 3 snapshots the policy decides, at that step's `on_step_end`:
    training reward (TRL's `reward` log) of those steps against the same number of steps before the jump. If it fell
    by more than `noise_z` × the standard error of the difference of the two means, the weights go back to Q and the
    optimizer state to its pre-jump copy, bit for bit (the lr schedule is not rewound), and the cap on β drops below
-   the rejected β (none left: no more jumps). The effective steps go back to the jump's (the jump's gain and the
-   real steps after it are withdrawn); the real-step count keeps those steps: they were spent. Decisions wait while
-   a check is pending.
+   the rejected β (none left: no jumps) for `cooldown` real steps (None: for the rest of the run). The effective
+   steps go back to the jump's (its gain and the real steps after it are withdrawn); the real-step count keeps those
+   steps: they were spent. Decisions wait while a check is pending.
 
 Every decision (step, kind, window statistics, candidates with their probe rewards, chosen β, rollback verdicts) is kept
 in `decisions` and written with `jumps` ({step, beta, accepted}), the effective steps of every step and the probe and
@@ -65,6 +65,7 @@ KNOBS = (  # the policy's knobs in the `adaptive` params section
     "betas",
     "noise_z",
     "rollback_after",
+    "cooldown",
     "optimizer",
     "norms",
 )
@@ -125,6 +126,7 @@ class AdaptiveExtra(LinearityMonitor):
         betas: Sequence[float] = (1.5, 2, 3, 5, 8),
         noise_z: float = 1.0,
         rollback_after: int = 6,
+        cooldown: int | None = None,
         optimizer: str = "reset",
         norms: str = "copy-from-t1",
         fraction: float = 0.001,
@@ -136,19 +138,24 @@ class AdaptiveExtra(LinearityMonitor):
         betas = sorted(float(b) for b in betas)
         if any(b <= 1 for b in betas):
             raise ValueError(f"adaptive.betas must all be > 1 (β = 1 is the weights as they are), got {betas}")
-        if int(rollback_after) < 1 or float(noise_z) < 0:
-            raise ValueError(f"adaptive: rollback_after ≥ 1 and noise_z ≥ 0 (got {rollback_after}, {noise_z})")
+        if int(rollback_after) < 1 or float(noise_z) < 0 or (cooldown is not None and int(cooldown) < 1):
+            raise ValueError(
+                f"adaptive: rollback_after ≥ 1, noise_z ≥ 0 and cooldown ≥ 1 or null (got {rollback_after}, "
+                f"{noise_z}, {cooldown})"
+            )
         if optimizer not in OPTIMIZER_POLICIES or norms not in NORM_POLICIES:
             raise ValueError(f"adaptive: optimizer in {OPTIMIZER_POLICIES} and norms in {NORM_POLICIES}")
         self.probe, self.betas, self.noise_z = probe, betas, float(noise_z)
         self.thresholds = {"min_weight_r2": min_weight_r2, "min_rank1_ev": min_rank1_ev, "min_cosine": min_cosine}
         self.rollback_after, self.optimizer, self.norms = int(rollback_after), optimizer, norms
+        self.cooldown = None if cooldown is None else int(cooldown)
         self.decisions: list[dict] = []
         self.jumps: list[dict] = []
         self.effective: dict[int, float] = {}
         self.probe_seconds, self.probe_calls = 0.0, 0
         self._rewards: dict[int, float] = {}
         self._cap = math.inf
+        self._cap_until: int | None = None  # the step the cap lifts (cooldown), None: never
         self._offset = 0.0
         self._check: dict | None = None
         self._t0 = 0.0
@@ -168,6 +175,7 @@ class AdaptiveExtra(LinearityMonitor):
             "betas": self.betas,
             "noise_z": self.noise_z,
             "rollback_after": self.rollback_after,
+            "cooldown": self.cooldown,
             "optimizer": self.optimizer,
             "norms": self.norms,
         }
@@ -215,6 +223,8 @@ class AdaptiveExtra(LinearityMonitor):
         step = int(state.global_step)
         record = {"step": step, **stats, "phase_steps": step - self._phase_start, "candidates": [], "beta": None}
         passed = all(stats[k] >= self.thresholds[t] for k, t in GATES.items())  # NaN compares False
+        if self._cap_until is not None and step >= self._cap_until:
+            self._cap, self._cap_until = math.inf, None
         betas = [b for b in self.betas if b <= self._cap]
         if not passed or not betas:
             self.decisions.append(record | {"kind": "hold", "reason": "gate" if not passed else "cap"})
@@ -286,6 +296,7 @@ class AdaptiveExtra(LinearityMonitor):
         self._offset -= c["gain"] + (step - c["step"])  # the model is back where it was at the jump
         self.jumps[-1]["accepted"] = False
         self._cap = max((b for b in self.betas if b < c["beta"]), default=0.0)
+        self._cap_until = None if self.cooldown is None else step + self.cooldown
         self._phase(state)
 
     def on_save(self, args, state, control, **kw):

@@ -306,6 +306,7 @@ RULES: dict[str, Rule] = {
     "adaptive.probe_prompts": COUNT,
     "adaptive.noise_z": NONNEG,
     "adaptive.rollback_after": COUNT,
+    "adaptive.cooldown": COUNT | NULL,
     "adaptive.optimizer": one_of("reset", "keep"),
     "adaptive.norms": NORMS,
     "adaptive.budgets": items(FRACTION),
