@@ -3,6 +3,7 @@ counts, on hand-made tables (the notebook itself runs under nbval)."""
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,64 +24,69 @@ def test_pick_takes_the_fewest_steps_then_the_higher_final_and_never_reached_las
     assert nb.pick(t.iloc[[0]]) == 0  # nothing reaches the target: the only candidate
 
 
-def seed_row(std, fixed, ada, probe=0.0, opt=None, pess=None):
-    """One per-seed row: each method's (steps, optimistic, pessimistic) crossing; speedups as `analyse` makes them."""
-    row = {"target": 0.5, "adaptive probe steps": probe}
-    for m, v in zip(nb.METHODS, (std, fixed, ada)):
-        row |= {f"{m} steps": v[0], f"{m} optimistic": v[1], f"{m} pessimistic": v[2]}
-    for m, v in ((nb.FIXED, fixed), (nb.ADAPTIVE, ada)):
-        row[f"{m} speedup"] = std[0] / v[0]
-        row[f"{m} speedup low"], row[f"{m} speedup high"] = std[1] / v[2], std[2] / v[1]
-    row["adaptive net steps"] = ada[0] + probe
-    return row
+STEPS = [0, 36, 72, 108, 144, 180, 216]
 
 
-def analysis(rows):
-    per_seed = pd.DataFrame(rows, index=pd.Index(range(len(rows)), name="seed"))
+def analysis(acc: dict, items: int = 400, seeds=(0, 1)):
+    """An Analysis whose per-item scores give each (method, step) the accuracy `acc[method][step]` (default 0.5) on
+    `items` items, the same on every seed: the first round(acc × items) items right."""
+    scores, rows = {}, []
+    for seed in seeds:
+        for m in nb.METHODS:
+            for s in STEPS:
+                p = acc.get(m, {}).get(s, 0.5)
+                scores[(seed, m, s)] = (np.arange(items) < round(p * items)).astype(float)
+                rows.append({"seed": seed, "label": m, "rl_steps": s, "accuracy": p})
+    curves = pd.DataFrame(rows)
+    per_seed = pd.DataFrame(
+        {
+            "target": [acc.get(nb.STANDARD, {}).get(216, 0.5)] * len(seeds),
+            **{f"{m} steps": [216.0] * len(seeds) for m in nb.METHODS},
+            "adaptive probe steps": [2.0] * len(seeds),
+        },
+        index=pd.Index(seeds, name="seed"),
+    )
+    budget = curves[curves.rl_steps.isin([0, 72, 216])].pivot_table(
+        index="rl_steps", columns="label", values="accuracy"
+    )
     return nb.Analysis(
         fixed={"label": "RL-Extra(3,17) reset", "m": 3, "n": 17, "optimizer": "reset"},
         candidates=pd.DataFrame(),
         policies=pd.DataFrame(),
         runs=pd.DataFrame(),
-        curves=pd.DataFrame(),
+        curves=curves,
+        scores=scores,
         per_seed=per_seed,
-        budget=pd.DataFrame(),
+        budget=budget,
         wall=pd.DataFrame(),
         decisions=pd.DataFrame(),
         posthoc=pd.DataFrame(),
-        items=250,
+        items=items,
         settings=cl.Settings(),
     )
 
 
-def test_the_speedup_claim_reads_the_hull_over_seeds():
-    fast = analysis(
-        [seed_row((240, 216, 240), (72, 60, 84), (48, 36, 60)), seed_row((216, 204, 228), (72, 60, 84), (36, 24, 48))]
-    )
-    c = nb.claims(fast)[0]
-    assert c.id == "nb08.adaptive_speedup" and c.measured == pytest.approx((240 / 48 + 216 / 36) / 2)
-    assert c.interval == pytest.approx((216 / 60, 228 / 24)) and c.verdict == "holds"
-    slow = analysis([seed_row((240, 216, 240), (72, 60, 84), (120, 108, 132))])
-    assert nb.claims(slow)[0].verdict == "does not hold"  # [216/132, 240/108] = [1.6, 2.2] < 3
-    unsure = analysis([seed_row((240, 216, 240), (72, 60, 84), (72, 60, math.nan))])
-    assert nb.claims(unsure)[0].verdict == "inconclusive"  # the adaptive run never surely crosses: no bound
+def test_the_goal_compares_the_adaptive_run_at_a_third_of_the_steps_with_the_standard_final():
+    assert nb.third_step(STEPS) == 72 and nb.third_step([0, 12, 24, 36, 48, 60, 72, 84, 240]) == 72
+    reached = nb.claims(analysis({nb.STANDARD: {216: 0.6}, nb.ADAPTIVE: {72: 0.62}}))[0]
+    assert reached.id == "nb08.adaptive_speedup" and reached.measured == pytest.approx(0.02)
+    assert reached.ci_low > -0.02 and reached.verdict == "holds"  # paired: only the 8 items that differ vary
+    short = nb.claims(analysis({nb.STANDARD: {216: 0.6}, nb.ADAPTIVE: {72: 0.5}}))[0]
+    assert short.measured == pytest.approx(-0.1) and short.verdict == "does not hold"
+    assert "step 72" in short.how and "seed 1: standard 216" in short.detail
 
 
-def test_the_fixed_gap_counts_the_probe_steps():
-    rows = [
-        seed_row((240, 216, 240), (72, 60, 84), (48, 36, 60), probe=2.0),
-        seed_row((240, 216, 240), (72, 60, 84), (60, 48, 72), probe=1.0),
-    ]
-    gap, (lo, hi) = nb._net_gap(rows[0])
-    assert gap == 72 - 48 - 2 and lo == 60 - 60 - 2 and hi == 84 - 36 - 2
-    c = nb.claims(analysis(rows))[1]
-    assert c.measured == pytest.approx((22 + 11) / 2) and c.interval == (-13.0, 46.0) and c.verdict == "inconclusive"
-    never = seed_row((240, 216, 240), (72, 60, math.nan), (48, 36, 60), probe=2.0)
-    assert nb._net_gap(never)[1][1] == math.inf
+def test_the_fixed_comparison_averages_the_budgets_after_step_0():
+    a = analysis({nb.ADAPTIVE: {72: 0.6, 216: 0.6}, nb.FIXED: {72: 0.5, 216: 0.55}})
+    c = nb.claims(a)[1]
+    assert c.id == "nb08.adaptive_vs_fixed" and c.measured == pytest.approx((0.1 + 0.05) / 2)
+    assert c.verdict == "holds" and "[72, 216]" in c.how and "probes cost 2.0–2.0" in c.detail
+    tie = nb.claims(analysis({}))[1]
+    assert tie.measured == 0 and tie.verdict == "does not hold"  # identical scores: the interval is [0, 0] < margin
 
 
 def test_decision_counts_split_the_holds_by_reason():
-    a = analysis([])
+    a = analysis({})
     a.decisions = pd.DataFrame(
         [
             {"seed": 0, "step": 6, "kind": "jump", "reason": None},
