@@ -454,9 +454,9 @@ def plot_curves(a: Analysis):
     return fig
 
 
-def plot_decisions(a: Analysis, thresholds: dict):
-    """Per seed, the adaptive run's window statistics over real steps with the gate thresholds (dashed), and its jumps
-    (vertical lines labelled β; dashed = rolled back)."""
+def plot_decisions(a: Analysis):
+    """Per seed, the adaptive run's window statistics over real steps with its gate thresholds (dashed; from its
+    `adaptive.json`), and its jumps (vertical lines labelled β; dashed = rolled back)."""
     seeds = sorted(a.runs.seed.unique())
     fig, axes = plt.subplots(len(seeds), 1, figsize=(12, 2.6 * len(seeds)), sharex=True, squeeze=False)
     names = {"weight_r2_median": "min_weight_r2", "rank1_ev": "min_rank1_ev", "cosine": "min_cosine"}
@@ -467,7 +467,7 @@ def plot_decisions(a: Analysis, thresholds: dict):
         for i, (stat, knob) in enumerate(names.items()):
             if len(hist):
                 ax.plot(hist.step, hist[stat], ".", ms=3, color=f"C{i}", label=stat)
-            ax.axhline(thresholds[knob], color=f"C{i}", ls="--", lw=0.8)
+            ax.axhline(rec["knobs"][knob], color=f"C{i}", ls="--", lw=0.8)
         for j in rec["jumps"]:
             ax.axvline(j["step"], color="k", lw=1, ls="-" if j["accepted"] else "--")
             ax.annotate(f"β={j['beta']:g}", (j["step"], 1.0), fontsize=8, rotation=90, va="top", ha="right")
