@@ -20,6 +20,7 @@ SMALL = {
     "rl": {"steps": 8, "save_every": 2, "batch": 8, "rollouts": 4, "max_completion_length": 24, "lr": 3.0e-4},
     "eval": {"k": 4, "heldout_during_training": 8, "max_new_tokens": 24},
     "model": {"max_positions": 128},
+    "adaptive": {"probe_prompts": 16},  # of the 36 training problems
 }
 
 
