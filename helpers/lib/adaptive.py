@@ -123,7 +123,7 @@ class AdaptiveExtra(LinearityMonitor):
         min_weight_r2: float = 0.7,
         min_rank1_ev: float = 0.9,
         min_cosine: float = 0.8,
-        betas: Sequence[float] = (1.5, 2, 3, 5, 8),
+        betas: Sequence[float] = (1.5, 2, 3, 5, 8, 13),
         noise_z: float = 1.0,
         rollback_after: int = 6,
         cooldown: int | None = None,
