@@ -126,6 +126,16 @@ def test_library_module_imports_alone_without_the_notebook_stack(module):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("module", ["helpers.lib.rl_extra", "helpers.lib.monitor", "helpers.lib.adaptive"])
+def test_a_training_callback_loads_no_notebook_stack_package_at_all(module):
+    """The TrainerCallbacks a GPU training script imports load none of pandas / matplotlib / seaborn / papermill,
+    not even through a third-party library."""
+    code = f"import sys, {module}; print([m for m in {NOTEBOOK_STACK!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
 def test_the_import_watch_names_a_helpers_importer(tmp_path):
     """The watch used above reports a helpers module that imports pandas (it can fail)."""
     (tmp_path / "helpers").mkdir()

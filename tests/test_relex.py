@@ -51,6 +51,16 @@ def cos(a, b):
     return float(a @ b / (a.norm() * b.norm()))
 
 
+def assert_rank3_svd_of(m: np.ndarray, f, v) -> None:
+    """`relex.tensor_svd`'s rank-3 factors `f` and directions `v` are numpy's SVD of the delta matrix `m`."""
+    _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
+    np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
+    np.testing.assert_allclose(f.eigenvalues, s_ref**2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
+    for r in range(3):
+        assert abs(cos(v[r], torch.from_numpy(vt_ref[r]))) > 1 - 1e-6
+    np.testing.assert_allclose(f.coefficients, m @ v.reshape(3, -1).double().numpy().T, rtol=1e-5, atol=1e-9)
+
+
 def test_recovers_direction_and_predicts_future(tmp_path):
     traj, d = make_trajectory(tmp_path / "run", list(range(0, 17)))
     dec = relex.decompose(traj, t_cut=8, rank=1)
@@ -74,12 +84,7 @@ def test_chunked_gram_matches_in_memory_svd(tmp_path):
     assert len(relex._row_chunks(traj.shape(name), len(steps) + 1, budget)) == 12
     f, v = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=budget)
     m = np.stack([(traj.tensor(name, s) - traj.tensor(name, 0)).double().reshape(-1).numpy() for s in steps])
-    _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
-    np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
-    np.testing.assert_allclose(f.eigenvalues, s_ref**2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
-    for r in range(3):
-        assert abs(cos(v[r], torch.from_numpy(vt_ref[r]))) > 1 - 1e-6
-    np.testing.assert_allclose(f.coefficients, m @ v.reshape(3, -1).double().numpy().T, rtol=1e-5, atol=1e-9)
+    assert_rank3_svd_of(m, f, v)
     whole, v_whole = relex.tensor_svd(traj, name, steps, rank=3)  # one chunk: the same numbers
     np.testing.assert_allclose(whole.s, f.s, rtol=1e-12)
     torch.testing.assert_close(v_whole, v)
@@ -139,12 +144,7 @@ def test_bf16_matches_float64_reference(tmp_path):
     assert m32.dtype == torch.float32
     np.testing.assert_allclose(m32.double().numpy(), m, rtol=2.0**-24, atol=0)
     f, v = relex.tensor_svd(traj, name, steps, rank=3, chunk_bytes=8 * traj.shape(name)[1] * 4 * (len(steps) + 1))
-    _, s_ref, vt_ref = np.linalg.svd(m, full_matrices=False)
-    np.testing.assert_allclose(f.s, s_ref[:3], rtol=1e-9)
-    np.testing.assert_allclose(f.eigenvalues, s_ref**2, rtol=1e-9, atol=1e-12 * s_ref[0] ** 2)
-    for r in range(3):
-        assert abs(cos(v[r], torch.from_numpy(vt_ref[r]))) > 1 - 1e-6
-    np.testing.assert_allclose(f.coefficients, m @ v.reshape(3, -1).double().numpy().T, rtol=1e-5, atol=1e-9)
+    assert_rank3_svd_of(m, f, v)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -1,11 +1,9 @@
 """RL-Extra callback on tiny real GRPO runs: n = 0 is standard training bit for bit, a phase end applies
-W = P + (m+n)/m (Q − P) exactly (P, Q captured by spy callbacks), the counters, and a mid-cycle resume; the library
-imports without the notebook stack."""
+W = P + (m+n)/m (Q − P) exactly (P, Q captured by spy callbacks), the counters, and a mid-cycle resume (that it
+imports without the notebook stack: tests/test_layers.py)."""
 
 import csv
 import json
-import subprocess
-import sys
 from functools import partialmethod
 from types import SimpleNamespace
 
@@ -175,13 +173,3 @@ def test_m_must_be_a_multiple_of_the_generation_period():
     for bad in (dict(m=0, n=1), dict(m=2, n=-1), dict(m=2, n=1, norms="all"), dict(m=2, n=1, optimizer="zero")):
         with pytest.raises(ValueError):
             RLExtra(**bad)
-
-
-@pytest.mark.slow
-def test_library_imports_without_the_notebook_stack():
-    code = (
-        "import sys, helpers.lib.rl_extra; "
-        "print([m for m in ('pandas', 'matplotlib', 'seaborn', 'papermill') if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

@@ -77,10 +77,6 @@ def train_run(cfg) -> Path:
     return cache.cached_build("adaptive", _key(cfg), build, VERSION)
 
 
-def _fixed_run(cfg, m: int, n: int, optimizer: str) -> Path:
-    return nb05_rl_extra.train_run(cfg, m, n, optimizer)
-
-
 def train_all(cfg, fixed: dict, policy: dict) -> pd.DataFrame:
     """Every seed's standard, best fixed (`fixed`: m, n, optimizer) and adaptive run (`policy`: the chosen sweep
     entry), trained two at a time or reused: seed, method, dir, train_seconds."""
@@ -89,7 +85,7 @@ def train_all(cfg, fixed: dict, policy: dict) -> pd.DataFrame:
     for s in seed_list(cfg):
         c = config_for(cfg, s)
         if nb05_rl_extra.cached_run(c, fixed["m"], fixed["n"], fixed["optimizer"]) is None:
-            todo.append((_fixed_run, (c, fixed["m"], fixed["n"], fixed["optimizer"])))
+            todo.append((nb05_rl_extra.train_run, (c, fixed["m"], fixed["n"], fixed["optimizer"])))
         if cached_run(policy_config(c, policy)) is None:
             todo.append((train_run, (policy_config(c, policy),)))
     training.in_processes(_call, todo)
@@ -98,7 +94,7 @@ def train_all(cfg, fixed: dict, policy: dict) -> pd.DataFrame:
         c = config_for(cfg, s)
         dirs = {
             STANDARD: training.embedded_trajectory(c),
-            FIXED: _fixed_run(c, fixed["m"], fixed["n"], fixed["optimizer"]),
+            FIXED: nb05_rl_extra.train_run(c, fixed["m"], fixed["n"], fixed["optimizer"]),
             ADAPTIVE: train_run(policy_config(c, policy)),
         }
         rows += [
